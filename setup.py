@@ -1,0 +1,34 @@
+"""compfn: JAX/TPU-native RL post-training for compositional skills (f(x), g(x) -> f(g(x)))."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "numpy==2.4.6",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "etils==1.15.0",
+    "protobuf==7.36.2",
+    "gin-config==0.5.0",
+    "tqdm==4.70.1",
+]
+
+setup(
+    name="compfn",
+    version="0.1.0",
+    description="JAX/TPU-native framework for RL on compositions of string functions",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["compfn", "compfn.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0"]},
+    entry_points={"console_scripts": [
+        "compfn-train=compfn.main:run",
+        "compfn-data=compfn.data.build:main",
+    ]},
+)
