@@ -73,22 +73,24 @@ def _quote(s: str) -> str:
     return "'" + s + "'"
 
 
-def to_text(node: Node, names: str = 'ids') -> str:
+def to_text(node: Node, names: str = 'ids', registry=None) -> str:
     """Print an expression exactly as the paper's generator does.
 
     names='ids' prints ``func_k``; names='internal' prints internal names (the paper deduplicates
-    on that text)."""
+    on that text). registry: name -> FunctionSpec (default: the 25 functions)."""
+    registry = F.FUNCTIONS if registry is None else registry
     if isinstance(node, Var):
         return 'x'
     if isinstance(node, Lit):
         return _quote(node.value)
     if isinstance(node, Concat):
-        return f'({to_text(node.left, names)} + {to_text(node.right, names)})'
+        return (f'({to_text(node.left, names, registry)} + '
+                f'{to_text(node.right, names, registry)})')
     if isinstance(node, Builtin):
-        return f'({to_text(node.sub, names)}).{node.op}()'
+        return f'({to_text(node.sub, names, registry)}).{node.op}()'
     if isinstance(node, Call):
-        name = F.FUNCTIONS[node.fn].fid if names == 'ids' else node.fn
-        args = [to_text(a, names) for a in node.args]
+        name = registry[node.fn].fid if names == 'ids' else node.fn
+        args = [to_text(a, names, registry) for a in node.args]
         if node.param is not None:
             args.append(_quote(node.param) if isinstance(node.param, str) else str(node.param))
         return f'{name}({", ".join(args)})'
@@ -199,11 +201,13 @@ class PaperRecursionError(RuntimeError):
     """The paper's recursive implementations would have exceeded CPython's recursion limit."""
 
 
-def run(node: Node, x: str, paper_recursion_limit: bool = False) -> str:
+def run(node: Node, x: str, paper_recursion_limit: bool = False, registry=None) -> str:
     """Evaluate the program on input ``x`` with compfn's reference functions.
 
     paper_recursion_limit: raise :class:`PaperRecursionError` where the paper's recursive
-    functions hit CPython's recursion limit (the paper's generator skipped those programs)."""
+    functions hit CPython's recursion limit (the paper's generator skipped those programs).
+    registry: name -> FunctionSpec (default: the 25 functions; the generic family has its own)."""
+    registry = F.FUNCTIONS if registry is None else registry
     if not isinstance(x, str):
         raise TypeError(f'input must be a str, got {type(x).__name__}')
 
@@ -223,7 +227,7 @@ def run(node: Node, x: str, paper_recursion_limit: bool = False) -> str:
                     raise PaperRecursionError(f'{n.fn} on {min(len(a) for a in args)} chars')
             if n.param is not None:
                 args.append(n.param)
-            return F.FUNCTIONS[n.fn].fn(*args)
+            return registry[n.fn].fn(*args)
         raise TypeError(f'not a program node: {n!r}')
 
     return ev(node)
@@ -234,8 +238,9 @@ def run_code(code: str, x: str) -> str:
     return run(parse_code(code), x)
 
 
-def used_functions(node: Node) -> list[str]:
+def used_functions(node: Node, registry=None) -> list[str]:
     """Internal names of the functions a program calls, in func_k order, without repeats."""
+    registry = F.FUNCTIONS if registry is None else registry
     found = set()
 
     def walk(n):
@@ -249,7 +254,7 @@ def used_functions(node: Node) -> list[str]:
         elif isinstance(n, Builtin):
             walk(n.sub)
     walk(node)
-    return [name for name in F.FUNCTIONS if name in found]
+    return [name for name in registry if name in found]
 
 
 def count_calls(node: Node) -> int:
