@@ -28,7 +28,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0"]},
     entry_points={"console_scripts": [
-        "compfn-train=compfn.main:run",
+        "compfn-train=compfn.main:main",
         "compfn-data=compfn.data.build:main",
     ]},
 )
