@@ -22,8 +22,10 @@ class Task:
     """name: registry key. generate(**kwargs) -> list of problems with .prompt/.output (or
     .target/.answer for trace tasks). prompt(problem) -> str. reference(problem) -> the string the
     scorer compares against. score(response, ref, overlong=False) -> (score, acc).
-    device_score: import path ``module:function`` of the jittable scorer with the signature of
-    :func:`compfn.tasks.strings.device_scoring.score_json`."""
+    device_score: import path ``module:function`` of the task's jittable scorer (the string
+    tasks: :func:`compfn.tasks.strings.device_scoring.score_json`'s signature; Countdown:
+    :func:`compfn.tasks.countdown.verifier.score`, whose reference arrays come from its
+    ``encode_references``)."""
     name: str
     generate: Callable
     prompt: Callable
@@ -72,3 +74,4 @@ def _register_builtin():
                   lambda p: p.answer, scoring.score_trace,
                   'compfn.tasks.strings.device_scoring:score_trace',
                   'Trace format for small from-scratch models (spec/MINIATURE.md).'))
+    import compfn.tasks.countdown  # noqa: F401  (registers 'countdown')
