@@ -24,24 +24,27 @@ def build_datasets(workdir: str, configs=('stage2_test_L1to8',), data_dir: str |
     """Build string-task datasets (TFDS array_record) and write their statistics.
 
     configs: names from ``compfn-data list`` (or canonical names such as
-        ``stage2_test_L1to4_n1024_clean_seed7``).
+        ``stage2_test_L1to4_n1024_clean_seed7``; Countdown sets as ``countdown/L3``).
     data_dir: where the TFDS datasets go (default ``WORKDIR/data``).
     export_jsonl: also write ``WORKDIR/jsonl/<config>.jsonl``.
     Writes ``WORKDIR/datasets.json``: per config, its path, size and
-    :func:`compfn.tasks.strings.stats.summarize` (trace configs: counts per level).
+    :func:`compfn.tasks.strings.stats.summarize` (trace and Countdown configs: counts per level).
     """
-    from compfn.data import pipeline, strings_tfds as S
+    from compfn.data import countdown_tfds as C, pipeline, strings_tfds as S
     from compfn.tasks.strings import generator, stats
 
     data_dir = data_dir or os.path.join(workdir, 'data')
     summary = {}
     for name in configs:
         t = time.perf_counter()
-        builder = S.prepare(name, data_dir, progress=progress)
-        config = S.config_from_name(name)
+        countdown = name.startswith('countdown/')
+        mod = C if countdown else S
+        cname = name.split('/', 1)[1] if countdown else name
+        builder = mod.prepare(cname, data_dir, progress=progress)
+        config = mod.config_from_name(cname)
         split = next(iter(builder.info.splits))
-        src = S.data_source(name, data_dir)
-        records = [S.decode_record(src[i]) for i in range(len(src))]
+        src = mod.data_source(cname, data_dir)
+        records = [mod.decode_record(src[i]) for i in range(len(src))]
         entry = {'path': str(builder.data_dir), 'split': split, 'num': len(records),
                  'seconds': round(time.perf_counter() - t, 2)}
         if isinstance(config, S.StringTaskConfig):
@@ -53,7 +56,7 @@ def build_datasets(workdir: str, configs=('stage2_test_L1to8',), data_dir: str |
             entry['levels'] = {str(lv): sum(r['level'] == lv for r in records)
                                for lv in sorted({r['level'] for r in records})}
         if export_jsonl:
-            path = pathlib.Path(workdir) / 'jsonl' / f'{name}.jsonl'
+            path = pathlib.Path(workdir) / 'jsonl' / f'{name.replace("/", "_")}.jsonl'
             path.parent.mkdir(parents=True, exist_ok=True)
             pipeline.write_jsonl(records, path)
             entry['jsonl'] = str(path)

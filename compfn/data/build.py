@@ -20,6 +20,7 @@ import time
 
 from compfn.data import strings_tfds as S
 
+COUNTDOWN_PREFIX = 'countdown/'
 _DESCRIPTION = __doc__.split('\n\n')[0].replace('``', '')
 
 
@@ -53,7 +54,27 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _builder_for(name: str, data_dir: str, progress: bool):
+    """``countdown/<config>`` names go to the Countdown builder, the rest to the string task."""
+    if name.startswith(COUNTDOWN_PREFIX):
+        from compfn.data import countdown_tfds as C
+        return C.get_builder(name[len(COUNTDOWN_PREFIX):], data_dir, progress=progress)
+    return S.get_builder(name, data_dir, progress=progress)
+
+
+def _all_names() -> list[str]:
+    from compfn.data import countdown_tfds as C
+    return S.named_configs() + [COUNTDOWN_PREFIX + n for n in C.named_configs()]
+
+
 def _config_name(text: str) -> str:
+    if text.startswith(COUNTDOWN_PREFIX):
+        from compfn.data import countdown_tfds as C
+        try:
+            C.config_from_name(text[len(COUNTDOWN_PREFIX):])
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
     try:
         S.config_from_name(text)
     except ValueError as e:
@@ -122,14 +143,14 @@ def _size(path: str) -> int:
 def _build(args, parser) -> int:
     import tensorflow_datasets as tfds
     from compfn.data import pipeline
-    names = S.named_configs() if args.all else args.config
+    names = _all_names() if args.all else args.config
     if args.export_jsonl and len(names) != 1:
         parser.error('argument --export_jsonl: needs exactly one --config')
     data_dir = os.path.abspath(os.path.expanduser(args.data_dir or S.default_data_dir()))
     tfds.disable_progress_bar()   # our own tqdm bar counts the generated problems
     for name in names:
         t0 = time.perf_counter()
-        b = S.get_builder(name, data_dir, progress=not args.quiet)
+        b = _builder_for(name, data_dir, progress=not args.quiet)
         existed = b.is_prepared()
         b.download_and_prepare()
         split = b.builder_config.split
@@ -140,7 +161,12 @@ def _build(args, parser) -> int:
               f'-> {b.data_dir}', flush=True)
         if args.export_jsonl:
             src = b.as_data_source(split=split)
-            count = pipeline.write_jsonl((src[i] for i in range(len(src))), args.export_jsonl)
+            if name.startswith(COUNTDOWN_PREFIX):
+                from compfn.data.countdown_tfds import decode_record
+            else:
+                decode_record = S.decode_record
+            count = pipeline.write_jsonl((decode_record(src[i]) for i in range(len(src))),
+                                         args.export_jsonl)
             print(f'wrote   {count:,} records -> {os.path.abspath(args.export_jsonl)}', flush=True)
     return 0
 
@@ -170,10 +196,11 @@ def _export(args, parser) -> int:
 
 
 def _list() -> int:
-    for cls in (S.StringTask, S.StringTrace):
+    from compfn.data import countdown_tfds as C
+    for cls, prefix in ((S.StringTask, ''), (S.StringTrace, ''), (C.Countdown, COUNTDOWN_PREFIX)):
         print(f'{cls.name}:')
         for c in cls.BUILDER_CONFIGS:
-            print(f'  {c.name:28s} {c.description}')
+            print(f'  {prefix + c.name:28s} {c.description}')
     return 0
 
 

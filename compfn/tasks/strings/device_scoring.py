@@ -62,8 +62,8 @@ Worked example::
 different lengths share compilations), calls one jitted function per bucket and returns numpy.
 :func:`benchmark_fn` gives a steady-state closure over the same calls for throughput numbers.
 
-Cost: the automaton is a sequential scan of T steps over a [B, 6] state (everything else is
-vectorized), so latency grows with T, not with B.
+Cost: the automaton is a sequential loop over the *candidate's* bytes (the longest candidate
+of the batch, not the padded response length) on a [B, 6] state; everything else is vectorized.
 """
 from __future__ import annotations
 
@@ -543,8 +543,17 @@ def _json_outcome(cb, cinv, clen, tgt, ref_len):
         new = jax.tree.map(lambda a, b: jnp.where(active, a.astype(b.dtype), b), new, c)
         return new, None
 
+    # Only the candidate's bytes matter: loop over clen steps, not the padded length T (under
+    # vmap the batched loop runs for the longest candidate of the batch).
     t = cb.shape[0]
-    c, _ = lax.scan(body, init, (cb, cinv, jnp.arange(t)))
+    stop = jnp.minimum(clen, t)
+
+    def step(state):
+        i, c = state
+        c, _ = body(c, (cb[i], cinv[i], i))
+        return i + 1, c
+
+    _, c = lax.while_loop(lambda state: state[0] < stop, step, (jnp.int32(0), init))
     st = c['st']
     in_int = ((st == S_ZERO) | (st == S_INT) | (st == S_DOT)
               | (((st == S_E) | (st == S_ESIGN)) & ~c['frac']))
@@ -562,37 +571,74 @@ def _json_outcome(cb, cinv, clen, tgt, ref_len):
 # ------------------------------------------------------------------------------------------------
 # Public scorers.
 # ------------------------------------------------------------------------------------------------
-def _score_json_one(resp, resp_len, ref, ref_len, overlong):
+def _prepare_one(resp, resp_len, ref, ref_len):
     t = resp.shape[0]
     pos = jnp.arange(t)
     n = jnp.clip(resp_len, 0, t).astype(jnp.int32)
     x = jnp.where(pos < n, resp.astype(jnp.int32), 0)
-    flags = _utf8_flags(x, n)
-    x2, n2, flags2 = _unescape_braces(x, n, flags)
-    x3, n3, flags3, has_box = _boxed_content(x2, n2, flags2)
-    texts = jnp.stack([x, x2, x3])
-    lens = jnp.stack([n, n2, n3])
-    tflags = [jnp.stack(f) for f in zip(flags, flags2, flags3)]
+    tgt = jnp.concatenate([jnp.array(list(b'output'), jnp.int32), ref.astype(jnp.int32)])
+    r_len = jnp.clip(ref_len, 0, ref.shape[0]).astype(jnp.int32)
+    return x, n, _utf8_flags(x, n), tgt, r_len
+
+
+def _texts_outcome(texts, lens, tflags, tgt, r_len):
+    """Outcome per text (int32[K]) of K texts [K, T]: candidate, then the automaton on it and,
+    if that fails to parse, on its False/True/None rewrite. R_ERR where there is no candidate."""
+    pos = jnp.arange(texts.shape[1])
     starts, clens = jax.vmap(_candidate)(texts, lens, tflags)
-    idx = jnp.clip(starts[:, None] + pos[None, :], 0, t - 1)
+    idx = jnp.clip(starts[:, None] + pos[None, :], 0, texts.shape[1] - 1)
     cands = jnp.take_along_axis(texts, idx, axis=1)
     cands = jnp.where(pos[None, :] < clens[:, None], cands, 0)
     cinv = jnp.take_along_axis(tflags[1], idx, axis=1)
     rewritten = jax.vmap(_python_literals)(cands, clens)
-    tgt = jnp.concatenate([jnp.array(list(b'output'), jnp.int32), ref.astype(jnp.int32)])
-    r_len = jnp.clip(ref_len, 0, ref.shape[0]).astype(jnp.int32)
+    k = texts.shape[0]
     outcome = jax.vmap(_json_outcome, in_axes=(0, 0, 0, None, None))(
         jnp.concatenate([cands, rewritten]), jnp.concatenate([cinv, cinv]),
         jnp.concatenate([clens, clens]), tgt, r_len)
-    first, retry = outcome[:3], outcome[3:]
-    per_text = jnp.where(clens > 0, jnp.where(first == R_ERR, retry, first), R_ERR)
-    nothing = (per_text == R_ERR) | (per_text == R_NULL)
-    final = jnp.where(~nothing[0], per_text[0],
-                      jnp.where(~nothing[1], per_text[1],
-                                jnp.where(has_box & ~nothing[2], per_text[2], R_ERR)))
-    sc = jnp.where(final == R_HIT, 1, jnp.where(final == R_MISS, 0, -1))
-    sc = jnp.where(overlong, -1, sc).astype(jnp.int32)
-    return sc, (sc == 1).astype(jnp.int32)
+    first, retry = outcome[:k], outcome[k:]
+    return jnp.where(clens > 0, jnp.where(first == R_ERR, retry, first), R_ERR)
+
+
+def _nothing(outcome):
+    return (outcome == R_ERR) | (outcome == R_NULL)
+
+
+def _first_text_one(resp, resp_len, ref, ref_len):
+    """The outcome of the response itself (the paper's first extraction)."""
+    x, n, flags, tgt, r_len = _prepare_one(resp, resp_len, ref, ref_len)
+    return _texts_outcome(x[None], n[None], [f[None] for f in flags], tgt, r_len)[0]
+
+
+def _fallback_one(resp, resp_len, ref, ref_len):
+    """The outcome of the paper's two fallbacks (the ``\\{ \\} ( )`` rewrite, then the
+    ``\\boxed{`` content of that rewrite); R_ERR when neither yields a value."""
+    x, n, flags, tgt, r_len = _prepare_one(resp, resp_len, ref, ref_len)
+    x2, n2, flags2 = _unescape_braces(x, n, flags)
+    x3, n3, flags3, has_box = _boxed_content(x2, n2, flags2)
+    per_text = _texts_outcome(jnp.stack([x2, x3]), jnp.stack([n2, n3]),
+                              [jnp.stack(f) for f in zip(flags2, flags3)], tgt, r_len)
+    return jnp.where(~_nothing(per_text[0]), per_text[0],
+                     jnp.where(has_box & ~_nothing(per_text[1]), per_text[1], R_ERR))
+
+
+def _fallback_rows(need, resp, resp_len, ref, ref_len, chunk: int):
+    """Fallback outcomes for the rows where ``need`` (R_ERR elsewhere). Only those rows are
+    processed, ``chunk`` at a time in a while_loop: most responses never need the fallbacks."""
+    b = need.shape[0]
+    count = jnp.sum(need).astype(jnp.int32)
+    rows = jnp.nonzero(need, size=b, fill_value=0)[0].astype(jnp.int32)
+    rows = jnp.concatenate([rows, jnp.zeros((chunk,), jnp.int32)])
+
+    def body(state):
+        k, out = state
+        sel = lax.dynamic_slice(rows, (k * chunk,), (chunk,))
+        live = k * chunk + jnp.arange(chunk) < count
+        res = jax.vmap(_fallback_one)(resp[sel], resp_len[sel], ref[sel], ref_len[sel])
+        out = out.at[jnp.where(live, sel, b)].set(res, mode='drop')
+        return k + 1, out
+
+    init = (jnp.int32(0), jnp.full((b,), R_ERR, jnp.int32))
+    return lax.while_loop(lambda st: st[0] * chunk < count, body, init)[1]
 
 
 def score_json(resp, resp_len, ref, ref_len, overlong):
@@ -607,9 +653,20 @@ def score_json(resp, resp_len, ref, ref_len, overlong):
     Returns:
       (score int32[B] in {-1, 0, 1}, acc int32[B] in {0, 1}).
 
+    The first extraction runs on every row; the two fallbacks only on the rows whose first
+    extraction gave nothing, packed into sub-batches of max(1, B // 8) rows (most responses
+    never need them, so the common case stays cheap).
+
     Example: ``resp = b'{"output": "ab"}'`` (16 bytes), ``ref = b'ab'`` -> score 1, acc 1.
     """
-    return jax.vmap(_score_json_one)(resp, resp_len, ref, ref_len, overlong)
+    overlong = jnp.asarray(overlong, bool)
+    first = jax.vmap(_first_text_one)(resp, resp_len, ref, ref_len)
+    need = _nothing(first) & ~overlong & (resp_len > 0)     # empty rows (padding): nothing
+    fallback = _fallback_rows(need, resp, resp_len, ref, ref_len, max(1, resp.shape[0] // 8))
+    final = jnp.where(need, fallback, first)
+    sc = jnp.where(final == R_HIT, 1, jnp.where(final == R_MISS, 0, -1))
+    sc = jnp.where(overlong, -1, sc).astype(jnp.int32)
+    return sc, (sc == 1).astype(jnp.int32)
 
 
 def _score_trace_one(resp, resp_len, ref, ref_len, overlong):

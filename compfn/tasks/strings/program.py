@@ -148,6 +148,9 @@ def _convert(node: ast.AST) -> Node:
                                f'got {len(args)}')
         if spec.kind == 'param':
             p = args[1]
+            if (isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.USub)
+                    and isinstance(p.operand, ast.Constant) and type(p.operand.value) is int):
+                p = ast.Constant(-p.operand.value)            # negative int parameter
             ok = isinstance(p, ast.Constant) and (
                 (spec.param == 'int' and type(p.value) is int) or
                 (spec.param == 'str' and isinstance(p.value, str)))

@@ -1,0 +1,27 @@
+"""The on-device verifier of the string task: public entry points (DESIGN.md §4).
+
+Two jittable pieces, fused later into the sampler's XLA program:
+
+* :func:`execute` — the JAX stack-machine interpreter over encoded programs
+  (:mod:`compfn.tasks.strings.interpreter`);
+* :func:`score_json` / :func:`score_trace` — the paper's reward rule and the trace rule on UTF-8
+  response bytes (:mod:`compfn.tasks.strings.device_scoring`).
+
+And their host conveniences::
+
+    >>> execute_batch(["def main_solution(x):\\n    return func_8((x + 'ab'), 2)"], ['xyz'])
+    ['zabxy']
+    >>> scores, accs = score_batch(['... {"output": "zabxy"}'], ['zabxy'])
+    >>> scores.tolist(), accs.tolist()
+    ([1], [1])
+
+``execute_batch(codes, inputs, capacity=4096) -> list[str | None]`` (None: a value exceeded
+``capacity`` code points); ``score_batch(responses, refs, overlong=None, fmt='json') ->
+(scores, accs)`` as numpy int32 arrays.
+"""
+from compfn.tasks.strings.device_scoring import score_batch, score_json, score_trace
+from compfn.tasks.strings.interpreter import (EncodedPrograms, decode, encode, encode_strings,
+                                              execute, execute_batch)
+
+__all__ = ['execute', 'execute_batch', 'encode', 'encode_strings', 'decode', 'EncodedPrograms',
+           'score_json', 'score_trace', 'score_batch']
