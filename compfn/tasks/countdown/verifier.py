@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compfn.tasks.response_bytes import encode_responses
 from compfn.tasks.countdown.scoring import (CLOSE_TAG, MAX_ABS_TARGET, MAX_DEPTH, MAX_INT_DIGITS,
                                             MAX_OPERANDS, MAX_TOKENS, OPEN_TAG, REWARDS,
                                             WHITESPACE, check_problem, parse_reference)
@@ -407,20 +408,7 @@ def score_batch(responses: Sequence[Union[str, bytes]], numbers_list: Sequence[S
     nums, lens, tg = encode_problems(numbers_list, targets)
     if len(responses) != len(tg):
         raise ValueError(f'{len(responses)} responses but {len(tg)} problems')
-    overlong = [False] * len(responses) if overlong is None else list(overlong)
-    if len(overlong) != len(responses):
-        raise ValueError(f'{len(responses)} responses but {len(overlong)} overlong flags')
-    enc = []
-    for i, r in enumerate(responses):
-        if isinstance(r, str):
-            try:
-                enc.append(r.encode('utf-8'))
-            except UnicodeEncodeError as err:
-                raise ValueError(f'response {i} is not encodable as UTF-8: {err}') from None
-        elif isinstance(r, (bytes, bytearray, memoryview)):
-            enc.append(bytes(r))
-        else:
-            raise ValueError(f'response {i} must be str or bytes, got {type(r).__name__}')
+    enc, overlong = encode_responses(responses, overlong)
     scores = np.zeros(len(enc), np.int32 if reward == 'binary' else np.float32)
     accs = np.zeros(len(enc), np.int32)
     buckets: dict[int, list[int]] = {}

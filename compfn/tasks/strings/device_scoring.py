@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compfn.tasks.response_bytes import encode_responses
 from compfn.tasks.strings.scoring import MAX_INT_DIGITS, MAX_JSON_DEPTH
 
 __all__ = ['score_json', 'score_trace', 'score_batch', 'benchmark_fn', 'MAX_JSON_DEPTH']
@@ -716,22 +717,7 @@ def _prepare(responses, refs, overlong, fmt, min_bucket):
     responses, refs = list(responses), list(refs)
     if len(responses) != len(refs):
         raise ValueError(f'{len(responses)} responses but {len(refs)} refs')
-    if overlong is None:
-        overlong = [False] * len(responses)
-    overlong = list(overlong)
-    if len(overlong) != len(responses):
-        raise ValueError(f'{len(responses)} responses but {len(overlong)} overlong flags')
-    enc = []
-    for i, r in enumerate(responses):
-        if isinstance(r, str):
-            try:
-                enc.append(r.encode('utf-8'))
-            except UnicodeEncodeError as err:
-                raise ValueError(f'response {i} is not encodable as UTF-8: {err}') from None
-        elif isinstance(r, (bytes, bytearray, memoryview)):
-            enc.append(bytes(r))
-        else:
-            raise ValueError(f'response {i} must be str or bytes, got {type(r).__name__}')
+    enc, overlong = encode_responses(responses, overlong)
     ref_enc = []
     for i, r in enumerate(refs):
         if not isinstance(r, str):

@@ -824,32 +824,3 @@ def benchmark_fn(codes: Sequence[str], inputs: Sequence[str], capacity: int = 40
 
     run()
     return run
-    S = _bucket(max(compiled[i].stack_need for i in pending), 4)
-    NL = _bucket(max(len(compiled[i].literals) for i in pending), 2)
-    I = _bucket(max(len(compiled[i].instrs) for i in pending), 16)
-    for cap in ladder:
-        now = [i for i in pending if lower[i] <= cap]
-        pending = [i for i in pending if lower[i] > cap]
-        if not now:
-            continue
-        # one shape per capacity: sorted by length, batches of B rows, blocks of similar length
-        now.sort(key=lambda i: len(compiled[i].instrs))
-        B = _bucket(min(len(now), max(8, min(MAX_BATCH, MAX_BATCH_ELEMENTS // cap))), 8)
-        rows = min(B, BLOCK_ROWS) if jax.default_backend() == 'cpu' else None
-        lc = _bucket(max((len(s) for i in now for s in compiled[i].literals), default=0), 8)
-        for start in range(0, len(now), B):
-            chunk = now[start:start + B]
-            progs = [compiled[i] for i in chunk] + [_PAD] * (B - len(chunk))
-            enc = _pack(progs, max_instructions=I, max_literals=NL, literal_capacity=lc)
-            x, x_len = encode_strings([inputs[i] for i in chunk] + [''] * (B - len(chunk)), cap)
-            out, out_len, ovf = jax.device_get(
-                _execute_jit(enc, x, x_len, capacity=cap, stack_depth=S, block_rows=rows))
-            for j, i in enumerate(chunk):
-                if ovf[j]:
-                    pending.append(i)
-                else:
-                    results[i] = (out[j, :out_len[j]].astype('<u4').tobytes()
-                                  .decode('utf-32-le', 'surrogatepass'))
-        if not pending:
-            break
-    return results
