@@ -1,0 +1,392 @@
+"""Decoder-only transformer (Llama 3.x, Qwen2.5, Gemma 2, SmolLM2) as a Flax linen module.
+
+The module is applied as a pure function of a params pytree::
+
+    logits, new_cache = apply(config, params, tokens, positions,
+                              segment_ids=None, attn_mask=None, cache=None)
+
+Params (``init_params``; the leading ``L`` is the scan axis, logical name 'layers')::
+
+    {'token_embed': [V, D],
+     'layers': {'pre_attn_norm': {'scale': [L, D]},
+                'attn': {'wq': [L, D, H, Dh], 'wk'/'wv': [L, D, K, Dh], 'wo': [L, H, Dh, D],
+                         'bq': [L, H, Dh], 'bk'/'bv': [L, K, Dh]   (qkv_bias), 'bo': [L, D]},
+                'pre_mlp_norm': {'scale': [L, D]},
+                'mlp': {'wi_gate': [L, D, F], 'wi_up': [L, D, F], 'wo': [L, F, D]},
+                'post_attn_norm', 'post_mlp_norm'   (Gemma 2 only)},
+     'final_norm': {'scale': [D]},
+     'lm_head': [D, V]   (absent with tied embeddings)}
+
+Masking is derived from positions, so one code path covers training, left/right padding,
+packed sequences and cached decoding:
+
+* ``positions[B, T]`` are the RoPE positions of the input tokens (any per-row offsets).
+* ``segment_ids[B, T]`` (optional, int): 0 marks padding; without a cache, a query only sees
+  keys of its own segment (sequence packing). With a cache it is only a validity mask.
+* a query at position ``p`` sees a key at position ``p_k`` iff the key is valid and
+  ``p_k <= p`` (and ``p - p_k < sliding_window`` on sliding layers); ``attn_mask[B, T, S]``
+  (optional, bool) is AND-ed on top (S = T without a cache, ``max_len`` with one).
+
+KV cache (``KVCache``, a ``flax.struct.dataclass``; donate it to ``jax.jit``)::
+
+    k, v   [layers, B, max_len, kv_heads, head_dim]   compute dtype
+    pos    [B, max_len] int32   position of the token held by each slot, -1 = empty
+    index  [B] int32            next slot to write in each row
+
+``apply`` with a cache writes the chunk's keys/values at slots ``index[b] .. index[b]+T-1`` of
+each row (``lax.dynamic_update_slice``, per row), marks padding slots empty, attends over the
+whole cache, and advances ``index[b]`` past the last valid token of the row (so right padding
+is overwritten by the next write; left padding keeps its empty slots). The caller sizes
+``max_len`` >= the tokens a row will ever write (``dynamic_update_slice`` clamps its start,
+which would overwrite earlier slots).
+
+Worked example: prefill two prompts of lengths 3 and 1 (right-padded to T=3), then greedy
+decode inside a ``lax.while_loop``::
+
+    cfg, params = compfn.model.load("/ckpt/smollm2")
+    tokens = jnp.array([[5, 6, 7], [9, 0, 0]])
+    seg = jnp.array([[1, 1, 1], [1, 0, 0]])                 # 0 = padding
+    pos = jnp.broadcast_to(jnp.arange(3), (2, 3))
+    cache = init_cache(cfg, batch=2, max_len=16)
+    logits, cache = apply(cfg, params, tokens, pos, segment_ids=seg, cache=cache)
+    # cache.index == [3, 1]; cache.pos[1] == [0, -1, -1, -1, ...]
+    lengths = seg.sum(1)                                    # [3, 1]
+    nxt = jnp.argmax(logits[jnp.arange(2), lengths - 1], -1)  # last valid logit of each row
+
+    def body(state):
+      i, tok, cache, out = state
+      lg, cache = apply(cfg, params, tok[:, None], (lengths + i)[:, None], cache=cache)
+      tok = jnp.argmax(lg[:, 0], -1)
+      return i + 1, tok, cache, out.at[:, i].set(tok)
+    # row 0 writes slots 3, 4, ... at positions 3, 4, ...; row 1 writes slots 1, 2, ...
+    # (its padding slots are overwritten) at positions 1, 2, ...
+    _, _, cache, out = jax.lax.while_loop(lambda s: s[0] < 8, body,
+                                          (0, nxt, cache, jnp.zeros((2, 8), jnp.int32)))
+
+Gemma 2's alternating local/global attention runs under ``nn.scan``: the per-layer
+'is sliding' flag is a scanned input, so all layers share one compiled body.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compfn.model.config import ModelConfig
+
+Array = jax.Array
+_NEG = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, not NaN
+
+# Logical axis names.
+BATCH, LENGTH, EMBED, VOCAB, MLP = "batch", "length", "embed", "vocab", "mlp"
+HEADS, KV_HEADS, HEAD_DIM, LAYERS = "heads", "kv_heads", "head_dim", "layers"
+CACHE_AXES = (LAYERS, BATCH, LENGTH, KV_HEADS, HEAD_DIM)
+
+
+@flax.struct.dataclass
+class KVCache:
+  k: Array      # [layers, B, max_len, kv_heads, head_dim]
+  v: Array      # [layers, B, max_len, kv_heads, head_dim]
+  pos: Array    # [B, max_len] int32; -1 = empty slot
+  index: Array  # [B] int32; next slot to write
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  """An empty cache (all slots empty, ``index`` 0)."""
+  dtype = jnp.dtype(dtype or config.dtype)
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 pos=jnp.full((batch, max_len), -1, jnp.int32),
+                 index=jnp.zeros((batch,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [head_dim // 2] f32, with 'linear' / Llama 3.1 ('llama3') scaling."""
+  dim = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32)
+                                     / dim))
+  inv = inv.astype(np.float32)
+  if config.rope_type == "linear":
+    inv = inv / np.float32(config.rope_factor)
+  elif config.rope_type == "llama3":
+    factor = config.rope_factor
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    old_len = config.rope_original_max_position_embeddings
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    inv = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+  """Rotary embedding, HF 'rotate_half' layout. x: [B, T, N, Dh], positions: [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+# -------------------------------------------------------------------------------- modules
+
+
+def _param(module: nn.Module, name: str, shape, axes, init=None):
+  init = init or nn.initializers.normal(stddev=0.02)
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                      jnp.dtype(module.config.param_dtype))
+
+
+class RMSNorm(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    init = nn.initializers.zeros if c.norm_plus_one else nn.initializers.ones
+    scale = _param(self, "scale", (c.d_model,), (EMBED,), init)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + c.rms_norm_eps)
+    if c.norm_plus_one:  # Gemma: (1 + w) in f32, then cast
+      return (xf * (1.0 + scale.astype(jnp.float32))).astype(c.dtype)
+    return scale.astype(c.dtype) * xf.astype(c.dtype)  # Llama: w * x_hat.to(dtype)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, k_cache, v_cache, write_index):
+    c = self.config
+    dt = jnp.dtype(c.dtype)
+    d, h, kh, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+    wq = _param(self, "wq", (d, h, hd), (EMBED, HEADS, HEAD_DIM))
+    wk = _param(self, "wk", (d, kh, hd), (EMBED, KV_HEADS, HEAD_DIM))
+    wv = _param(self, "wv", (d, kh, hd), (EMBED, KV_HEADS, HEAD_DIM))
+    wo = _param(self, "wo", (h, hd, d), (HEADS, HEAD_DIM, EMBED))
+    q = jnp.einsum("btd,dnh->btnh", x, wq.astype(dt))
+    k = jnp.einsum("btd,dnh->btnh", x, wk.astype(dt))
+    v = jnp.einsum("btd,dnh->btnh", x, wv.astype(dt))
+    if c.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "bq", (h, hd), (HEADS, HEAD_DIM), zeros).astype(dt)
+      k = k + _param(self, "bk", (kh, hd), (KV_HEADS, HEAD_DIM), zeros).astype(dt)
+      v = v + _param(self, "bv", (kh, hd), (KV_HEADS, HEAD_DIM), zeros).astype(dt)
+    q = nn.with_logical_constraint(q, (BATCH, LENGTH, HEADS, HEAD_DIM))
+    k = nn.with_logical_constraint(k, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+    v = nn.with_logical_constraint(v, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+    inv_freq = rope_inv_freq(c)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+
+    new_kv = None
+    if k_cache is not None:
+      write = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(
+          buf, new.astype(buf.dtype), (i, 0, 0)))
+      k_cache = write(k_cache, k, write_index)
+      v_cache = write(v_cache, v, write_index)
+      k_cache = nn.with_logical_constraint(k_cache, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+      v_cache = nn.with_logical_constraint(v_cache, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+      new_kv = (k_cache, v_cache)
+      k, v = k_cache.astype(dt), v_cache.astype(dt)
+
+    b, t = q.shape[:2]
+    qg = q.reshape(b, t, kh, h // kh, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * c.attn_scale
+    if c.attn_logit_softcap:
+      scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+    out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
+    y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
+    if c.out_bias:
+      y = y + _param(self, "bo", (d,), (EMBED,), nn.initializers.zeros).astype(dt)
+    return y, new_kv
+
+
+class Mlp(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    dt = jnp.dtype(c.dtype)
+    gate = jnp.einsum("btd,df->btf", x,
+                      _param(self, "wi_gate", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt))
+    up = jnp.einsum("btd,df->btf", x,
+                    _param(self, "wi_up", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt))
+    if c.activation == "silu":
+      act = jax.nn.silu(gate)
+    else:
+      act = jax.nn.gelu(gate, approximate=True)
+    hid = nn.with_logical_constraint(act * up, (BATCH, LENGTH, MLP))
+    return jnp.einsum("btf,fd->btd", hid,
+                      _param(self, "wo", (c.mlp_dim, c.d_model), (MLP, EMBED)).astype(dt))
+
+
+class Block(nn.Module):
+  """One decoder layer; ``nn.scan``-compatible: (carry, scanned, broadcast) -> (carry, ys)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_in, shared):
+    c = self.config
+    sliding, k_cache, v_cache = layer_in
+    positions, mask, dist, write_index = shared
+    if c.sliding_window:
+      mask = mask & (jnp.logical_not(sliding) | (dist < c.sliding_window))
+    h = RMSNorm(c, name="pre_attn_norm")(x)
+    h, new_kv = Attention(c, name="attn")(h, positions, mask, k_cache, v_cache, write_index)
+    if c.post_norms:
+      h = RMSNorm(c, name="post_attn_norm")(h)
+    x = x + h
+    h = RMSNorm(c, name="pre_mlp_norm")(x)
+    h = Mlp(c, name="mlp")(h)
+    if c.post_norms:
+      h = RMSNorm(c, name="post_mlp_norm")(h)
+    x = nn.with_logical_constraint(x + h, (BATCH, LENGTH, EMBED))
+    return x, new_kv
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+  """``__call__(tokens, positions, segment_ids, attn_mask, cache) -> (logits f32, cache)``."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Optional[Array] = None,
+               attn_mask: Optional[Array] = None, cache: Optional[KVCache] = None):
+    c = self.config
+    dt = jnp.dtype(c.dtype)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    positions = jnp.asarray(positions, jnp.int32)
+    valid = (jnp.ones(tokens.shape, bool) if segment_ids is None
+             else jnp.asarray(segment_ids) > 0)
+    q_pos = positions
+    new_pos = jnp.where(valid, positions, -1)
+
+    if cache is None:
+      key_pos = new_pos
+      write_index = None
+      mask = key_pos[:, None, :] >= 0
+      if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    else:
+      write_index = cache.index
+      key_pos = jax.vmap(lambda p, n, i: jax.lax.dynamic_update_slice(p, n, (i,)))(
+          cache.pos, new_pos, write_index)
+      mask = key_pos[:, None, :] >= 0
+    dist = q_pos[:, :, None] - key_pos[:, None, :]
+    mask &= dist >= 0
+    if attn_mask is not None:
+      mask &= attn_mask.astype(bool)
+
+    embedding = _param(self, "token_embed", (c.vocab_size, c.d_model), (VOCAB, EMBED))
+    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    if c.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(c.d_model), dt)
+    x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+
+    block = Block
+    if c.remat != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast), length=c.num_layers,
+                      metadata_params={nn.PARTITION_NAME: LAYERS})
+    sliding = jnp.asarray(c.sliding_layers, bool)
+    layer_in = (sliding, None if cache is None else cache.k,
+                None if cache is None else cache.v)
+    x, new_kv = scanned(c, name="layers")(x, layer_in, (positions, mask, dist, write_index))
+
+    x = RMSNorm(c, name="final_norm")(x)
+    if c.tie_word_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt),
+                          preferred_element_type=jnp.float32)
+    else:
+      head = _param(self, "lm_head", (c.d_model, c.vocab_size), (EMBED, VOCAB))
+      logits = jnp.einsum("btd,dv->btv", x, head.astype(dt),
+                          preferred_element_type=jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if c.final_logit_softcap:
+      logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+
+    new_cache = None
+    if cache is not None:
+      t = tokens.shape[1]
+      advance = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1)
+      new_cache = KVCache(k=new_kv[0], v=new_kv[1], pos=key_pos,
+                          index=cache.index + advance.astype(jnp.int32))
+    return logits, new_cache
+
+
+# ------------------------------------------------------------------------- functional API
+
+
+def _dummy_inputs(batch=1, length=1):
+  return jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.int32)
+
+
+def init_params(config: ModelConfig, rng: Array, boxed: bool = False) -> Any:
+  """Random params (normal(0.02) kernels). ``boxed=True`` keeps ``nn.LogicallyPartitioned``."""
+  variables = Transformer(config).init(rng, *_dummy_inputs())
+  params = variables["params"]
+  return params if boxed else nn.meta.unbox(params)
+
+
+def param_logical_axes(config: ModelConfig) -> Any:
+  """Pytree (like params) of ``PartitionSpec`` over logical axis names, e.g.
+  ``layers/attn/wq -> PartitionSpec('layers', 'embed', 'heads', 'head_dim')``."""
+  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.PRNGKey(0),
+                                                          *_dummy_inputs())["params"])
+  return nn.get_partition_spec(boxed)
+
+
+def apply(config: ModelConfig, params: Any, tokens: Array, positions: Optional[Array] = None,
+          *, segment_ids: Optional[Array] = None, attn_mask: Optional[Array] = None,
+          cache: Optional[KVCache] = None) -> tuple[Array, Optional[KVCache]]:
+  """Forward pass: ``(logits f32[B, T, V], new_cache or None)``. Not jitted (jit the caller).
+
+  ``positions`` defaults to 0..T-1 in every row. See the module docstring for masking and
+  the cache protocol.
+  """
+  tokens = jnp.asarray(tokens)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  return Transformer(config).apply({"params": params}, tokens, positions, segment_ids,
+                                   attn_mask, cache)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(config, params, tokens):
+  return apply(config, params, tokens)[0]
+
+
+def logits(config: ModelConfig, params: Any, tokens: Array) -> Array:
+  """Causal logits f32[B, T, vocab] for unpadded ``tokens[B, T]`` at positions 0..T-1."""
+  return _logits(config, params, jnp.asarray(tokens, jnp.int32))
