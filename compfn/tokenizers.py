@@ -518,6 +518,24 @@ class HFTokenizer(Tokenizer):
             stops = [e] if isinstance(e, int) else list(e or [])
         return cls(_Tok.from_file(tj), config, stops)
 
+    def save(self, directory: PathLike) -> str:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (special tokens, chat template)
+        so that :meth:`from_file` and transformers' ``AutoTokenizer`` load the same tokenizer.
+        Returns the directory."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.tok.save(os.path.join(directory, 'tokenizer.json'))
+        config = {'tokenizer_class': 'PreTrainedTokenizerFast',
+                  'add_bos_token': self.add_bos_token}
+        for name in ('bos', 'eos', 'pad', 'unk'):
+            if getattr(self, f'{name}_token', None) is not None:
+                config[f'{name}_token'] = getattr(self, f'{name}_token')
+        if self.chat_template is not None:
+            config['chat_template'] = self.chat_template
+        with open(os.path.join(directory, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+            json.dump(config, f, indent=1, ensure_ascii=False)
+        return directory
+
     def token_to_id(self, token):
         return self.tok.token_to_id(token)
 
