@@ -1,0 +1,126 @@
+"""Meshes, logical-axis rules as data, sharding helpers, multi-host initialisation.
+
+Mesh axes are ``('data', 'fsdp', 'tensor')``. Model code names its axes logically ('batch',
+'embed', 'heads', ...; see :mod:`compfn.model.transformer`); a *rules table* maps each logical
+name to a mesh axis (or a tuple of axes, or None = replicated), T5X-style, and is gin-bindable::
+
+    DEFAULT_RULES = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'), ...)
+
+    >>> mesh = make_mesh((2, 2, 2))                          # 8 devices: data=2, fsdp=2, tensor=2
+    >>> shardings = param_shardings(config, mesh)            # NamedSharding per parameter
+    >>> params = jax.device_put(params, shardings)
+    >>> with use_mesh(mesh):                                 # activations follow the same rules
+    ...     logits = jax.jit(fn)(params, tokens)
+
+Meshes are built with ``AxisType.Auto`` (jax 0.10's ``make_mesh`` defaults to Explicit).
+Multi-host: call :func:`initialize_distributed` first on every host; each host then feeds its
+slice of the global batch (:func:`host_batch_slice`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+#: logical axis -> mesh axis. Weights are sharded over fsdp on their 'embed' dimension and over
+#: tensor on heads/mlp/vocab; the batch over data x fsdp; the layer-scan axis is never sharded.
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('embed', 'fsdp'),
+    ('vocab', 'tensor'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('layers', None),
+)
+
+
+@gin.configurable
+def logical_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
+    """The rules table in force (bind ``logical_rules.rules`` in gin to change it)."""
+    out = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
+    names = [k for k, _ in out]
+    dup = sorted({k for k in names if names.count(k) > 1})
+    if dup:
+        raise ValueError(f'logical axis rules name {dup} more than once')
+    for k, v in out:
+        for ax in (v if isinstance(v, tuple) else (v,)):
+            if ax is not None and ax not in MESH_AXES:
+                raise ValueError(f'rule {k!r} -> {v!r}: {ax!r} is not a mesh axis {MESH_AXES}')
+    return out
+
+
+@gin.configurable
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh with Auto axis types. One entry of ``shape`` may be -1
+    (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != 3:
+        raise ValueError(f'mesh shape must have 3 entries (data, fsdp, tensor), got {shape}')
+    if shape.count(-1) > 1:
+        raise ValueError(f'at most one mesh dimension may be -1, got {shape}')
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f'{len(devices)} devices do not divide into mesh {shape}')
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
+                         f'{len(devices)} available')
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                         devices=devices)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=None):
+    """A pytree of logical ``PartitionSpec`` -> the same pytree of ``NamedSharding``."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_rules())
+
+
+def param_shardings(config, mesh: Mesh, rules=None):
+    """``NamedSharding`` for every parameter of the model described by ``config``."""
+    from compfn.model import param_logical_axes
+    return logical_to_sharding(param_logical_axes(config), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules=None) -> NamedSharding:
+    """Sharding of a ``[batch, ...]`` array: batch over the rule's mesh axes, rest replicated."""
+    spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), rules or logical_rules())
+    return NamedSharding(mesh, spec)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=None):
+    """Make ``mesh`` current and the logical rules active (for ``with_logical_constraint``)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules or logical_rules()):
+        yield mesh
+
+
+def initialize_distributed(**kwargs) -> bool:
+    """``jax.distributed.initialize()`` when this is one process of a multi-host job (a TPU pod
+    slice, or ``JAX_COORDINATOR_ADDRESS`` / ``COMPFN_MULTIHOST=1`` set); a no-op on one host.
+    Returns whether it initialised. Must run before any other JAX call."""
+    multi = (os.environ.get('COMPFN_MULTIHOST') == '1' or 'JAX_COORDINATOR_ADDRESS' in os.environ
+             or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
+    if multi:
+        jax.distributed.initialize(**kwargs)
+    return multi
+
+
+def host_batch_slice(global_batch: int) -> slice:
+    """The rows of a global batch that this host feeds (contiguous, equal per host)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch % n:
+        raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
+    per = global_batch // n
+    return slice(i * per, (i + 1) * per)
