@@ -26,7 +26,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 

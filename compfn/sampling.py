@@ -1,0 +1,489 @@
+"""On-device sampler: one jitted prefill plus ONE ``lax.while_loop`` decode over a donated state.
+
+Public API (stable; ``tools/benchmark_sampler.py`` and ``compfn.rl.rollout`` build on it)::
+
+    cfg = SamplerConfig(max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(),
+                        num_samples=1, pad_id=0, logprobs="raw")      # frozen, hashable, static
+
+    samples = sample(model_config, params, prompts, prompt_lens, rng, cfg,
+                     *, mesh=None, rules=None) -> Samples
+        prompts int32[B, P] (right-padded), prompt_lens int32[B] (>= 1), rng a PRNG key.
+        Samples(tokens int32[B*G, N], lengths int32[B*G], logprobs f32[B*G, N],
+                mask bool[B*G, N], truncated bool[B*G], group int32[B*G])   (G = num_samples,
+                N = max_new_tokens; row i is sample i % G of prompt group[i] = i // G)
+
+    state = prefill(model_config, params, prompts, prompt_lens, rng, cfg, *, mesh=None,
+                    rules=None) -> DecodeState   (jit; the first token is already sampled)
+    state = decode(model_config, state, params, cfg, *, mesh=None, rules=None)
+        -> DecodeState   (jit, ``state`` donated; runs the while_loop to the end)
+    DecodeState(step, tokens, logprobs, cache, last, positions, done, lengths, rng)
+    samples = samples_from_state(state, cfg)
+    sample_fn(model_config, params, prompts, prompt_lens, rng, cfg) -> Samples
+        the same computation, not jitted: call it inside a larger jitted function (rollout).
+
+    sampler = Sampler(model_config, params, tokenizer, cfg, *, min_bucket=16, mesh=None,
+                      rules=None)
+    out = sampler(["prompt text", ...] or [[token ids], ...], rng)   -> SamplerOutput
+        (host convenience: encodes, buckets prompt length and batch size to powers of two,
+        pads, runs ``sample``, strips the padding rows and decodes: .texts, .samples (numpy))
+
+    teacher_forced_logprobs(model_config, params, prompts, prompt_lens, samples, cfg)
+        -> f32[B*G, N]: the same log-probabilities recomputed by one full forward pass over
+        [prompt | response] (what a GRPO loss computes); used to check the sampler.
+    full_sequences(prompts, prompt_lens, samples, num_samples) -> (tokens int32[B*G, P+N],
+        positions, segment_ids): [prompt | response] rows for a training forward pass
+    bucket_length(n, min_bucket=16) -> int   (next power of two >= max(n, min_bucket))
+
+Semantics
+---------
+* **Prompts**: right-padded ``prompts[B, P]`` with per-row ``prompt_lens``. The prefill runs on
+  the B prompts only (per-row positions 0..len-1, padding marked invalid), then the KV cache is
+  repeated G times along the batch (T5X ``num_decodes`` / Levanter ``clone_sequence``): G samples
+  share one prefill. Every row continues at its own position ``len + t``, so ragged prompts share
+  one program; the host buckets P (``bucket_length``) so lengths share compilations.
+* **Sampling**: ``temperature == 0`` is greedy (argmax). Otherwise logits / temperature, then
+  top-k (``top_k > 0``: keep the k largest; ``lax.top_k``), then top-p (``top_p < 1``: sort,
+  softmax, cumsum; keep the smallest prefix whose mass reaches p; the most likely token is always
+  kept), then one categorical draw per row with ``fold_in(rng, step)``. Ties at a top-k / top-p
+  threshold keep every tied token.
+* **Logprobs** (``cfg.logprobs``): ``"raw"`` (default) = ``log_softmax(raw logits)[token]``, the
+  policy's log-probability independent of the sampling knobs (what GRPO's ratio uses when the
+  loss recomputes logits without temperature); ``"temperature"`` = ``log_softmax(logits / T)``
+  (verl's convention: its actor divides logits by the rollout temperature). Neither includes the
+  top-k/top-p truncation. Greedy ``"temperature"`` falls back to raw.
+* **Stops**: a row ends at its first token in ``stop_ids`` (the stop token is kept: it is part of
+  ``lengths``/``mask`` and has a logprob). Positions after the end hold ``pad_id``, logprob 0,
+  mask False. ``truncated[i]`` = the row produced ``max_new_tokens`` tokens without a stop token
+  (the paper's "overlong"). The loop exits early once every row has stopped.
+* **Sharding**: pass ``mesh`` and logical-axis ``rules`` (e.g.
+  ``compfn.parallel.DEFAULT_RULES``); the call runs under ``jax.set_mesh(mesh)`` and
+  ``nn.logical_axis_rules(rules)`` so the model's activation annotations (batch over
+  ('data', 'fsdp'), heads / vocab over 'tensor') reach the compiled program. Shard the params
+  with ``nn.logical_to_mesh_sharding(param_logical_axes(config), mesh, rules)``. Results are
+  identical to the unsharded call (random draws in JAX do not depend on the sharding).
+
+Worked example (ragged prompts, greedy, EOS id 2)::
+
+    cfg = SamplerConfig(max_new_tokens=4, temperature=0.0, stop_ids=(2,), num_samples=2)
+    prompts = jnp.array([[5, 6, 7], [9, 0, 0]]); lens = jnp.array([3, 1])
+    s = sample(mcfg, params, prompts, lens, jax.random.key(0), cfg)
+    # s.tokens.shape == (4, 4); rows 0, 1 continue [5, 6, 7], rows 2, 3 continue [9].
+    # If row 2 samples [4, 2, ...] then s.tokens[2] == [4, 2, 0, 0], s.lengths[2] == 2,
+    # s.mask[2] == [T, T, F, F], s.truncated[2] == False; a row without 2 has length 4 and
+    # truncated True.
+
+Cost notes: the decode body is one forward pass of a [B*G, 1] token batch over a cache of
+``P + N`` slots; done rows still run (static shapes) but the loop stops when all are done.
+The prefill computes logits only at each row's last prompt position: a flax method interceptor
+(``nn.intercept_methods``) gathers that position at the input of the model's ``final_norm``, so
+the LM head never materialises [B, P, V] f32 (a ``logits_index`` argument of ``model.apply``
+would do the same without the interceptor; if the module is renamed the sampler falls back to
+gathering from full logits).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence, Union
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compfn.model import transformer as T
+from compfn.model.config import ModelConfig
+
+Array = jax.Array
+
+__all__ = ["SamplerConfig", "Samples", "DecodeState", "sample", "sample_fn", "prefill",
+           "prefill_fn", "decode_fn",
+           "decode", "samples_from_state", "Sampler", "SamplerOutput", "bucket_length",
+           "teacher_forced_logprobs", "full_sequences"]
+
+LOGPROB_MODES = ("raw", "temperature")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Static sampling configuration (hashable: a static argument of ``jax.jit``)."""
+  max_new_tokens: int
+  temperature: float = 1.0      # 0 = greedy
+  top_k: int = 0                # 0 = off
+  top_p: float = 1.0            # 1 = off
+  stop_ids: tuple[int, ...] = ()
+  num_samples: int = 1          # G samples per prompt (share one prefill)
+  pad_id: int = 0               # written after a row's end
+  logprobs: str = "raw"         # 'raw' | 'temperature' (see the module docstring)
+
+  def __post_init__(self):
+    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+    if self.logprobs not in LOGPROB_MODES:
+      raise ValueError(f"logprobs must be one of {LOGPROB_MODES}, got {self.logprobs!r}")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+
+@flax.struct.dataclass
+class Samples:
+  tokens: Array      # int32[B*G, N]  generated tokens, pad_id after the end
+  lengths: Array     # int32[B*G]     generated tokens including the stop token
+  logprobs: Array    # f32[B*G, N]    log-prob of each generated token (0 after the end)
+  mask: Array        # bool[B*G, N]   position < length
+  truncated: Array   # bool[B*G]      N tokens without a stop token
+  group: Array       # int32[B*G]     prompt index (row // G)
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The while_loop carry; donated between ``prefill`` and ``decode``."""
+  step: Array        # int32[]        tokens generated so far (all rows)
+  tokens: Array      # int32[B*G, N]
+  logprobs: Array    # f32[B*G, N]
+  cache: T.KVCache   # batch B*G, max_len P + N
+  last: Array        # int32[B*G]     the latest token (the next decode input)
+  positions: Array   # int32[B*G]     RoPE position of ``last``
+  done: Array        # bool[B*G]      a stop token was produced
+  lengths: Array     # int32[B*G]
+  rng: Array         # PRNG key
+
+
+def bucket_length(n: int, min_bucket: int = 16) -> int:
+  """Next power of two >= max(n, min_bucket) (the host pads prompts to it)."""
+  n = max(int(n), int(min_bucket), 1)
+  return 1 << (n - 1).bit_length()
+
+
+# ------------------------------------------------------------------------------ the sampler
+
+
+def _choose(logits: Array, key: Array, cfg: SamplerConfig) -> tuple[Array, Array]:
+  """(token int32[R], logprob f32[R]) from raw logits f32[R, V]."""
+  logits = logits.astype(jnp.float32)
+  raw_lp = jax.nn.log_softmax(logits, axis=-1)
+  if cfg.greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    lp_table = raw_lp
+  else:
+    scaled = logits / jnp.float32(cfg.temperature)
+    lp_table = jax.nn.log_softmax(scaled, axis=-1) if cfg.logprobs == "temperature" else raw_lp
+    neg = jnp.finfo(jnp.float32).min
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+      kth = jax.lax.top_k(scaled, cfg.top_k)[0][:, -1:]
+      scaled = jnp.where(scaled >= kth, scaled, neg)
+    if cfg.top_p < 1.0:
+      srt = jnp.sort(scaled, axis=-1)[:, ::-1]
+      probs = jax.nn.softmax(srt, axis=-1)
+      before = jnp.cumsum(probs, axis=-1) - probs           # mass strictly before each token
+      keep = before < jnp.float32(cfg.top_p)
+      keep = keep.at[:, 0].set(True)
+      thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+      scaled = jnp.where(scaled >= thresh, scaled, neg)
+    tok = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+  lp = jnp.take_along_axis(lp_table, tok[:, None], axis=-1)[:, 0]
+  return tok, lp
+
+
+def _is_stop(tok: Array, cfg: SamplerConfig) -> Array:
+  stop = jnp.zeros(tok.shape, bool)
+  for s in cfg.stop_ids:
+    stop = stop | (tok == s)
+  return stop
+
+
+def _constrain_rows(x: Array) -> Array:
+  return nn.with_logical_constraint(x, (T.BATCH,) + (None,) * (x.ndim - 1))
+
+
+def _record(state: DecodeState, tok: Array, lp: Array, cfg: SamplerConfig) -> DecodeState:
+  """Write the token sampled at ``state.step`` for the rows still running."""
+  live = ~state.done
+  tok = jnp.where(live, tok, cfg.pad_id).astype(jnp.int32)
+  lp = jnp.where(live, lp, 0.0)
+  col = state.step
+  tokens = jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, col))
+  logprobs = jax.lax.dynamic_update_slice(state.logprobs, lp[:, None], (0, col))
+  done = state.done | (live & _is_stop(tok, cfg))
+  return state.replace(step=state.step + 1, tokens=_constrain_rows(tokens),
+                       logprobs=_constrain_rows(logprobs), last=tok, done=done,
+                       lengths=state.lengths + live.astype(jnp.int32))
+
+
+def _final_norm_at(index: Array, length: int, next_fun, args, kwargs, context):
+  """Method interceptor for the prefill: the model's ``final_norm`` (per position) sees only
+  each row's last prompt position, so the LM head computes logits [B, 1, V] instead of
+  [B, P, V] (P times less memory and head FLOPs). Every other module call passes through."""
+  if (context.method_name == "__call__" and isinstance(context.module, T.RMSNorm)
+      and context.module.name == "final_norm" and args and getattr(args[0], "ndim", 0) == 3
+      and args[0].shape[1] == length):
+    args = (jnp.take_along_axis(args[0], index[:, None, None], axis=1),) + tuple(args[1:])
+  return next_fun(*args, **kwargs)
+
+
+def prefill_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
+               rng: Array, cfg: SamplerConfig) -> DecodeState:
+  """Prefill B prompts, repeat the cache G times, sample the first token (not jitted)."""
+  prompts = jnp.asarray(prompts, jnp.int32)
+  prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
+  b, p = prompts.shape
+  g, n = cfg.num_samples, cfg.max_new_tokens
+  valid = jnp.arange(p, dtype=jnp.int32)[None, :] < prompt_lens[:, None]
+  positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+  cache = T.init_cache(model_config, batch=b, max_len=p + n)
+  last = jnp.clip(prompt_lens - 1, 0, p - 1)
+  with nn.intercept_methods(functools.partial(_final_norm_at, last, p)):
+    logits, cache = T.apply(model_config, params, prompts, positions,
+                            segment_ids=valid.astype(jnp.int32), cache=cache)
+  if logits.shape[1] != 1:  # the interceptor did not fire (module renamed): gather here
+    logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)
+  last_logits = logits[:, 0]
+  if g > 1:  # one prefill, G decodes: repeat along the batch (sample-major within a prompt)
+    rep = functools.partial(jnp.repeat, repeats=g, total_repeat_length=b * g)
+    cache = T.KVCache(k=rep(cache.k, axis=1), v=rep(cache.v, axis=1),
+                      pos=rep(cache.pos, axis=0), index=rep(cache.index, axis=0))
+    last_logits = rep(last_logits, axis=0)
+    prompt_lens = rep(prompt_lens, axis=0)
+  cache = cache.replace(
+      k=nn.with_logical_constraint(cache.k, T.CACHE_AXES),
+      v=nn.with_logical_constraint(cache.v, T.CACHE_AXES),
+      pos=_constrain_rows(cache.pos), index=_constrain_rows(cache.index))
+  rows = b * g
+  state = DecodeState(
+      step=jnp.int32(0),
+      tokens=_constrain_rows(jnp.full((rows, n), cfg.pad_id, jnp.int32)),
+      logprobs=_constrain_rows(jnp.zeros((rows, n), jnp.float32)),
+      cache=cache, last=jnp.zeros((rows,), jnp.int32), positions=prompt_lens,
+      done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), rng=rng)
+  tok, lp = _choose(last_logits, jax.random.fold_in(rng, 0), cfg)
+  return _record(state, tok, lp, cfg)
+
+
+def decode_fn(model_config: ModelConfig, state: DecodeState, params: Any,
+              cfg: SamplerConfig) -> DecodeState:
+  """Run the decode ``lax.while_loop`` to the end (not jitted)."""
+  n = cfg.max_new_tokens
+
+  def cond(s: DecodeState):
+    return (s.step < n) & ~jnp.all(s.done)
+
+  def body(s: DecodeState):
+    logits, cache = T.apply(model_config, params, s.last[:, None], s.positions[:, None],
+                            cache=s.cache)
+    s = s.replace(cache=cache, positions=s.positions + 1)
+    tok, lp = _choose(logits[:, 0], jax.random.fold_in(s.rng, s.step), cfg)
+    return _record(s, tok, lp, cfg)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def samples_from_state(state: DecodeState, cfg: SamplerConfig) -> Samples:
+  rows, n = state.tokens.shape
+  mask = jnp.arange(n, dtype=jnp.int32)[None, :] < state.lengths[:, None]
+  return Samples(tokens=state.tokens, lengths=state.lengths, logprobs=state.logprobs,
+                 mask=mask, truncated=~state.done,
+                 group=jnp.arange(rows, dtype=jnp.int32) // cfg.num_samples)
+
+
+def sample_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
+              rng: Array, cfg: SamplerConfig) -> Samples:
+  """Prefill + decode as one pure function (not jitted; embed it in a larger jit)."""
+  state = prefill_fn(model_config, params, prompts, prompt_lens, rng, cfg)
+  return samples_from_state(decode_fn(model_config, state, params, cfg), cfg)
+
+
+class _MeshContext:
+  """``jax.set_mesh(mesh)`` + ``nn.logical_axis_rules(rules)`` when given, else nothing."""
+
+  def __init__(self, mesh, rules):
+    self.mesh, self.rules, self._stack = mesh, rules, []
+
+  def __enter__(self):
+    import contextlib
+    self._stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      self._stack.enter_context(jax.set_mesh(self.mesh))
+    if self.rules is not None:
+      self._stack.enter_context(nn.logical_axis_rules(self.rules))
+    return self
+
+  def __exit__(self, *exc):
+    return self._stack.__exit__(*exc)
+
+
+def _check_rules(mesh, rules):
+  if rules is not None:
+    rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in rules)
+  return mesh, rules
+
+
+# mesh / rules are static so that a sharded and an unsharded trace never share a cache entry.
+@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"))
+def _prefill_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=None, rules=None):
+  del mesh, rules
+  return prefill_fn(model_config, params, prompts, prompt_lens, rng, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"),
+                   donate_argnames=("state",))
+def _decode_jit(model_config, state, params, cfg, mesh=None, rules=None):
+  del mesh, rules
+  return decode_fn(model_config, state, params, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"))
+def _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=None, rules=None):
+  del mesh, rules
+  return sample_fn(model_config, params, prompts, prompt_lens, rng, cfg)
+
+
+def prefill(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
+            rng: Array, cfg: SamplerConfig, *, mesh=None, rules=None) -> DecodeState:
+  """Jitted prefill: the DecodeState after the first sampled token."""
+  mesh, rules = _check_rules(mesh, rules)
+  with _MeshContext(mesh, rules):
+    return _prefill_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh,
+                        rules=rules)
+
+
+def decode(model_config: ModelConfig, state: DecodeState, params: Any, cfg: SamplerConfig,
+           *, mesh=None, rules=None) -> DecodeState:
+  """Jitted decode loop; ``state`` is donated (do not reuse it)."""
+  mesh, rules = _check_rules(mesh, rules)
+  with _MeshContext(mesh, rules):
+    return _decode_jit(model_config, state, params, cfg, mesh=mesh, rules=rules)
+
+
+def sample(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
+           rng: Array, cfg: SamplerConfig, *, mesh=None, rules=None) -> Samples:
+  """Sample ``cfg.num_samples`` continuations of each prompt: one jitted call (prefill and
+  the decode while_loop in one XLA program). See the module docstring."""
+  mesh, rules = _check_rules(mesh, rules)
+  with _MeshContext(mesh, rules):
+    return _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh,
+                       rules=rules)
+
+
+# --------------------------------------------------------------------- teacher forcing check
+
+
+def full_sequences(prompts: Array, prompt_lens: Array, samples: Samples,
+                   num_samples: int) -> tuple[Array, Array, Array]:
+  """``[prompt | response]`` rows for one full forward pass: (tokens int32[B*G, P+N],
+  positions, segment_ids). The prompt keeps its right padding (segment 0); the response
+  continues at position ``prompt_len`` (positions define attention, so the gap is harmless)."""
+  prompts = jnp.asarray(prompts, jnp.int32)
+  prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
+  b, p = prompts.shape
+  n = samples.tokens.shape[1]
+  rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
+  pr, pl = rep(prompts), rep(prompt_lens)
+  tokens = jnp.concatenate([pr, samples.tokens], axis=1)
+  ar_p = jnp.arange(p, dtype=jnp.int32)[None, :]
+  ar_n = jnp.arange(n, dtype=jnp.int32)[None, :]
+  positions = jnp.concatenate([jnp.broadcast_to(ar_p, pr.shape), pl[:, None] + ar_n], axis=1)
+  seg = jnp.concatenate([ar_p < pl[:, None], samples.mask], axis=1).astype(jnp.int32)
+  return tokens, positions, seg
+
+
+def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Array,
+                            prompt_lens: Array, samples: Samples,
+                            cfg: SamplerConfig) -> Array:
+  """Log-probabilities of ``samples.tokens`` under one full causal forward pass
+  (``log_softmax(raw logits)``, or of logits / T for ``cfg.logprobs == 'temperature'``);
+  0 where ``mask`` is False. f32[B*G, N]."""
+  tokens, positions, seg = full_sequences(prompts, prompt_lens, samples, cfg.num_samples)
+  p = jnp.asarray(prompts).shape[1]
+  n = samples.tokens.shape[1]
+  logits, _ = T.apply(model_config, params, tokens, positions, segment_ids=seg)
+  # The prediction of response token j comes from the position before it: the prompt's last
+  # valid token for j = 0, response token j - 1 otherwise.
+  pl = jnp.repeat(jnp.asarray(prompt_lens, jnp.int32), cfg.num_samples)
+  rows = pl.shape[0]
+  src = jnp.concatenate([(pl - 1)[:, None],
+                         jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32), (rows, n - 1))],
+                        axis=1)
+  lg = jnp.take_along_axis(logits, src[:, :, None], axis=1)
+  if cfg.logprobs == "temperature" and not cfg.greedy:
+    lg = lg / cfg.temperature
+  lp = jax.nn.log_softmax(lg, axis=-1)
+  lp = jnp.take_along_axis(lp, samples.tokens[:, :, None], axis=-1)[:, :, 0]
+  return jnp.where(samples.mask, lp, 0.0)
+
+
+# ------------------------------------------------------------------------ host convenience
+
+
+@dataclasses.dataclass
+class SamplerOutput:
+  texts: list[str]          # decoded responses (special tokens dropped), row-major [B*G]
+  samples: Samples          # numpy arrays, padding rows removed
+  prompt_ids: list[list[int]]
+
+
+class Sampler:
+  """Host convenience: strings (or token lists) in, texts out.
+
+      sampler = Sampler(mcfg, params, tok, SamplerConfig(64, temperature=0.0,
+                                                         stop_ids=tok.stop_ids))
+      out = sampler(["Hello"], jax.random.key(0))     # out.texts[0], out.samples.tokens[0]
+
+  Prompt strings are encoded with ``tokenizer.encode`` as given (apply a chat template first
+  if the model wants one). The prompt length is padded to ``bucket_length(max len,
+  min_bucket)`` and the batch to a power of two (repeating the last prompt), so a stream of
+  batches reuses a few compilations. Ids the tokenizer does not know (a model's padded
+  vocabulary rows) are left out of ``texts`` (``samples.tokens`` keeps them).
+  """
+
+  def __init__(self, model_config: ModelConfig, params: Any, tokenizer, cfg: SamplerConfig,
+               *, min_bucket: int = 16, mesh=None, rules=None):
+    self.model_config, self.params, self.tokenizer, self.cfg = (model_config, params,
+                                                                tokenizer, cfg)
+    self.min_bucket, self.mesh, self.rules = min_bucket, mesh, rules
+
+  def encode(self, prompts: Sequence[Union[str, Sequence[int]]]) -> list[list[int]]:
+    ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p]
+           for p in prompts]
+    for i, x in enumerate(ids):
+      if not x:
+        raise ValueError(f"prompt {i} is empty")
+    return ids
+
+  def pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    b = len(ids)
+    rows = 1 << max(0, b - 1).bit_length()
+    p = bucket_length(max(len(x) for x in ids), self.min_bucket)
+    pad_id = self.cfg.pad_id
+    arr = np.full((rows, p), pad_id, np.int32)
+    lens = np.zeros(rows, np.int32)
+    for i in range(rows):
+      x = ids[min(i, b - 1)]
+      arr[i, :len(x)] = x
+      lens[i] = len(x)
+    return arr, lens
+
+  def __call__(self, prompts: Sequence[Union[str, Sequence[int]]], rng) -> SamplerOutput:
+    if isinstance(prompts, str):
+      raise ValueError("prompts must be a list of strings or token lists, not a string")
+    ids = self.encode(prompts)
+    arr, lens = self.pad(ids)
+    s = sample(self.model_config, self.params, arr, lens, rng, self.cfg, mesh=self.mesh,
+               rules=self.rules)
+    keep = len(ids) * self.cfg.num_samples
+    s = jax.tree.map(lambda x: np.asarray(x)[:keep], s)
+    v = self.tokenizer.vocab_size   # a model's padded vocab rows beyond it decode to nothing
+    texts = [self.tokenizer.decode([t for t in s.tokens[i, :s.lengths[i]].tolist() if t < v])
+             for i in range(keep)]
+    return SamplerOutput(texts=texts, samples=s, prompt_ids=ids)
