@@ -189,12 +189,7 @@ def prepare(config, data_dir: str | None = None, progress: bool = False) -> Coun
 def data_source(config, data_dir: str | None = None):
     """The random-access ``ArrayRecordDataSource`` of a prepared config's split (raw records;
     see :func:`decode_record`). Builds nothing."""
-    b = get_builder(config, data_dir)
-    if not b.is_prepared():
-        raise FileNotFoundError(f'{b.name}/{b.builder_config.name} is not prepared under '
-                                f'{b._data_dir_root}; call compfn.data.countdown_tfds.prepare('
-                                f'{b.builder_config.name!r}, {b._data_dir_root!r})')
-    return b.as_data_source(split=b.builder_config.split)
+    return S.prepared_source(get_builder(config, data_dir), cli_prefix='countdown/')
 
 
 def generate_records(config) -> list[dict]:

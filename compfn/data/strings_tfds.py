@@ -498,11 +498,17 @@ def prepare(config, data_dir: str | None = None, progress: bool = False):
 def data_source(config, data_dir: str | None = None):
     """The ``ArrayRecordDataSource`` of a prepared config's split (random access, ``len``,
     raw records with bytes text fields; see :func:`decode_record`). Builds nothing."""
-    b = get_builder(config, data_dir)
+    return prepared_source(get_builder(config, data_dir))
+
+
+def prepared_source(b, cli_prefix: str = ''):
+    """The data source of a prepared builder's split, or a FileNotFoundError that gives the
+    ``compfn-data build`` command to run (``cli_prefix``: e.g. ``'countdown/'``)."""
     if not b.is_prepared():
         raise FileNotFoundError(f'{b.name}/{b.builder_config.name} is not prepared under '
                                 f'{b._data_dir_root}; run: compfn-data build --config '
-                                f'{b.builder_config.name} --data_dir {b._data_dir_root}')
+                                f'{cli_prefix}{b.builder_config.name} --data_dir '
+                                f'{b._data_dir_root}')
     return b.as_data_source(split=b.builder_config.split)
 
 
