@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "jinja2==3.1.6",
     "safetensors==0.8.0",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.4",
 ]
 
 # Reference implementations the tests compare against (logit and tokenizer parity). torch 2.13.0

@@ -4,7 +4,8 @@
 
 Every run is a gin-configured *job* (``run.job = @build_datasets``) called with the workdir. The
 operative gin config is written to ``WORKDIR/config.gin`` so a run can be repeated exactly.
-Jobs available now: :func:`build_datasets`. (The trainer's stages join this list.)
+Jobs: :func:`build_datasets` and :func:`compfn.experiment.pipeline` (the trainer's stages:
+sft / rft / rl / eval / gate / branch).
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     for f in args.gin_file:
         if not os.path.exists(f):
             ap.error(f'--gin_file {f}: no such file')
+    from compfn import experiment  # noqa: F401  (registers the stages, sources, configs)
     gin.clear_config()
     gin.parse_config_files_and_bindings(args.gin_file, args.gin_param)
     workdir = args.workdir or os.path.join('runs', pathlib.Path(args.gin_file[0]).stem)

@@ -1,0 +1,217 @@
+"""Record sources for the trainer's stages (gin-configurable; all deterministic).
+
+A *record* is a plain dict. The stages read these keys:
+
+* SFT (``compfn.experiment.sft_stage``): ``prompt``, ``target`` (text) — or ``target_ids`` —
+  and ``level``.
+* RL, evaluation, gate: ``prompt``, ``ref`` (the reference output), ``level``, ``group``.
+* RFT collection: ``sample_prompt`` (shown while sampling), ``train_prompt`` (stored for SFT),
+  ``ref``, ``level``.
+
+Sources::
+
+    trace_records(functions='train', min_level=2, max_level=2, num=4096)   # in memory (fast)
+    tfds_records('stage2_test_L1to8')          # a TFDS config (built on first use), paper format
+    countdown_records('L3')                    # the Countdown sets
+    jsonl_records('runs/x/rft/data.jsonl')     # e.g. RFT output
+    mix([recs_a, recs_b], counts=[8000, 2000]) # a fixed-size deterministic mixture
+
+Example (trace format, MINIATURE.md)::
+
+    >>> trace_records('train', 2, 2, 2, seed=0)[0]
+    {'prompt': "func_3(func_1('abc',2))=", 'target': ";func_1('abc',2)=abcabc;...",
+     'ref': 'aabbcc', 'level': 2, 'group': 'train', 'input': 'abc', ...}
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Optional, Sequence
+
+import gin
+
+from compfn.tasks.strings import functions as F
+from compfn.tasks.strings import generic as G
+from compfn.tasks.strings import generator as Gen
+
+__all__ = ['trace_records', 'tfds_records', 'countdown_records', 'jsonl_records', 'mix',
+           'resolve_functions', 'LazyRecords']
+
+
+class LazyRecords(Sequence):
+  """A record list built on first access (so parsing a gin file, or a dry run, generates or
+  reads no data). ``describe`` says what it will hold."""
+
+  def __init__(self, build, describe: str):
+    self._build, self.describe, self._items = build, describe, None
+
+  def _get(self) -> list:
+    if self._items is None:
+      self._items = list(self._build())
+    return self._items
+
+  def __len__(self):
+    return len(self._get())
+
+  def __getitem__(self, i):
+    return self._get()[i]
+
+  def __iter__(self):
+    return iter(self._get())
+
+  def __repr__(self):
+    return f'LazyRecords({self.describe})'
+
+
+def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
+  """(family, internal names) for 'train' | 'heldout' (= 'test') | 'all' | 'generic' | a list of
+  names or func_k / gen_k ids."""
+  if isinstance(functions, str):
+    if functions == 'train':
+      return 'paper', F.TRAIN_FUNCTIONS
+    if functions in ('heldout', 'test'):
+      return 'paper', F.TEST_FUNCTIONS
+    if functions == 'all':
+      return 'paper', tuple(F.FUNCTIONS)
+    if functions == 'generic':
+      return 'generic', tuple(G.GENERIC_FUNCTIONS)
+    functions = [functions]
+  by_id = {s.fid: n for n, s in F.FUNCTIONS.items()}
+  gen_id = {s.fid: n for n, s in G.GENERIC_FUNCTIONS.items()}
+  names = []
+  family = None
+  for f in functions:
+    if f in F.FUNCTIONS or f in by_id:
+      fam, n = 'paper', by_id.get(f, f)
+    elif f in G.GENERIC_FUNCTIONS or f in gen_id:
+      fam, n = 'generic', gen_id.get(f, f)
+    else:
+      raise ValueError(f'unknown function {f!r}: use a name or id of the 25 functions, a '
+                       "generic gen_k, or one of 'train', 'heldout', 'all', 'generic'")
+    if family not in (None, fam):
+      raise ValueError('cannot mix paper and generic functions in one trace source')
+    family = fam
+    names.append(n)
+  return family, tuple(names)
+
+
+@gin.configurable
+def trace_records(functions='train', min_level: int = 1, max_level: int = 1, num: int = 1024,
+                  seed: int = 0, inputs: str = 'train', input_len=(3, 6),
+                  max_chars: Optional[int] = None, group: Optional[str] = None) -> LazyRecords:
+  """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records."""
+  family, names = resolve_functions(functions)
+  label = group if group is not None else (functions if isinstance(functions, str) else 'custom')
+  return LazyRecords(lambda: _trace(family, names, min_level, max_level, num, seed, inputs,
+                                    input_len, max_chars, label),
+                     f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}')
+
+
+def _trace(family, names, min_level, max_level, num, seed, inputs, input_len, max_chars, label):
+  probs = Gen.generate_trace(names, min_level, max_level, num, seed=seed, family=family,
+                             input_len=tuple(input_len), inputs=inputs, max_chars=max_chars)
+  return [{'prompt': p.prompt, 'target': p.target, 'ref': p.answer, 'level': p.level,
+           'group': label, 'input': p.input, 'functions': list(p.functions),
+           'sample_prompt': p.prompt, 'train_prompt': p.prompt} for p in probs]
+
+
+@gin.configurable
+def tfds_records(config: str = 'stage2_test_L1to8', data_dir: Optional[str] = None,
+                 limit: Optional[int] = None, hidden_prompt_for_training: bool = True,
+                 group: str = '') -> LazyRecords:
+  """Records of a string-task / trace TFDS config (built on first use, then read back).
+
+  String-task records carry the paper's prompt as ``prompt``/``sample_prompt`` and the
+  definitions-hidden prompt (stage 1) as ``train_prompt`` when ``hidden_prompt_for_training``;
+  ``ref`` is the reference output."""
+  return LazyRecords(lambda: _tfds(config, data_dir, limit, hidden_prompt_for_training, group),
+                     f'tfds {config}')
+
+
+def _tfds(config, data_dir, limit, hidden_prompt_for_training, group):
+  from compfn.data import strings_tfds as S
+  S.prepare(config, data_dir, progress=True)
+  src = S.data_source(config, data_dir)
+  n = len(src) if limit is None else min(limit, len(src))
+  out = []
+  for i in range(n):
+    r = S.decode_record(src[i])
+    if 'target' in r:               # trace config
+      rec = {'prompt': r['prompt'], 'target': r['target'], 'ref': r['answer'],
+             'level': int(r['level']), 'group': group, 'sample_prompt': r['prompt'],
+             'train_prompt': r['prompt']}
+    else:
+      hidden = r.get('prompt_hidden') or r['prompt']
+      rec = {'prompt': r['prompt'], 'ref': r['output'], 'level': int(r['level']),
+             'group': group, 'sample_prompt': r['prompt'],
+             'train_prompt': hidden if hidden_prompt_for_training else r['prompt'],
+             'code': r.get('code'), 'input': r.get('input')}
+    out.append(rec)
+  return out
+
+
+@gin.configurable
+def countdown_records(config: str = 'L3', data_dir: Optional[str] = None,
+                      limit: Optional[int] = None, group: str = 'countdown') -> LazyRecords:
+  """Countdown records: ``ref`` is ``'{"numbers": [...], "target": N}'`` (the evaluator's
+  countdown task reads it)."""
+  return LazyRecords(lambda: _countdown(config, data_dir, limit, group), f'countdown {config}')
+
+
+def _countdown(config, data_dir, limit, group):
+  from compfn.data import countdown_tfds as C
+  C.prepare(config, data_dir, progress=True)
+  src = C.data_source(config, data_dir)
+  n = len(src) if limit is None else min(limit, len(src))
+  out = []
+  for i in range(n):
+    r = C.decode_record(src[i])
+    ref = json.dumps({'numbers': [int(x) for x in r['numbers']], 'target': int(r['target'])})
+    out.append({'prompt': r['prompt'], 'ref': ref, 'level': int(r['level']), 'group': group,
+                'sample_prompt': r['prompt'], 'train_prompt': r['prompt']})
+  return out
+
+
+@gin.configurable
+def jsonl_records(path: str = gin.REQUIRED) -> LazyRecords:
+  from compfn.data import pipeline
+  return LazyRecords(lambda: pipeline.read_jsonl(path), f'jsonl {path}')
+
+
+@gin.configurable
+def mix(parts: Sequence[Sequence[dict]] = gin.REQUIRED, counts: Optional[Sequence[int]] = None,
+        seed: int = 0) -> LazyRecords:
+  """Concatenate record lists, taking ``counts[i]`` records of part i (a deterministic sample
+  without replacement when the part is larger, with wrap-around repetition when smaller).
+  The trainer's data pipeline shuffles the result."""
+  return LazyRecords(lambda: _mix(parts, counts, seed),
+                     'mix(' + ', '.join(getattr(p, 'describe', 'list') for p in parts) + ')')
+
+
+def _mix(parts, counts, seed):
+  parts = [list(p) for p in parts]
+  if counts is None:
+    counts = [len(p) for p in parts]
+  if len(counts) != len(parts):
+    raise ValueError(f'mix: {len(parts)} parts but {len(counts)} counts')
+  out: list[dict] = []
+  for i, (p, c) in enumerate(zip(parts, counts)):
+    if not p:
+      raise ValueError(f'mix: part {i} is empty')
+    order = list(range(len(p)))
+    random.Random(f'compfn-mix:{seed}:{i}').shuffle(order)
+    out.extend(p[order[k % len(p)]] for k in range(int(c)))
+  return out
+
+
+def _fields(records: Sequence[dict], needed: Sequence[str], what: str):
+  if not records:
+    raise ValueError(f'{what}: no records')
+  missing = [k for k in needed if k not in records[0]]
+  if missing:
+    raise ValueError(f'{what}: records lack {missing} (have {sorted(records[0])})')
+
+
+def check_records(records: Sequence[dict], needed: Sequence[str], what: str) -> Any:
+  _fields(records, needed, what)
+  return records

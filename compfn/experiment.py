@@ -1,0 +1,640 @@
+"""Experiments as gin-configured pipelines of stages: sft / rft / rl / eval / gate / branch.
+
+``compfn-train --gin_file=gin/demo.gin --workdir=DIR`` calls :func:`pipeline` (``run.job =
+@pipeline``), which loads the model (:func:`load_model`), builds the mesh, runs each stage in
+order on a shared :class:`Run`, and writes ``DIR/results.json`` (DESIGN §4: ``accuracy_by_level``
+maps "1".."8" to the final evaluation's accuracy), ``DIR/results.md``/``.csv`` and plots.
+
+Each stage works in ``DIR/<stage name>/`` and is resumable: a training stage restores its newest
+checkpoint (params, optimizer, step, RNG, data position) and continues exactly; a finished stage
+(``DONE``) is not retrained — its final parameters are loaded and the log says so; an evaluation
+or gate whose result file exists is read back. Rerunning a finished pipeline therefore reloads
+everything, rewrites the reports and prints which stages were already complete.
+
+A stage is a gin-configurable function ``stage(run) -> None``, scoped in gin so one function
+serves several stages::
+
+    run.job = @pipeline
+    pipeline.stages = [@stage0/sft_stage, @stage1/sft_stage, @gate/gate_stage,
+                       @stage2/rl_stage, @final/eval_stage]
+    stage0/sft_stage.records = @stage0/trace_records()
+    stage0/trace_records.functions = 'generic'
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compfn import parallel, train
+from compfn.data import sources  # noqa: F401  (registers the gin record sources)
+from compfn.rl import grpo as _grpo  # noqa: F401  (registers GRPOConfig)
+from compfn.model.config import ModelConfig
+
+__all__ = ['Run', 'load_model', 'char_model', 'pipeline', 'sft_stage', 'rl_stage', 'rft_stage',
+           'eval_stage', 'gate_stage', 'export_stage', 'branch', 'GateError']
+
+gin.external_configurable(ModelConfig, module='compfn')
+
+
+class GateError(RuntimeError):
+  """The pre-RL gate (level-2 pass@k / mixed-reward fraction) was not met and is enforced."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What the stages share: the model, tokenizer, mesh, current params and results so far."""
+  workdir: str
+  model_config: ModelConfig
+  params: Any
+  tokenizer: Any
+  encode: Callable[[str], list]
+  mesh: Any
+  rules: Any
+  seed: int = 0
+  peak_flops: float = 290e9
+  results: dict = dataclasses.field(default_factory=dict)     # eval/gate name -> EvalResult
+  summaries: dict = dataclasses.field(default_factory=dict)   # stage name -> JSON-able summary
+  resumed: list = dataclasses.field(default_factory=list)     # stages found already complete
+  prefix: str = ''                                            # set inside a branch
+  dry_run: bool = False                                       # configure every stage, run none
+  lineage: list = dataclasses.field(default_factory=list)     # what produced the current params
+
+  def stage_dir(self, name: str) -> str:
+    d = os.path.join(self.workdir, self.prefix + name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+  def key(self, name: str) -> str:
+    return self.prefix + name
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+@gin.configurable
+def char_model(d_model: int = 128, num_layers: int = 2, num_heads: int = 4, head_dim: int = 32,
+               mlp_dim: int = 352, max_len: int = 512, rope_theta: float = 10000.0,
+               chars: Optional[str] = None) -> ModelConfig:
+  """A from-scratch Llama-style model over :class:`compfn.tokenizers.CharTokenizer`'s vocabulary
+  (MINIATURE.md: L=2, d=128, 4 heads of 32, RoPE, tied embeddings, ~0.4M parameters)."""
+  from compfn.tokenizers import CharTokenizer
+  tok = CharTokenizer(chars) if chars else CharTokenizer()
+  return ModelConfig(family='llama', vocab_size=tok.vocab_size, d_model=d_model,
+                     num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads,
+                     head_dim=head_dim, mlp_dim=mlp_dim, max_position_embeddings=max_len,
+                     rope_theta=rope_theta, tie_word_embeddings=True, eos_token_ids=(1,),
+                     pad_token_id=0)
+
+
+@gin.configurable
+def load_model(checkpoint: Optional[str] = None, config: Optional[ModelConfig] = None,
+               tokenizer: Optional[str] = None, chat_template: Optional[str] = None,
+               seed: int = 0, overrides: Optional[dict] = None):
+  """(model_config, params, tokenizer, encode).
+
+  checkpoint: an HF folder or a .gguf file (``compfn.model.load``); its tokenizer comes with it.
+  config: a from-scratch model (random init with ``seed``); ``tokenizer`` defaults to 'char'.
+  chat_template: None = the tokenizer's own chat template when it has one (the paper sends the
+  prompt as one user message), 'raw' = the prompt text as is (the char models), 'plain' or a
+  template string (``Tokenizer.apply_chat_template``).
+  overrides: ModelConfig fields to replace (e.g. ``{'remat': 'full', 'dtype': 'bfloat16'}``
+  from a hardware gin file); a checkpoint's weights are cast to ``param_dtype``."""
+  from compfn import model as M
+  from compfn import tokenizers
+  from compfn.model import transformer as T
+  if checkpoint is not None:
+    config_, params = M.load(checkpoint)
+    tok = tokenizers.load_tokenizer(tokenizer or checkpoint)
+  elif config is not None:
+    config_ = config
+    params = T.init_params(config, jax.random.PRNGKey(seed))
+    tok = tokenizers.load_tokenizer(tokenizer or 'char')
+  else:
+    raise ValueError('load_model: set load_model.checkpoint (HF folder / .gguf) or '
+                     'load_model.config (a from-scratch ModelConfig, e.g. @char_model())')
+  if overrides:
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+      raise ValueError(f'load_model.overrides: {unknown} are not ModelConfig fields')
+    config_ = dataclasses.replace(config_, **dict(overrides))
+    params = jax.tree.map(lambda x: jnp.asarray(x, config_.param_dtype), params)
+  if tok.vocab_size > config_.vocab_size:
+    raise ValueError(f'tokenizer has {tok.vocab_size} ids but the model only '
+                     f'{config_.vocab_size} embeddings')
+  template = chat_template
+  if template is None and getattr(tok, 'chat_template', None) is None:
+    template = 'raw'
+
+  def encode(text: str) -> list:
+    if template == 'raw':
+      return tok.encode(text)
+    rendered = tok.apply_chat_template([{'role': 'user', 'content': text}],
+                                       add_generation_prompt=True, template=template)
+    return tok.encode(rendered)
+  return config_, params, tok, encode
+
+
+def _model_origin() -> str:
+  """Where the initial parameters come from (the root of :attr:`Run.lineage`)."""
+  ckpt = gin.query_parameter('load_model.checkpoint') if _bound('load_model.checkpoint') else None
+  seed = gin.query_parameter('load_model.seed') if _bound('load_model.seed') else 0
+  return f'checkpoint:{ckpt}' if ckpt else f'init:seed{seed}'
+
+
+def _bound(name: str) -> bool:
+  try:
+    gin.query_parameter(name)
+    return True
+  except ValueError:
+    return False
+
+
+def _flops_per_token(config: ModelConfig, num_params: int) -> float:
+  """Forward FLOPs per token ~ 2 x (matmul parameters): the input embedding is a lookup."""
+  emb = config.vocab_size * config.d_model
+  matmul = num_params - (0 if config.tie_word_embeddings else emb)
+  return 2.0 * matmul
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+class _Batches:
+  """A grain iterator of record lists mapped to device batches; forwards get/set_state."""
+
+  def __init__(self, it, fn):
+    self._it, self._fn = it, fn
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self._fn(next(self._it))
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
+
+
+def _record_iterator(records: Sequence[dict], global_batch: int, seed: int, fn: Callable,
+                     shuffle: bool = True):
+  from compfn.data import pipeline as P
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
+  ds = P.make_dataset(list(records), global_batch // n, seed=seed, shuffle=shuffle,
+                      num_epochs=None, batch_fn=list, decode=False, num_threads=0)
+  return _Batches(iter(ds), fn)
+
+
+def _put(tree, mesh, rules, replicate: bool = False):
+  """Host arrays (this host's slice of the global batch) -> global arrays on the mesh."""
+  axes = None if replicate else dict(rules).get('batch')
+
+  def put(x):
+    x = np.asarray(x)
+    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))) if x.ndim else \
+        jax.sharding.PartitionSpec()
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    if replicate or x.ndim == 0:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+  return jax.tree.map(put, tree)
+
+
+# ---------------------------------------------------------------------------- train stages
+
+
+def _dry(run: Run, name: str, **info) -> bool:
+  """In a dry run, record the stage's resolved configuration instead of running it."""
+  if run.dry_run:
+    run.summaries[run.key(name)] = {'dry_run': True, **{k: repr(v) for k, v in info.items()}}
+  return run.dry_run
+
+
+def _train_state(run: Run, tx, seed: int) -> train.TrainState:
+  state = train.TrainState.create(run.params, tx, seed)
+  return train.shard_state(state, run.model_config, run.mesh, run.rules)
+
+
+def _finish(run: Run, name: str, trainer: train.Trainer, state, start_step: int, t0: float,
+            extra: dict):
+  done = trainer.finished() or {}
+  rows = train.read_metrics(trainer.directory)
+  last = rows[-1] if rows else {}
+  summary = {'steps': int(state.step), 'resumed_from': start_step,
+             'seconds_this_run': round(time.time() - t0, 1), 'last_metrics': last, **extra}
+  if start_step >= trainer.num_steps and done:
+    run.resumed.append(run.key(name))
+    print(f'[{run.key(name)}] already finished at step {done.get("step")} — loaded its final '
+          f'checkpoint from {trainer.checkpointer.directory} (delete {trainer.directory} to '
+          'retrain it)', flush=True)
+  run.summaries[run.key(name)] = summary
+  run.params = state.params
+  run.lineage = run.lineage + [f'{run.key(name)}@{int(state.step)}']
+  trainer.close()
+
+
+def _mfu_hook(run: Run, tokens_key: str, factor: float, gen: bool = False):
+  fpt = _flops_per_token(run.model_config, run.num_params)
+
+  def on_metrics(step, s):
+    dt = max(s.get('time/step_s', 0.0), 1e-9)
+    if gen:
+      flops = fpt * s.get('generated_tokens', 0.0) + 3 * fpt * s.get('train_tokens', 0.0)
+      s['tokens_per_s'] = (s.get('generated_tokens', 0.0)) / dt
+    else:
+      flops = factor * fpt * s.get(tokens_key, 0.0)
+      s['tokens_per_s'] = s.get(tokens_key, 0.0) / dt
+    s['mfu'] = flops / dt / (run.peak_flops * max(jax.device_count(), 1))
+    return s
+  return on_metrics
+
+
+@gin.configurable
+def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Optional[int] = None,
+              num_epochs: float = 1.0, batch_size: int = 128, seq_len: int = 128,
+              micro_batches: int = 1, optimizer: Optional[train.OptimizerConfig] = None,
+              seed: int = 0, save_every: int = 200, keep: int = 2, log_every: int = 10,
+              eval_records=None, eval_every: int = 0, eval_task: str = 'strings_trace',
+              eval_max_new_tokens: int = 96):
+  """Supervised fine-tuning on ``records`` (``prompt`` + ``target``/``target_ids``; loss on the
+  target and EOS). Examples longer than ``seq_len`` are dropped and counted. ``num_steps``
+  defaults to ``ceil(num_epochs * N / batch_size)``. Optional periodic greedy evaluation on
+  ``eval_records`` (per-level accuracy joins the metrics)."""
+  from compfn.rl import sft
+  opt = optimizer or train.OptimizerConfig()
+  if _dry(run, name, records=records, num_steps=num_steps, batch_size=batch_size,
+          seq_len=seq_len, optimizer=opt, tx=opt.make(num_steps or 1)):
+    return
+  t0 = time.time()
+  tok = run.tokenizer
+  examples, dropped = [], 0
+  for r in records:
+    p = run.encode(r['prompt'])
+    t = list(r['target_ids']) if r.get('target_ids') is not None else tok.encode(r['target'])
+    if len(p) + len(t) > seq_len:
+      dropped += 1
+      continue
+    examples.append((p, t))
+  if not examples:
+    raise ValueError(f'[{name}] every one of {len(records)} examples is longer than '
+                     f'seq_len={seq_len}')
+  steps = num_steps if num_steps is not None else math.ceil(num_epochs * len(examples)
+                                                            / batch_size)
+  print(f'[{run.key(name)}] {len(examples):,} examples ({dropped:,} longer than {seq_len} '
+        f'tokens dropped, {dropped / max(len(records), 1):.1%}), {steps} steps of '
+        f'{batch_size}', flush=True)
+  tx = opt.make(steps)
+  trainer = train.Trainer(run.stage_dir(name), steps, save_every=save_every, keep=keep,
+                          log_every=log_every, name=run.key(name))
+  state, data_state = trainer.restore(_train_state(run, tx, seed))
+  start = int(state.step)
+  mc = run.model_config
+
+  def step(state, batch):
+    grads, m = sft.sft_grads(mc, state.params, batch, micro_batches)
+    state, upd = train.apply_gradients(state, grads, tx, m['loss'])
+    return state, {**m, **upd, 'lr': tx_lr(state.step)}
+
+  tx_lr = opt.lr_schedule(steps)
+  step_fn = train.compile_step(step, run.mesh, run.rules)
+  make = lambda recs: _put(sft.make_batch(recs, seq_len, tok.eos_id, tok.pad_id or 0),  # noqa
+                           run.mesh, run.rules)
+  it = _record_iterator(examples, batch_size, seed, make)
+  if data_state is not None:
+    it.set_state(data_state)
+  hooks = ()
+  if eval_records is not None and eval_every:
+    hooks = ((eval_every, _eval_hook(run, eval_records, eval_task, eval_max_new_tokens)),)
+  if start < steps:
+    state = trainer.run(state, step_fn, it, on_metrics=_mfu_hook(run, 'loss_tokens', 6.0),
+                        hooks=hooks)
+  _finish(run, name, trainer, state, start, t0, {'examples': len(examples),
+                                                 'dropped_too_long': dropped})
+
+
+def _eval_hook(run: Run, records, task: str, max_new_tokens: int):
+  from compfn import evaluate as E
+  problems = [E.EvalProblem(prompt=r['prompt'], ref=r['ref'], level=int(r['level']),
+                            group=r.get('group', '')) for r in records]
+
+  def fn(step, state):
+    res = E.evaluate(run.model_config, state.params, run.tokenizer, problems, task=task,
+                     max_new_tokens=max_new_tokens, greedy=True, num_samples=0,
+                     batch_size=min(128, len(problems)), encode=run.encode, rng=step,
+                     mesh=run.mesh, rules=run.rules, progress=False)
+    out = {}
+    for group in sorted({p.group for p in problems}):
+      for lv, acc in res.accuracy_by_level('greedy', group=group or None).items():
+        out[f'eval/{group or "all"}/L{lv}'] = acc
+    return out
+  return fn
+
+
+@gin.configurable
+def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
+             num_steps: int = 100, optimizer: Optional[train.OptimizerConfig] = None,
+             prompt_len: Optional[int] = None, ref_len: Optional[int] = None, seed: int = 0,
+             save_every: int = 50, keep: int = 2, log_every: int = 1, eval_records=None,
+             eval_every: int = 0, eval_max_new_tokens: Optional[int] = None):
+  """GRPO (``compfn.rl.grpo``) on ``records`` (``prompt``, ``ref``): one fused XLA program per
+  step. The KL reference (when ``grpo.kl_coef > 0``) is the stage's initial policy."""
+  from compfn.rl import grpo as R
+  from compfn.rl.rollout import DetokTables
+  from compfn import sampling
+  t0 = time.time()
+  cfg = grpo or R.GRPOConfig()
+  opt = optimizer or train.OptimizerConfig(learning_rate=1e-6, schedule='constant',
+                                           warmup_ratio=0.0, b2=0.999)
+  tok = run.tokenizer
+  if _dry(run, name, records=records, grpo=cfg, optimizer=opt, tx=opt.make(num_steps),
+          sampler=cfg.sampler_config(tok.stop_ids, tok.pad_id or 0)):
+    return
+  enc = [(run.encode(r['prompt']), r['ref']) for r in records]
+  plen = prompt_len or sampling.bucket_length(max(len(p) for p, _ in enc))
+  rlen = ref_len or sampling.bucket_length(max(len(r.encode()) for _, r in enc))
+  kept = [(p, r) for p, r in enc if len(p) <= plen and len(r.encode()) <= rlen]
+  if not kept:
+    raise ValueError(f'[{name}] no prompt fits prompt_len={plen} / ref_len={rlen}')
+  print(f'[{run.key(name)}] {len(kept):,} prompts (pool {cfg.pool_size}/step: '
+        f'{cfg.round_prompts} x {cfg.rounds} rounds, keep {cfg.batch_prompts} groups of '
+        f'{cfg.num_generations}), {num_steps} steps', flush=True)
+  tx = opt.make(num_steps)
+  sampler_cfg = cfg.sampler_config(tok.stop_ids, tok.pad_id or 0)
+  detok = DetokTables.from_tokenizer(tok)
+  trainer = train.Trainer(run.stage_dir(name), num_steps, save_every=save_every, keep=keep,
+                          log_every=log_every, name=run.key(name))
+  ref_params = run.params if cfg.kl_coef > 0 else None
+  state, data_state = trainer.restore(_train_state(run, tx, seed))
+  start = int(state.step)
+  mc = run.model_config
+
+  def step(state, pool):
+    return R.grpo_step(mc, tx, cfg, sampler_cfg, state, pool, detok, ref_params)
+
+  step_fn = train.compile_step(step, run.mesh, run.rules)
+
+  def make(recs):
+    pool = R.pool_from_host([p for p, _ in recs], [r for _, r in recs], cfg, plen, rlen,
+                            tok.pad_id or 0)
+    return _put(pool, run.mesh, run.rules, replicate=True)
+
+  if jax.process_count() > 1:
+    raise NotImplementedError('rl_stage feeds the replicated prompt pool from one host; '
+                              'multi-host RL data feeding is not implemented yet')
+  it = _record_iterator(kept, cfg.pool_size, seed, make)
+  if data_state is not None:
+    it.set_state(data_state)
+  hooks = ()
+  if eval_records is not None and eval_every:
+    hooks = ((eval_every, _eval_hook(run, eval_records, cfg.task,
+                                     eval_max_new_tokens or cfg.max_new_tokens)),)
+  if start < num_steps:
+    state = trainer.run(state, step_fn, it, on_metrics=_mfu_hook(run, '', 0, gen=True),
+                        hooks=hooks)
+  _finish(run, name, trainer, state, start, t0, {'prompts': len(kept)})
+
+
+@gin.configurable
+def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int = 1,
+              problems_per_iteration: Optional[int] = None, num_samples: int = 10,
+              temperature: float = 1.0, max_new_tokens: int = 128,
+              task: str = 'strings_trace', drop_all_correct: bool = True,
+              max_per_prompt: Optional[int] = None, sample_batch_size: int = 32, seed: int = 0):
+  """Rejection-sampling fine-tuning (PAPER §2.2; iterative for the stage-2 baseline, §2.3).
+
+  Each iteration samples ``num_samples`` responses per problem with the current model (prompt:
+  ``sample_prompt``, e.g. definitions visible), keeps the correct ones, drops problems the
+  model always solves, then runs :func:`sft_stage` (bindings of this gin scope) on
+  ``train_prompt`` + the kept responses. ``problems_per_iteration`` takes consecutive disjoint
+  slices (the paper's 8k problems per iteration)."""
+  from compfn.rl import rft
+  if _dry(run, name, records=records, iterations=iterations, num_samples=num_samples):
+    sft_stage(run, name=f'{name}/iter_0/sft', records=records)
+    return
+  records = list(records)
+  for k in range(iterations):
+    d = run.stage_dir(f'{name}/iter_{k}')
+    path = os.path.join(d, 'rft_records.jsonl')
+    stats_path = os.path.join(d, 'rft_stats.json')
+    if problems_per_iteration:
+      lo = (k * problems_per_iteration) % len(records)
+      chunk = [records[(lo + i) % len(records)] for i in range(problems_per_iteration)]
+    else:
+      chunk = records
+    if os.path.exists(stats_path):
+      kept = rft.read_records(path)
+      stats = json.loads(open(stats_path).read())
+      print(f'[{run.key(name)}/iter_{k}] reusing {len(kept):,} collected records', flush=True)
+    else:
+      problems = [rft.RFTProblem(sample_prompt=r.get('sample_prompt', r['prompt']),
+                                 train_prompt=r.get('train_prompt', r['prompt']), ref=r['ref'],
+                                 level=int(r['level'])) for r in chunk]
+      kept, stats = rft.collect(run.model_config, run.params, run.tokenizer, problems,
+                                num_samples=num_samples, task=task, temperature=temperature,
+                                max_new_tokens=max_new_tokens,
+                                drop_all_correct=drop_all_correct,
+                                max_per_prompt=max_per_prompt, batch_size=sample_batch_size,
+                                encode=run.encode, rng=seed + k)
+      rft.write_records(kept, path)
+      pathlib.Path(stats_path + '.tmp').write_text(json.dumps(stats, indent=1))
+      os.replace(stats_path + '.tmp', stats_path)
+    print(f'[{run.key(name)}/iter_{k}] RFT collection: {json.dumps(stats)}', flush=True)
+    run.summaries[run.key(f'{name}/iter_{k}/collect')] = stats
+    if not kept:
+      raise ValueError(f'[{name}/iter_{k}] no correct responses to fine-tune on '
+                       f'({stats}); the model cannot bootstrap from this data')
+    sft_stage(run, name=f'{name}/iter_{k}/sft', records=kept)
+
+
+def _eval_problems(records):
+  from compfn import evaluate as E
+  return [E.EvalProblem(prompt=r['prompt'], ref=r['ref'], level=int(r['level']),
+                        group=r.get('group', '')) for r in records]
+
+
+def _evaluate_cached(run: Run, name: str, records, **kw):
+  from compfn import evaluate as E
+  d = run.stage_dir(name)
+  path = os.path.join(d, 'eval.json')
+  if os.path.exists(path):
+    saved = json.loads(open(path).read())
+    if saved.get('lineage') == run.lineage:
+      res = E.EvalResult.from_json(saved['result'])
+      run.resumed.append(run.key(name))
+      print(f'[{run.key(name)}] already evaluated these parameters — read {path}', flush=True)
+      return res
+    print(f'[{run.key(name)}] the parameters changed since {path} was written; re-evaluating',
+          flush=True)
+  res = E.evaluate(run.model_config, run.params, run.tokenizer, _eval_problems(records),
+                   encode=run.encode, mesh=run.mesh, rules=run.rules, **kw)
+  pathlib.Path(path + '.tmp').write_text(json.dumps({'lineage': run.lineage,
+                                                     'result': res.to_json()}))
+  os.replace(path + '.tmp', path)
+  return res
+
+
+@gin.configurable
+def eval_stage(run: Run, name: str = 'eval', records=gin.REQUIRED, task: str = 'strings_trace',
+               greedy: bool = True, num_samples: int = 0, temperature: float = 1.0,
+               max_new_tokens: int = 128, ks: Optional[Sequence[int]] = None,
+               batch_size: int = 64, seed: int = 0):
+  """Per-level accuracy (greedy and/or ``num_samples`` at ``temperature``) and pass@k."""
+  from compfn import evaluate as E
+  if _dry(run, name, records=records, task=task, greedy=greedy, num_samples=num_samples):
+    return
+  res = _evaluate_cached(run, name, records, task=task, greedy=greedy,
+                         num_samples=num_samples, temperature=temperature,
+                         max_new_tokens=max_new_tokens, ks=tuple(ks) if ks else None,
+                         batch_size=batch_size, rng=seed)
+  run.results[run.key(name)] = res
+  run.summaries[run.key(name)] = res.summary()
+  print(E.markdown_table({run.key(name): res}), flush=True)
+
+
+@gin.configurable
+def gate_stage(run: Run, name: str = 'gate', records=gin.REQUIRED,
+               task: str = 'strings_trace', num_samples: int = 16, temperature: float = 1.0,
+               max_new_tokens: int = 128, min_pass_at_k: float = 0.1,
+               min_mixed_frac: float = 0.1, enforce: bool = False, batch_size: int = 32,
+               seed: int = 0):
+  """The pre-RL gate (MINIATURE.md): pass@``num_samples`` and the fraction of problems whose
+  samples are mixed (some right, some wrong: the groups GRPO learns from). ``enforce`` stops the
+  pipeline with :class:`GateError` when either is below its threshold; otherwise the verdict is
+  recorded in results.json."""
+  if _dry(run, name, records=records, task=task, num_samples=num_samples, enforce=enforce):
+    return
+  res = _evaluate_cached(run, name, records, task=task, greedy=False, num_samples=num_samples,
+                         temperature=temperature, max_new_tokens=max_new_tokens,
+                         ks=(1, num_samples), batch_size=batch_size, rng=seed)
+  c = np.asarray(res.sample_correct)
+  pass_k = float(np.mean(c > 0))
+  mixed = float(np.mean((c > 0) & (c < num_samples)))
+  ok = pass_k >= min_pass_at_k and mixed >= min_mixed_frac
+  verdict = {'pass_at_k': pass_k, 'k': num_samples, 'mixed_frac': mixed,
+             'sample_accuracy': float(c.sum() / (num_samples * len(c))),
+             'min_pass_at_k': min_pass_at_k, 'min_mixed_frac': min_mixed_frac, 'passed': ok,
+             'enforced': enforce, 'problems': int(len(c))}
+  run.results[run.key(name)] = res
+  run.summaries[run.key(name)] = verdict
+  print(f'[{run.key(name)}] pass@{num_samples} = {pass_k:.3f} (need {min_pass_at_k}), mixed '
+        f'groups {mixed:.3f} (need {min_mixed_frac}): {"PASSED" if ok else "NOT MET"}',
+        flush=True)
+  if enforce and not ok:
+    raise GateError(f'[{run.key(name)}] gate not met: pass@{num_samples}={pass_k:.3f} '
+                    f'(min {min_pass_at_k}), mixed fraction {mixed:.3f} (min {min_mixed_frac}); '
+                    'RL would get (almost) no signal — train stage 0/1 longer')
+
+
+@gin.configurable
+def export_stage(run: Run, name: str = 'export'):
+  """Write the current parameters as an HF folder (safetensors + config.json, and the
+  tokenizer when it can be saved) to ``<workdir>/<name>/``: the hand-off between experiments
+  (e.g. ``load_model.checkpoint = 'runs/stage1_rft/export'``); transformers loads it too."""
+  from compfn.model import hf_io
+  d = run.stage_dir(name)
+  if _dry(run, name, path=d):
+    return
+  if jax.process_index() == 0:
+    hf_io.save_hf_folder(d, run.model_config, jax.device_get(run.params))
+    if hasattr(run.tokenizer, 'save') and not isinstance(run.tokenizer, _char_tokenizer_cls()):
+      try:
+        run.tokenizer.save(d)
+      except TypeError:
+        run.tokenizer.save(os.path.join(d, 'tokenizer.model'))
+  run.summaries[run.key(name)] = {'path': d}
+  print(f'[{run.key(name)}] exported to {d}', flush=True)
+
+
+def _char_tokenizer_cls():
+  from compfn.tokenizers import CharTokenizer
+  return CharTokenizer
+
+
+@gin.configurable
+def branch(run: Run, name: str = gin.REQUIRED, stages: Sequence[Callable] = gin.REQUIRED):
+  """Run ``stages`` from the current parameters under ``<name>/``, then restore the parameters
+  (an experiment arm, e.g. the RL arm and its control in ``gin/repro_cpu.gin``)."""
+  saved, prefix = run.params, run.prefix
+  run.prefix = f'{prefix}{name}/'
+  try:
+    for stage in stages:
+      stage(run)
+  finally:
+    run.params, run.prefix = saved, prefix
+
+
+# --------------------------------------------------------------------------------- pipeline
+
+
+@gin.configurable
+def pipeline(workdir: str, stages: Sequence[Callable] = gin.REQUIRED, mesh_shape=(-1, 1, 1),
+             final_eval: Optional[str] = None, seed: int = 0, peak_flops: float = 290e9,
+             report_title: str = 'compfn', dry_run: bool = False) -> dict:
+  """Load the model, run ``stages`` in order, write results.json / results.md / plots.
+
+  final_eval: the eval stage whose accuracy is results.json's ``accuracy_by_level`` (default:
+  the last eval stage that ran). peak_flops: per-device peak for MFU (the 2-core CPU measured
+  ~290 GFLOP/s f32; set it in the hardware gin files). dry_run: load the model and resolve
+  every stage's configuration (gin bindings, optimizer, GRPO config) without touching data or
+  training — ``tests/test_gin_configs.py`` dry-runs every gin file with the model shrunk."""
+  from compfn import evaluate as E
+  t0 = time.time()
+  parallel.initialize_distributed()
+  mesh = parallel.make_mesh(tuple(mesh_shape))
+  rules = parallel.logical_rules()
+  config, params, tok, encode = load_model()
+  params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
+  run = Run(workdir=workdir, model_config=config, params=params, tokenizer=tok, encode=encode,
+            mesh=mesh, rules=rules, seed=seed, peak_flops=peak_flops, dry_run=dry_run,
+            lineage=[_model_origin()])
+  print(f'model: {config.family}, {run.num_params:,} parameters; mesh {dict(mesh.shape)}; '
+        f'{len(stages)} stages', flush=True)
+  for stage in stages:
+    stage(run)
+  if dry_run:
+    return {'dry_run': True, 'stages': run.summaries}
+  evals = {k: v for k, v in run.results.items() if run.summaries.get(k, {}).get('passed') is None}
+  final = final_eval or (list(evals)[-1] if evals else None)
+  if final is not None and final not in run.results:
+    raise ValueError(f'pipeline.final_eval={final!r} is not an evaluation that ran; have '
+                     f'{sorted(run.results)}')
+  out = {'accuracy_by_level': {}, 'final_eval': final,
+         'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+                     'devices': [str(d) for d in jax.devices()]},
+         'num_params': run.num_params, 'seconds': round(time.time() - t0, 1),
+         'stages': run.summaries, 'already_complete': run.resumed}
+  if final is not None:
+    res = run.results[final]
+    out['accuracy_by_level'] = res.accuracy_by_level('greedy' if res.greedy_acc is not None
+                                                     else 'sampled')
+  if jax.process_index() == 0:
+    if evals:
+      out['reports'] = E.write_report(evals, workdir, title=report_title)
+      print(E.markdown_table(evals), flush=True)
+    path = pathlib.Path(workdir, 'results.json')
+    path.with_suffix('.json.tmp').write_text(json.dumps(out, indent=1, default=float))
+    os.replace(path.with_suffix('.json.tmp'), path)
+    print(f'wrote {path}: accuracy_by_level = {out["accuracy_by_level"]}', flush=True)
+    if run.resumed:
+      print(f'note: {len(run.resumed)} stage(s) were already complete in {workdir} and were '
+            f'loaded, not rerun: {", ".join(run.resumed)}', flush=True)
+  return out

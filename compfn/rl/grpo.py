@@ -1,0 +1,307 @@
+"""GRPO as the paper ran it, with dynamic sampling inside the jitted step.
+
+One call of :func:`grpo_step` is one XLA program (DESIGN §1)::
+
+    pool of R x gen prompts ─► round r: sample gen x G ─► detokenise ─► verify ─► advantages
+        ─► keep groups whose rewards differ (dynamic sampling) ─► scatter into the batch buffer
+        ─► loop (lax.while_loop) until ``batch_prompts`` groups are kept or R rounds are used
+        ─► teacher-forced log-probs ─► clipped policy loss (+ KL, − entropy) ─► AdamW update
+
+Dynamic sampling, exactly as DAPO/the paper's veRL fork: a group is kept when its rewards are not
+all equal (``compfn.rl.advantages.mixed_groups``); kept groups are packed into a fixed
+``[batch_prompts, G, N]`` buffer with a cumsum-indexed scatter (``mode='drop'`` discards the
+overflow, i.e. the batch is truncated to exactly ``batch_prompts`` groups); the loop is bounded
+by ``max_rounds`` (the paper's ``max_num_gen_batches=10``). Where the paper raises after the
+last round, compfn trains on the groups it has (the unfilled rows have zero weight: the loss is
+normalised by the global count of *kept* tokens) and reports ``filled`` < 1 in the metrics.
+Without dynamic sampling the step samples ``batch_prompts`` prompts once and keeps every group.
+
+The host feeds a *pool* of ``pool_size = gen_prompts * max_rounds`` prompts per step (the rounds
+read consecutive slices), so the data consumed per step is fixed and resuming is exact; prompts
+of rounds that were not needed are skipped.
+
+Strictly on-policy as in the paper (one update per batch; ``old_logprobs='recompute'`` makes
+``old = stop_gradient(new)``, so the ratio is 1 and clipping inactive); ``old_logprobs='sampler'``
+uses the sampler's log-probs instead (importance ratio against the behaviour policy).
+Losses are normalised by global token/sequence counts, so micro-batching and the mesh do not
+change the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compfn import sampling
+from compfn.model import transformer as T
+from compfn.model.config import ModelConfig
+from compfn.rl import losses
+from compfn.rl.advantages import mixed_groups
+from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
+
+Array = jax.Array
+
+__all__ = ['GRPOConfig', 'Buffer', 'generate', 'policy_grads', 'grpo_step']
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """Static GRPO hyperparameters (hashable). Defaults are the paper's stage-2 run (PAPER §2.3):
+  16 prompts x 16 samples at T=1, 32-prompt generation rounds, up to 10 rounds, clip 0.2/0.2,
+  token-mean, no KL, no entropy bonus."""
+  num_generations: int = 16         # G samples per prompt
+  batch_prompts: int = 16           # groups per update
+  gen_prompts: int = 32             # prompts sampled per dynamic-sampling round
+  max_rounds: int = 10
+  dynamic_sampling: bool = True
+  max_new_tokens: int = 8192
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  task: str = 'strings_json'        # compfn.rl.rollout.TASKS
+  max_bytes: Optional[int] = None   # byte buffer of the detokeniser (default: rollout's)
+  clip_low: float = 0.2
+  clip_high: float = 0.2
+  loss_agg: str = 'token-mean'      # compfn.rl.losses.AGG_MODES
+  kl_coef: float = 0.0
+  kl_estimator: str = 'low_var_kl'
+  entropy_coef: float = 0.0
+  old_logprobs: str = 'recompute'   # 'recompute' (on-policy, ratio 1) | 'sampler'
+  micro_batches: int = 1            # gradient accumulation over the B*G rows
+
+  def __post_init__(self):
+    if self.loss_agg not in losses.AGG_MODES:
+      raise ValueError(f'GRPOConfig.loss_agg={self.loss_agg!r}; one of {losses.AGG_MODES}')
+    if self.kl_estimator not in losses.KL_ESTIMATORS:
+      raise ValueError(f'GRPOConfig.kl_estimator={self.kl_estimator!r}; one of '
+                       f'{losses.KL_ESTIMATORS}')
+    if self.old_logprobs not in ('recompute', 'sampler'):
+      raise ValueError("GRPOConfig.old_logprobs must be 'recompute' or 'sampler', got "
+                       f'{self.old_logprobs!r}')
+    for name in ('num_generations', 'batch_prompts', 'gen_prompts', 'max_rounds',
+                 'micro_batches', 'max_new_tokens'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'GRPOConfig.{name} must be >= 1, got {getattr(self, name)}')
+    if (self.batch_prompts * self.num_generations) % self.micro_batches:
+      raise ValueError(f'GRPOConfig: batch_prompts * num_generations = '
+                       f'{self.batch_prompts * self.num_generations} rows is not divisible by '
+                       f'micro_batches={self.micro_batches}')
+
+  @property
+  def rounds(self) -> int:
+    return self.max_rounds if self.dynamic_sampling else 1
+
+  @property
+  def round_prompts(self) -> int:
+    return self.gen_prompts if self.dynamic_sampling else self.batch_prompts
+
+  @property
+  def pool_size(self) -> int:
+    """Prompts the host supplies per step."""
+    return self.round_prompts * self.rounds
+
+  def sampler_config(self, stop_ids=(), pad_id: int = 0) -> sampling.SamplerConfig:
+    return sampling.SamplerConfig(max_new_tokens=self.max_new_tokens,
+                                  temperature=self.temperature, top_k=self.top_k,
+                                  top_p=self.top_p, stop_ids=tuple(stop_ids),
+                                  num_samples=self.num_generations, pad_id=pad_id)
+
+
+@flax.struct.dataclass
+class Buffer:
+  """The kept groups of one step: ``[P, ...]`` per prompt, ``[P, G, ...]`` per sample."""
+  prompts: Array       # int32[P, Lp]
+  prompt_lens: Array   # int32[P]
+  tokens: Array        # int32[P, G, N]
+  mask: Array          # bool[P, G, N]
+  logprobs: Array      # f32[P, G, N] sampler log-probs
+  advantage: Array     # f32[P, G]
+  reward: Array        # f32[P, G]
+  filled: Array        # int32[]  groups kept (<= P)
+
+
+def _empty_buffer(p: int, g: int, n: int, lp: int) -> Buffer:
+  return Buffer(prompts=jnp.zeros((p, lp), jnp.int32), prompt_lens=jnp.ones((p,), jnp.int32),
+                tokens=jnp.zeros((p, g, n), jnp.int32), mask=jnp.zeros((p, g, n), bool),
+                logprobs=jnp.zeros((p, g, n), jnp.float32),
+                advantage=jnp.zeros((p, g), jnp.float32), reward=jnp.zeros((p, g), jnp.float32),
+                filled=jnp.zeros((), jnp.int32))
+
+
+_STATS = ('samples', 'reward_sum', 'correct', 'response_tokens', 'truncated', 'groups',
+          'mixed_groups', 'rounds', 'byte_overflow', 'neg_score')
+
+
+def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Array,
+             cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig,
+             detok: DetokTables) -> tuple[Buffer, dict]:
+  """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics)."""
+  p, g, n = cfg.batch_prompts, cfg.num_generations, cfg.max_new_tokens
+  gen, rounds = cfg.round_prompts, cfg.rounds
+  if pool.prompts.shape[0] != cfg.pool_size:
+    raise ValueError(f'the prompt pool has {pool.prompts.shape[0]} rows; GRPOConfig needs '
+                     f'pool_size = {cfg.pool_size}')
+  buf0 = _empty_buffer(p, g, n, pool.prompts.shape[1])
+  stats0 = {k: jnp.zeros((), jnp.float32) for k in _STATS}
+
+  def cond(c):
+    r, buf, _ = c
+    return (r < rounds) & (buf.filled < p)
+
+  def body(c):
+    r, buf, st = c
+    sub = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * gen, gen, 0), pool)
+    ro = rollout_fn(model_config, params, sub, jax.random.fold_in(rng, r), sampler_cfg,
+                    cfg.task, detok=detok, max_bytes=cfg.max_bytes)
+    keep = mixed_groups(ro.reward, g) if cfg.dynamic_sampling else jnp.ones((gen,), bool)
+    dest = jnp.where(keep, buf.filled + jnp.cumsum(keep) - 1, p)   # p = out of bounds: dropped
+    put = lambda b, x: b.at[dest].set(x, mode='drop')  # noqa: E731
+    grp = lambda x: x.reshape((gen, g) + x.shape[1:])  # noqa: E731
+    new = Buffer(prompts=put(buf.prompts, sub.prompts),
+                 prompt_lens=put(buf.prompt_lens, sub.prompt_lens),
+                 tokens=put(buf.tokens, grp(ro.tokens)), mask=put(buf.mask, grp(ro.mask)),
+                 logprobs=put(buf.logprobs, grp(ro.logprobs)),
+                 advantage=put(buf.advantage, grp(ro.advantage)),
+                 reward=put(buf.reward, grp(ro.reward)),
+                 filled=jnp.minimum(buf.filled + keep.sum(), p).astype(jnp.int32))
+    f32 = lambda x: jnp.asarray(x, jnp.float32).sum()  # noqa: E731
+    st = {'samples': st['samples'] + gen * g, 'reward_sum': st['reward_sum'] + f32(ro.reward),
+          'correct': st['correct'] + f32(ro.acc),
+          'response_tokens': st['response_tokens'] + f32(ro.lengths),
+          'truncated': st['truncated'] + f32(ro.truncated), 'groups': st['groups'] + gen,
+          'mixed_groups': st['mixed_groups'] + f32(mixed_groups(ro.reward, g)),
+          'rounds': st['rounds'] + 1, 'byte_overflow': st['byte_overflow'] + f32(ro.byte_overflow),
+          'neg_score': st['neg_score'] + f32(ro.score < 0)}
+    return r + 1, new, st
+
+  _, buf, stats = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), buf0, stats0))
+  return buf, stats
+
+
+def _response_logits_index(prompt_lens: Array, p: int, n: int) -> Array:
+  """int32[rows, N]: the position whose logits predict response token j (module sampling)."""
+  rows = prompt_lens.shape[0]
+  return jnp.concatenate([(prompt_lens - 1)[:, None],
+                          jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32),
+                                           (rows, n - 1))], axis=1)
+
+
+def _flat_rows(buf: Buffer, cfg: GRPOConfig):
+  p, g, n = buf.tokens.shape
+  valid = jnp.arange(p) < buf.filled                                    # [P]
+  mask = buf.mask & valid[:, None, None]
+  samples = sampling.Samples(tokens=buf.tokens.reshape(p * g, n),
+                             lengths=mask.sum(-1).reshape(p * g).astype(jnp.int32),
+                             logprobs=buf.logprobs.reshape(p * g, n),
+                             mask=mask.reshape(p * g, n),
+                             truncated=jnp.zeros((p * g,), bool),
+                             group=jnp.repeat(jnp.arange(p, dtype=jnp.int32), g))
+  full, positions, seg = sampling.full_sequences(buf.prompts, buf.prompt_lens, samples, g)
+  src = _response_logits_index(jnp.repeat(buf.prompt_lens, g), buf.prompts.shape[1], n)
+  return {'tokens': full, 'positions': positions, 'segment_ids': seg, 'src': src,
+          'response': samples.tokens, 'mask': samples.mask,
+          'old_logprobs': samples.logprobs,
+          'advantage': jnp.where(valid[:, None], buf.advantage, 0.0).reshape(p * g),
+          'row_valid': jnp.repeat(valid, g)}
+
+
+def _response_logits(model_config, params, rows) -> Array:
+  logits, _ = T.apply(model_config, params, rows['tokens'], rows['positions'],
+                      segment_ids=rows['segment_ids'])
+  return jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1)      # [rows, N, V]
+
+
+def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOConfig,
+                 sampler_cfg: sampling.SamplerConfig, ref_params: Any = None):
+  """(grads, loss, metrics) of the GRPO loss over the kept groups (pure, jittable)."""
+  from compfn.train import accumulate
+  rows = _flat_rows(buf, cfg)
+  if cfg.kl_coef > 0:
+    if ref_params is None:
+      raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
+    rl = _response_logits(model_config, ref_params, rows)
+    rows['ref_logprobs'] = jax.lax.stop_gradient(losses.token_logprobs(rl, rows['response']))
+  num_tokens = jnp.maximum(rows['mask'].sum().astype(jnp.float32), 1.0)
+  num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
+  temp = sampler_cfg.temperature if (sampler_cfg.logprobs == 'temperature'
+                                     and not sampler_cfg.greedy) else 1.0
+
+  def loss_fn(prm, mb):
+    lg = _response_logits(model_config, prm, mb) / temp
+    lp = losses.token_logprobs(lg, mb['response'])
+    old = (jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute'
+           else mb['old_logprobs'])
+    pg, pm = losses.policy_loss(lp, old, mb['advantage'], mb['mask'], cfg.clip_low,
+                                cfg.clip_high, cfg.loss_agg, num_tokens, num_seqs)
+    ent_tok = losses.entropy_from_logits(lg)
+    ent = losses.aggregate(ent_tok, mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
+    loss = pg - cfg.entropy_coef * ent
+    m = mb['mask'].astype(jnp.float32)
+    w = m.sum() / num_tokens                 # this micro-batch's share of the tokens
+    aux = {'pg_loss': pg, 'entropy': (ent_tok * m).sum() / num_tokens,
+           'clip_frac': pm['clip_frac'] * w, 'approx_kl': pm['approx_kl'] * w,
+           'sampler_logprob_gap': (jnp.abs(jax.lax.stop_gradient(lp) - mb['old_logprobs'])
+                                   * m).sum() / num_tokens,
+           'kl': jnp.zeros((), jnp.float32)}
+    if cfg.kl_coef > 0:
+      kl = losses.aggregate(losses.kl_penalty(lp, mb['ref_logprobs'], cfg.kl_estimator),
+                            mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
+      loss = loss + cfg.kl_coef * kl
+      aux['kl'] = kl
+    return loss, aux
+
+  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches)
+  aux['train_tokens'] = rows['mask'].sum().astype(jnp.float32)
+  return grads, loss, aux
+
+
+def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
+              sampler_cfg: sampling.SamplerConfig, state, pool: RolloutBatch,
+              detok: DetokTables, ref_params: Any = None):
+  """One whole RL step (pure; jit it with the state donated): generate with dynamic sampling,
+  compute the loss and apply one AdamW update. Returns (state, metrics)."""
+  from compfn.train import apply_gradients
+  rng, gen_rng = jax.random.split(state.rng)
+  buf, st = generate(model_config, state.params, pool, gen_rng, cfg, sampler_cfg, detok)
+  grads, loss, aux = policy_grads(model_config, state.params, buf, cfg, sampler_cfg, ref_params)
+  state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss)
+  samples = jnp.maximum(st['samples'], 1.0)
+  metrics = {'loss': loss, **aux, **upd,
+             'reward': st['reward_sum'] / samples, 'accuracy': st['correct'] / samples,
+             'response_length': st['response_tokens'] / samples,
+             'truncated_frac': st['truncated'] / samples,
+             'overlong_frac': st['neg_score'] / samples,
+             'byte_overflow_frac': st['byte_overflow'] / samples,
+             'kept_groups': st['mixed_groups'] / jnp.maximum(st['groups'], 1.0),
+             'filled': buf.filled / cfg.batch_prompts, 'rounds': st['rounds'],
+             'generated_tokens': st['response_tokens'], 'generated_samples': st['samples']}
+  return state, metrics
+
+
+def pool_from_host(prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: int,
+                   pad_id: int = 0) -> RolloutBatch:
+  """A fixed-shape pool (numpy) of ``cfg.pool_size`` prompts: static prompt/ref widths so one
+  compiled step serves every batch. Raises if a prompt or reference does not fit."""
+  if len(prompt_ids) != cfg.pool_size:
+    raise ValueError(f'{len(prompt_ids)} prompts for a pool of {cfg.pool_size}')
+  prompts = np.full((len(prompt_ids), prompt_len), pad_id, np.int32)
+  ref = np.zeros((len(refs), ref_len), np.int32)
+  lens, rlens = [], []
+  for i, (x, y) in enumerate(zip(prompt_ids, refs)):
+    yb = y.encode('utf-8') if isinstance(y, str) else bytes(y)
+    if not 0 < len(x) <= prompt_len:
+      raise ValueError(f'prompt {i} has {len(x)} tokens; the step takes 1..{prompt_len}')
+    if len(yb) > ref_len:
+      raise ValueError(f'reference {i} has {len(yb)} bytes > ref_len={ref_len}')
+    prompts[i, :len(x)] = x
+    ref[i, :len(yb)] = np.frombuffer(yb, np.uint8)
+    lens.append(len(x))
+    rlens.append(len(yb))
+  return RolloutBatch(prompts=prompts, prompt_lens=np.array(lens, np.int32), ref=ref,
+                      ref_len=np.array(rlens, np.int32))

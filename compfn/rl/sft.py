@@ -1,0 +1,93 @@
+"""Supervised fine-tuning (the SFT half of RFT) as pure functions: batches and the train step.
+
+An example is a prompt and a target (both token ids); the model is trained on
+``prompt + target + EOS`` with the loss on the target tokens and the EOS only::
+
+    >>> b = make_batch([([5, 6], [7, 8])], length=6, eos_id=1)
+    >>> b.inputs        # [[5, 6, 7, 8, 0, 0]]     prompt + target (EOS is only ever a target)
+    >>> b.targets       # [[6, 7, 8, 1, 0, 0]]     inputs shifted left, EOS after the target
+    >>> b.loss_mask     # [[0, 1, 1, 1, 0, 0]]     predict 7, 8 and EOS
+    >>> b.segment_ids   # [[1, 1, 1, 1, 0, 0]]     padding is segment 0 (never attended to)
+
+The loss is the token mean over the *global* batch: :func:`sft_step` counts the loss tokens of
+the whole batch before it splits it into micro-batches for gradient accumulation, so the result
+does not depend on the number of micro-batches or on the mesh (``tests/test_train.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compfn.model import transformer as T
+from compfn.model.config import ModelConfig
+from compfn.rl import losses
+
+Array = jax.Array
+
+__all__ = ['SFTBatch', 'make_batch', 'sft_loss_fn', 'sft_grads']
+
+
+@flax.struct.dataclass
+class SFTBatch:
+  inputs: Array        # int32[B, T]
+  targets: Array       # int32[B, T]
+  loss_mask: Array     # f32[B, T]   1 where targets[t] is a response token or the EOS
+  segment_ids: Array   # int32[B, T] 1 for real tokens, 0 for padding
+
+
+def make_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
+               eos_id: int, pad_id: int = 0, truncate: bool = False) -> SFTBatch:
+  """Pack (prompt_ids, target_ids) pairs into a right-padded :class:`SFTBatch` (numpy).
+
+  ``length`` is the static sequence length. An example longer than ``length`` + 1 tokens
+  (prompt + target + EOS) raises ValueError naming it, unless ``truncate`` (its end is cut:
+  the model then never sees that example's EOS)."""
+  b = len(examples)
+  if b == 0:
+    raise ValueError('make_batch: no examples')
+  inputs = np.full((b, length), pad_id, np.int32)
+  targets = np.full((b, length), pad_id, np.int32)
+  mask = np.zeros((b, length), np.float32)
+  seg = np.zeros((b, length), np.int32)
+  for i, (prompt, target) in enumerate(examples):
+    prompt, target = list(prompt), list(target)
+    if not prompt:
+      raise ValueError(f'make_batch: example {i} has an empty prompt')
+    seq = prompt + target + [eos_id]
+    if len(seq) - 1 > length and not truncate:
+      raise ValueError(f'make_batch: example {i} has {len(seq)} tokens (prompt {len(prompt)} + '
+                       f'target {len(target)} + EOS) > length + 1 = {length + 1}; raise the '
+                       'sequence length or filter long examples')
+    seq = seq[:length + 1]
+    n = len(seq) - 1
+    inputs[i, :n] = seq[:-1]
+    targets[i, :n] = seq[1:]
+    mask[i, len(prompt) - 1:n] = 1.0
+    seg[i, :n] = 1
+  return SFTBatch(inputs=inputs, targets=targets, loss_mask=mask, segment_ids=seg)
+
+
+def sft_loss_fn(model_config: ModelConfig, params: Any, batch: SFTBatch, num_tokens):
+  """(loss, aux) of one (micro-)batch; ``num_tokens`` is the global loss-token count."""
+  logits, _ = T.apply(model_config, params, batch.inputs, segment_ids=batch.segment_ids)
+  loss = losses.sft_loss(logits, batch.targets, batch.loss_mask, num_tokens=num_tokens)
+  m = batch.loss_mask
+  correct = ((jnp.argmax(logits, -1) == batch.targets) * m).sum()
+  return loss, {'correct_tokens': correct, 'loss_tokens': m.sum()}
+
+
+def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_batches: int = 1):
+  """(grads, metrics) of the token-mean NLL over the whole batch, accumulated over
+  ``micro_batches`` sequential micro-batches (``lax.scan``); pure, jittable."""
+  from compfn.train import accumulate
+  num_tokens = jnp.maximum(batch.loss_mask.sum(), 1.0)
+  fn = lambda p, mb: sft_loss_fn(model_config, p, mb, num_tokens)  # noqa: E731
+  grads, loss, aux = accumulate(fn, params, batch, micro_batches)
+  metrics = {'loss': loss, 'token_accuracy': aux['correct_tokens'] / num_tokens,
+             'loss_tokens': aux['loss_tokens'],
+             'sequences': (batch.segment_ids.sum(-1) > 0).sum().astype(jnp.float32)}
+  return grads, metrics
