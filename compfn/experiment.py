@@ -118,7 +118,7 @@ def load_model(checkpoint: Optional[str] = None, config: Optional[ModelConfig] =
   from compfn import tokenizers
   from compfn.model import transformer as T
   if checkpoint is not None:
-    config_, params = M.load(checkpoint)
+    config_, params = M.load(checkpoint, device_put=False)   # host arrays: placed sharded
     tok = tokenizers.load_tokenizer(tokenizer or checkpoint)
   elif config is not None:
     config_ = config
@@ -132,7 +132,7 @@ def load_model(checkpoint: Optional[str] = None, config: Optional[ModelConfig] =
     if unknown:
       raise ValueError(f'load_model.overrides: {unknown} are not ModelConfig fields')
     config_ = dataclasses.replace(config_, **dict(overrides))
-    params = jax.tree.map(lambda x: jnp.asarray(x, config_.param_dtype), params)
+    params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(config_.param_dtype)), params)
   if tok.vocab_size > config_.vocab_size:
     raise ValueError(f'tokenizer has {tok.vocab_size} ids but the model only '
                      f'{config_.vocab_size} embeddings')
@@ -585,6 +585,45 @@ def branch(run: Run, name: str = gin.REQUIRED, stages: Sequence[Callable] = gin.
 # --------------------------------------------------------------------------------- pipeline
 
 
+_CURVE_KEYS = (('loss', 'loss'), ('token_accuracy', 'token accuracy'), ('reward', 'reward'),
+               ('accuracy', 'sample accuracy'), ('kept_groups', 'kept groups'),
+               ('entropy', 'entropy'))
+
+
+def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
+  """``training_curves.png``: one row per training stage, its logged scalars vs step."""
+  from compfn.train import read_metrics
+  data = [(s, read_metrics(os.path.join(workdir, s))) for s in stages]
+  data = [(s, rows) for s, rows in data if rows]
+  if not data:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  ncol = max(sum(any(k in r for r in rows) for k, _ in _CURVE_KEYS) for _, rows in data)
+  fig, axes = plt.subplots(len(data), ncol, figsize=(3.2 * ncol, 2.6 * len(data)),
+                           squeeze=False)
+  for i, (stage, rows) in enumerate(data):
+    keys = [(k, t) for k, t in _CURVE_KEYS if any(k in r for r in rows)]
+    for j in range(ncol):
+      ax = axes[i][j]
+      if j >= len(keys):
+        ax.axis('off')
+        continue
+      k, title = keys[j]
+      pts = [(r['step'], r[k]) for r in rows if k in r]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+      ax.set_title(f'{stage}: {title}', fontsize=8)
+      ax.tick_params(labelsize=7)
+      ax.set_xlabel('step', fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(workdir, 'training_curves.png')
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+
 @gin.configurable
 def pipeline(workdir: str, stages: Sequence[Callable] = gin.REQUIRED, mesh_shape=(-1, 1, 1),
              final_eval: Optional[str] = None, seed: int = 0, peak_flops: float = 290e9,
@@ -630,6 +669,10 @@ def pipeline(workdir: str, stages: Sequence[Callable] = gin.REQUIRED, mesh_shape
     if evals:
       out['reports'] = E.write_report(evals, workdir, title=report_title)
       print(E.markdown_table(evals), flush=True)
+    curves = plot_training_curves(workdir, [k for k, v in run.summaries.items()
+                                            if 'steps' in v])
+    if curves:
+      out.setdefault('reports', {})['training_curves'] = curves
     path = pathlib.Path(workdir, 'results.json')
     path.with_suffix('.json.tmp').write_text(json.dumps(out, indent=1, default=float))
     os.replace(path.with_suffix('.json.tmp'), path)

@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 
+from compfn import experiment  # noqa: F401  (registers the pipeline's configurables)
 from compfn import main as M
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
