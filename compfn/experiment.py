@@ -194,13 +194,17 @@ class _Batches:
 
 
 def _record_iterator(records: Sequence[dict], global_batch: int, seed: int, fn: Callable,
-                     shuffle: bool = True):
+                     shuffle: bool = True, per_host: bool = True):
+  """Batches of records. ``per_host``: each host reads its own slice of the global batch
+  (data-parallel SFT); otherwise every host reads the same whole batch (the RL prompt pool,
+  which is replicated)."""
   from compfn.data import pipeline as P
-  n = jax.process_count()
+  n = jax.process_count() if per_host else 1
   if global_batch % n:
     raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
   ds = P.make_dataset(list(records), global_batch // n, seed=seed, shuffle=shuffle,
-                      num_epochs=None, batch_fn=list, decode=False, num_threads=0)
+                      num_epochs=None, batch_fn=list, decode=False, num_threads=0,
+                      shard_index=None if per_host else 0, shard_count=None if per_host else 1)
   return _Batches(iter(ds), fn)
 
 
@@ -213,8 +217,10 @@ def _put(tree, mesh, rules, replicate: bool = False):
     spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))) if x.ndim else \
         jax.sharding.PartitionSpec()
     sharding = jax.sharding.NamedSharding(mesh, spec)
-    if replicate or x.ndim == 0:
-      return jax.device_put(x, sharding)
+    if replicate or x.ndim == 0:        # every host holds the same whole array
+      if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+      return jax.make_array_from_process_local_data(sharding, x, x.shape)
     return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(put, tree)
 
@@ -397,10 +403,7 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
                             tok.pad_id or 0)
     return _put(pool, run.mesh, run.rules, replicate=True)
 
-  if jax.process_count() > 1:
-    raise NotImplementedError('rl_stage feeds the replicated prompt pool from one host; '
-                              'multi-host RL data feeding is not implemented yet')
-  it = _record_iterator(kept, cfg.pool_size, seed, make)
+  it = _record_iterator(kept, cfg.pool_size, seed, make, per_host=False)
   if data_state is not None:
     it.set_state(data_state)
   hooks = ()

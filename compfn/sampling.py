@@ -74,11 +74,10 @@ Worked example (ragged prompts, greedy, EOS id 2)::
 
 Cost notes: the decode body is one forward pass of a [B*G, 1] token batch over a cache of
 ``P + N`` slots; done rows still run (static shapes) but the loop stops when all are done.
-The prefill computes logits only at each row's last prompt position: a flax method interceptor
-(``nn.intercept_methods``) gathers that position at the input of the model's ``final_norm``, so
-the LM head never materialises [B, P, V] f32 (a ``logits_index`` argument of ``model.apply``
-would do the same without the interceptor; if the module is renamed the sampler falls back to
-gathering from full logits).
+The prefill computes logits only at each row's last prompt position (``model.apply``'s
+``logits_index``), so the LM head never materialises [B, P, V] f32. A decode step writes only
+the new token's keys/values into the cache (in place: the cache is the layer scan's carry and
+the donated while_loop state), so its cost does not include a copy of the whole cache.
 """
 from __future__ import annotations
 
@@ -222,17 +221,6 @@ def _record(state: DecodeState, tok: Array, lp: Array, cfg: SamplerConfig) -> De
                        lengths=state.lengths + live.astype(jnp.int32))
 
 
-def _final_norm_at(index: Array, length: int, next_fun, args, kwargs, context):
-  """Method interceptor for the prefill: the model's ``final_norm`` (per position) sees only
-  each row's last prompt position, so the LM head computes logits [B, 1, V] instead of
-  [B, P, V] (P times less memory and head FLOPs). Every other module call passes through."""
-  if (context.method_name == "__call__" and isinstance(context.module, T.RMSNorm)
-      and context.module.name == "final_norm" and args and getattr(args[0], "ndim", 0) == 3
-      and args[0].shape[1] == length):
-    args = (jnp.take_along_axis(args[0], index[:, None, None], axis=1),) + tuple(args[1:])
-  return next_fun(*args, **kwargs)
-
-
 def prefill_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
                rng: Array, cfg: SamplerConfig) -> DecodeState:
   """Prefill B prompts, repeat the cache G times, sample the first token (not jitted)."""
@@ -244,11 +232,9 @@ def prefill_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_le
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
   cache = T.init_cache(model_config, batch=b, max_len=p + n)
   last = jnp.clip(prompt_lens - 1, 0, p - 1)
-  with nn.intercept_methods(functools.partial(_final_norm_at, last, p)):
-    logits, cache = T.apply(model_config, params, prompts, positions,
-                            segment_ids=valid.astype(jnp.int32), cache=cache)
-  if logits.shape[1] != 1:  # the interceptor did not fire (module renamed): gather here
-    logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)
+  # Logits only at each row's last prompt position: [B, 1, V], never [B, P, V].
+  logits, cache = T.apply(model_config, params, prompts, positions,
+                          segment_ids=valid.astype(jnp.int32), cache=cache, logits_index=last)
   last_logits = logits[:, 0]
   if g > 1:  # one prefill, G decodes: repeat along the batch (sample-major within a prompt)
     rep = functools.partial(jnp.repeat, repeats=g, total_repeat_length=b * g)

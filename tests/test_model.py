@@ -480,3 +480,43 @@ def test_program_size_flat_in_depth():
     jaxpr = jax.make_jaxpr(lambda p: M.apply(config, p, jnp.zeros((1, 4), jnp.int32)))(params)
     return len(str(jaxpr))
   assert size(2) == size(8)
+
+
+def test_logits_index_and_layer_indexed_cache_decode():
+  """``logits_index`` == gathering full logits; with 4 scanned layers (each writes its own
+  slice of the [L, ...] cache carry) cached prefill + decode-only steps == the full forward."""
+  config = M.tiny("gemma2", num_layers=4,
+                  layer_types=("sliding_attention", "full_attention") * 2)
+  params = M.init_params(config, jax.random.PRNGKey(1))
+  params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
+  apply = jax.jit(M.apply, static_argnums=0)
+  tokens = _tokens(2, 10, seed=5)
+  full = np.asarray(M.logits(config, params, tokens))
+  idx = np.array([7, 3], np.int32)
+  got, none = apply(config, params, tokens, logits_index=idx)
+  assert none is None and got.shape == (2, 1, config.vocab_size)
+  np.testing.assert_allclose(np.asarray(got)[:, 0], full[np.arange(2), idx], atol=1e-5)
+
+  lengths = np.array([6, 3])
+  prompt = np.where(np.arange(6)[None] < lengths[:, None], tokens[:, :6], 0)
+  seg = (np.arange(6)[None] < lengths[:, None]).astype(np.int32)
+  pos = np.broadcast_to(np.arange(6), (2, 6))
+  cache0 = M.init_cache(config, batch=2, max_len=12)
+  ref_logits, ref_cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache0)
+  logits, cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache0,
+                        logits_index=lengths - 1)
+  assert logits.shape == (2, 1, config.vocab_size)
+  np.testing.assert_allclose(np.asarray(logits)[:, 0],
+                             np.asarray(ref_logits)[np.arange(2), lengths - 1], atol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, cache, ref_cache)
+  # Every layer wrote its own slice: the chunk's 6 slots (padding included; its pos is -1) of
+  # every layer and row are non-zero, the rest still 0.
+  written = np.abs(np.asarray(cache.k)).sum((3, 4)) > 0            # [L, B, S]
+  np.testing.assert_array_equal(written, np.broadcast_to(np.arange(12) < 6, written.shape))
+  assert np.asarray(cache.pos)[1].tolist() == [0, 1, 2] + [-1] * 9
+  for step in range(4):
+    p = lengths + step
+    tok = tokens[np.arange(2), p][:, None]
+    logits, cache = apply(config, params, tok, p[:, None], cache=cache)
+    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[np.arange(2), p], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(cache.index), lengths + 4)

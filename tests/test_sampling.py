@@ -308,3 +308,19 @@ def test_sharded_sampling_equals_unsharded():
   s = _np(s)
   np.testing.assert_array_equal(s.tokens, ref.tokens)
   np.testing.assert_allclose(s.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_decode_loop_updates_cache_in_place(tiny):
+  """The compiled decode while_loop writes only the new token into the cache: no copy or
+  dynamic-update-slice of a whole [L, B, S, kv_heads, head_dim] buffer per step."""
+  import re
+  config, params = tiny
+  cfg = S.SamplerConfig(max_new_tokens=N, temperature=0.0)
+  state = S.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+  hlo = S._decode_jit.lower(config, state, params, cfg).compile().as_text()
+  shape = re.escape("[" + ",".join(map(str, state.cache.k.shape)) + "]")
+  assert re.search(shape, hlo)
+  bad = re.compile(r"= \w+" + shape + r"\{[^}]*\} (copy|dynamic-update-slice|broadcast)\(|"
+                   r"dynamic-update-slice[\w.-]* = \w+" + shape)
+  offenders = [line.strip()[:160] for line in hlo.splitlines() if bad.search(line)]
+  assert not offenders, offenders

@@ -3,7 +3,8 @@
 The module is applied as a pure function of a params pytree::
 
     logits, new_cache = apply(config, params, tokens, positions,
-                              segment_ids=None, attn_mask=None, cache=None)
+                              segment_ids=None, attn_mask=None, cache=None,
+                              logits_index=None)
 
 Params (``init_params``; the leading ``L`` is the scan axis, logical name 'layers')::
 
@@ -34,11 +35,17 @@ KV cache (``KVCache``, a ``flax.struct.dataclass``; donate it to ``jax.jit``)::
     index  [B] int32            next slot to write in each row
 
 ``apply`` with a cache writes the chunk's keys/values at slots ``index[b] .. index[b]+T-1`` of
-each row (``lax.dynamic_update_slice``, per row), marks padding slots empty, attends over the
-whole cache, and advances ``index[b]`` past the last valid token of the row (so right padding
-is overwritten by the next write; left padding keeps its empty slots). The caller sizes
-``max_len`` >= the tokens a row will ever write (``dynamic_update_slice`` clamps its start,
-which would overwrite earlier slots).
+each row, marks padding slots empty, attends over the whole cache, and advances ``index[b]``
+past the last valid token of the row (so right padding is overwritten by the next write; left
+padding keeps its empty slots). The caller sizes ``max_len`` >= the tokens a row will ever
+write (like ``dynamic_update_slice``, a write that would run past the end starts earlier and
+overwrites earlier slots). The whole ``[layers, ...]`` k/v buffers are the layer scan's carry:
+each layer scatters only its T new keys/values into its slice (in place; inside a jitted
+``while_loop`` with a donated cache a decode step never copies the cache) and reads that slice
+back for attention.
+
+``logits_index`` (int32[B], optional) computes the final norm and LM head only at input
+position ``logits_index[b]`` of each row: logits f32[B, 1, V] (a prefill's last prompt token).
 
 Worked example: prefill two prompts of lengths 3 and 1 (right-padded to T=3), then greedy
 decode inside a ``lax.while_loop``::
@@ -64,7 +71,8 @@ decode inside a ``lax.while_loop``::
                                           (0, nxt, cache, jnp.zeros((2, 8), jnp.int32)))
 
 Gemma 2's alternating local/global attention runs under ``nn.scan``: the per-layer
-'is sliding' flag is a scanned input, so all layers share one compiled body.
+'is sliding' flag (and the layer index, which selects the cache slice) is a scanned input, so
+all layers share one compiled body.
 """
 from __future__ import annotations
 
@@ -174,7 +182,10 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, k_cache, v_cache, write_index):
+  def __call__(self, x, positions, mask, kv=None, layer=None, write_index=None):
+    """``kv``: None, or the whole cache ``(k, v)`` [layers, B, S, kv_heads, head_dim]; this
+    layer (``layer``, a scalar) writes its new keys/values into its slice and attends over it.
+    Returns ``(y, kv)`` with the updated buffers (or None)."""
     c = self.config
     dt = jnp.dtype(c.dtype)
     d, h, kh, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -197,16 +208,24 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
 
-    new_kv = None
-    if k_cache is not None:
-      write = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(
-          buf, new.astype(buf.dtype), (i, 0, 0)))
-      k_cache = write(k_cache, k, write_index)
-      v_cache = write(v_cache, v, write_index)
-      k_cache = nn.with_logical_constraint(k_cache, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
-      v_cache = nn.with_logical_constraint(v_cache, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
-      new_kv = (k_cache, v_cache)
-      k, v = k_cache.astype(dt), v_cache.astype(dt)
+    if kv is not None:
+      # Write only the chunk: rows b, slots start[b] .. start[b]+T-1 of layer ``layer`` of the
+      # whole [L, B, S, ...] buffer (a scatter XLA does in place on the scan carry / donated
+      # cache), then read this layer's slice back to attend over it.
+      k_all, v_all = kv
+      b, t = k.shape[:2]
+      # dynamic_update_slice's clamp: a chunk that would run past the end starts earlier.
+      start = jnp.clip(write_index, 0, k_all.shape[2] - t)
+      rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+      slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+      write = lambda buf, new: buf.at[layer, rows, slots].set(  # noqa: E731
+          new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True,
+          mode="promise_in_bounds")
+      k_all = nn.with_logical_constraint(write(k_all, k), CACHE_AXES)
+      v_all = nn.with_logical_constraint(write(v_all, v), CACHE_AXES)
+      kv = (k_all, v_all)
+      k = nn.with_logical_constraint(k_all[layer], CACHE_AXES[1:]).astype(dt)
+      v = nn.with_logical_constraint(v_all[layer], CACHE_AXES[1:]).astype(dt)
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, kh, h // kh, hd)
@@ -221,7 +240,7 @@ class Attention(nn.Module):
     y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
     if c.out_bias:
       y = y + _param(self, "bo", (d,), (EMBED,), nn.initializers.zeros).astype(dt)
-    return y, new_kv
+    return y, kv
 
 
 class Mlp(nn.Module):
@@ -245,18 +264,22 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """One decoder layer; ``nn.scan``-compatible: (carry, scanned, broadcast) -> (carry, ys)."""
+  """One decoder layer; ``nn.scan``-compatible: (carry, scanned, broadcast) -> (carry, ys).
+
+  The carry is ``(x, kv)``: the residual stream and the whole KV cache ``(k, v)`` (or None), so
+  a cached step updates the cache in place instead of slicing it in and stacking it out."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_in, shared):
+  def __call__(self, carry, layer_in, shared):
     c = self.config
-    sliding, k_cache, v_cache = layer_in
+    x, kv = carry
+    sliding, layer = layer_in
     positions, mask, dist, write_index = shared
     if c.sliding_window:
       mask = mask & (jnp.logical_not(sliding) | (dist < c.sliding_window))
     h = RMSNorm(c, name="pre_attn_norm")(x)
-    h, new_kv = Attention(c, name="attn")(h, positions, mask, k_cache, v_cache, write_index)
+    h, kv = Attention(c, name="attn")(h, positions, mask, kv, layer, write_index)
     if c.post_norms:
       h = RMSNorm(c, name="post_attn_norm")(h)
     x = x + h
@@ -265,7 +288,7 @@ class Block(nn.Module):
     if c.post_norms:
       h = RMSNorm(c, name="post_mlp_norm")(h)
     x = nn.with_logical_constraint(x + h, (BATCH, LENGTH, EMBED))
-    return x, new_kv
+    return (x, kv), None
 
 
 _REMAT_POLICIES = {
@@ -275,12 +298,14 @@ _REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-  """``__call__(tokens, positions, segment_ids, attn_mask, cache) -> (logits f32, cache)``."""
+  """``__call__(tokens, positions, segment_ids, attn_mask, cache, logits_index)
+  -> (logits f32, cache)``."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, segment_ids: Optional[Array] = None,
-               attn_mask: Optional[Array] = None, cache: Optional[KVCache] = None):
+               attn_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
+               logits_index: Optional[Array] = None):
     c = self.config
     dt = jnp.dtype(c.dtype)
     tokens = jnp.asarray(tokens, jnp.int32)
@@ -319,10 +344,15 @@ class Transformer(nn.Module):
                       in_axes=(0, nn.broadcast), length=c.num_layers,
                       metadata_params={nn.PARTITION_NAME: LAYERS})
     sliding = jnp.asarray(c.sliding_layers, bool)
-    layer_in = (sliding, None if cache is None else cache.k,
-                None if cache is None else cache.v)
-    x, new_kv = scanned(c, name="layers")(x, layer_in, (positions, mask, dist, write_index))
+    layer_in = (sliding, jnp.arange(c.num_layers, dtype=jnp.int32))
+    kv = None if cache is None else (cache.k, cache.v)
+    (x, kv), _ = scanned(c, name="layers")((x, kv), layer_in,
+                                           (positions, mask, dist, write_index))
 
+    if logits_index is not None:  # final norm + head only at one position per row
+      index = jnp.asarray(logits_index, jnp.int32).reshape(-1)
+      x = jnp.take_along_axis(x, index[:, None, None], axis=1)
+      x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
     x = RMSNorm(c, name="final_norm")(x)
     if c.tie_word_embeddings:
       logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt),
@@ -340,7 +370,7 @@ class Transformer(nn.Module):
     if cache is not None:
       t = tokens.shape[1]
       advance = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1)
-      new_cache = KVCache(k=new_kv[0], v=new_kv[1], pos=key_pos,
+      new_cache = KVCache(k=kv[0], v=kv[1], pos=key_pos,
                           index=cache.index + advance.astype(jnp.int32))
     return logits, new_cache
 
@@ -369,17 +399,20 @@ def param_logical_axes(config: ModelConfig) -> Any:
 
 def apply(config: ModelConfig, params: Any, tokens: Array, positions: Optional[Array] = None,
           *, segment_ids: Optional[Array] = None, attn_mask: Optional[Array] = None,
-          cache: Optional[KVCache] = None) -> tuple[Array, Optional[KVCache]]:
+          cache: Optional[KVCache] = None,
+          logits_index: Optional[Array] = None) -> tuple[Array, Optional[KVCache]]:
   """Forward pass: ``(logits f32[B, T, V], new_cache or None)``. Not jitted (jit the caller).
 
   ``positions`` defaults to 0..T-1 in every row. See the module docstring for masking and
-  the cache protocol.
+  the cache protocol. ``logits_index`` (int32[B], optional): compute the final norm and LM
+  head only at input position ``logits_index[b]`` of each row -> logits f32[B, 1, V] (e.g. a
+  prefill that only needs each prompt's last position; the cache is written as usual).
   """
   tokens = jnp.asarray(tokens)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
   return Transformer(config).apply({"params": params}, tokens, positions, segment_ids,
-                                   attn_mask, cache)
+                                   attn_mask, cache, logits_index)
 
 
 @functools.partial(jax.jit, static_argnums=0)
