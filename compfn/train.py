@@ -144,17 +144,26 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 
 
 
 def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
-                    loss: Array) -> tuple[TrainState, dict]:
-  """One optimizer update; a non-finite loss or gradient norm leaves ``state`` unchanged except
-  for ``metrics['nonfinite'] = 1`` (the host stops the run with a clear message)."""
+                    loss: Array, skip: Optional[Array] = None) -> tuple[TrainState, dict]:
+  """One optimizer update.
+
+  A non-finite loss or gradient norm leaves ``state`` unchanged (the step does not advance)
+  and sets ``metrics['nonfinite'] = 1``: the host stops the run with a clear message.
+  ``skip`` (bool[]): the step advances but params and optimizer state stay as they are — used
+  by GRPO when dynamic sampling kept no group, so AdamW's momentum and weight decay do not move
+  the weights on a step without any gradient signal."""
   gnorm = optax.tree.norm(grads)
   ok = jnp.isfinite(gnorm) & jnp.isfinite(loss)
+  apply = ok if skip is None else ok & ~skip
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa
   new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
                       opt_state=keep(opt_state, state.opt_state))
-  return new, {'grad_norm': gnorm, 'nonfinite': (~ok).astype(jnp.float32)}
+  metrics = {'grad_norm': gnorm, 'nonfinite': (~ok).astype(jnp.float32)}
+  if skip is not None:
+    metrics['skipped_update'] = skip.astype(jnp.float32)
+  return new, metrics
 
 
 # ----------------------------------------------------------------------------------- metrics

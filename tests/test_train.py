@@ -287,3 +287,21 @@ def test_rl_reward_rises():
   after = accuracy(rl.params)
   # measured here: 0.240 -> 0.412
   assert after > before + 0.1, (before, after)
+
+
+def test_skipped_update_keeps_weights_and_optimizer_state():
+  """GRPO steps without a kept group must not move the weights through AdamW momentum/decay."""
+  cfg = _config()
+  tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, schedule='constant').make(5)
+  st = train.TrainState.create(T.init_params(cfg, jax.random.PRNGKey(0)), tx)
+  g, m = sft.sft_grads(cfg, st.params, _sft_batch(8))
+  st, _ = train.apply_gradients(st, g, tx, m['loss'])            # momentum is now non-zero
+  zeros = jax.tree.map(jnp.zeros_like, g)
+  moved, _ = train.apply_gradients(st, zeros, tx, jnp.zeros(()))
+  kept, mk = train.apply_gradients(st, zeros, tx, jnp.zeros(()), skip=jnp.array(True))
+  assert int(kept.step) == 2 and float(mk['skipped_update']) == 1.0
+  diff = lambda a, b: max(float(jnp.abs(x - y).max())  # noqa: E731
+                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert diff(moved.params, st.params) > 1e-4          # AdamW alone would drift
+  assert diff(kept.params, st.params) == 0.0
+  assert diff(kept.opt_state, st.opt_state) == 0.0

@@ -20,6 +20,10 @@ The host feeds a *pool* of ``pool_size = gen_prompts * max_rounds`` prompts per 
 read consecutive slices), so the data consumed per step is fixed and resuming is exact; prompts
 of rounds that were not needed are skipped.
 
+A step whose rounds kept no group at all has no gradient signal; it consumes its data but does
+not touch the weights or the optimizer state (``skipped_update`` = 1 in the metrics), so AdamW's
+momentum and weight decay cannot drift the policy on empty steps.
+
 Strictly on-policy as in the paper (one update per batch; ``old_logprobs='recompute'`` makes
 ``old = stop_gradient(new)``, so the ratio is 1 and clipping inactive); ``old_logprobs='sampler'``
 uses the sampler's log-probs instead (importance ratio against the behaviour policy).
@@ -270,7 +274,7 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
   rng, gen_rng = jax.random.split(state.rng)
   buf, st = generate(model_config, state.params, pool, gen_rng, cfg, sampler_cfg, detok)
   grads, loss, aux = policy_grads(model_config, state.params, buf, cfg, sampler_cfg, ref_params)
-  state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss)
+  state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss, skip=buf.filled == 0)
   samples = jnp.maximum(st['samples'], 1.0)
   metrics = {'loss': loss, **aux, **upd,
              'reward': st['reward_sum'] / samples, 'accuracy': st['correct'] / samples,
