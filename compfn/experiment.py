@@ -331,7 +331,7 @@ def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Opti
   if eval_records is not None and eval_every:
     hooks = ((eval_every, _eval_hook(run, eval_records, eval_task, eval_max_new_tokens)),)
   if start < steps:
-    state = trainer.run(state, step_fn, it, on_metrics=_mfu_hook(run, 'loss_tokens', 6.0),
+    state = trainer.run(state, step_fn, it, on_metrics=_mfu_hook(run, 'tokens', 3.0),
                         hooks=hooks)
   _finish(run, name, trainer, state, start, t0, {'examples': len(examples),
                                                  'dropped_too_long': dropped})

@@ -89,5 +89,6 @@ def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_bat
   grads, loss, aux = accumulate(fn, params, batch, micro_batches)
   metrics = {'loss': loss, 'token_accuracy': aux['correct_tokens'] / num_tokens,
              'loss_tokens': aux['loss_tokens'],
+             'tokens': batch.segment_ids.sum().astype(jnp.float32),
              'sequences': (batch.segment_ids.sum(-1) > 0).sum().astype(jnp.float32)}
   return grads, metrics
