@@ -421,17 +421,24 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
               problems_per_iteration: Optional[int] = None, num_samples: int = 10,
               temperature: float = 1.0, max_new_tokens: int = 128,
               task: str = 'strings_trace', drop_all_correct: bool = True,
-              max_per_prompt: Optional[int] = None, sample_batch_size: int = 32, seed: int = 0):
+              max_per_prompt: Optional[int] = None, sample_batch_size: int = 32, seed: int = 0,
+              train: bool = True):
   """Rejection-sampling fine-tuning (PAPER §2.2; iterative for the stage-2 baseline, §2.3).
 
   Each iteration samples ``num_samples`` responses per problem with the current model (prompt:
   ``sample_prompt``, e.g. definitions visible), keeps the correct ones, drops problems the
   model always solves, then runs :func:`sft_stage` (bindings of this gin scope) on
   ``train_prompt`` + the kept responses. ``problems_per_iteration`` takes consecutive disjoint
-  slices (the paper's 8k problems per iteration)."""
+  slices (the paper's 8k problems per iteration). ``train=False`` only collects (one
+  iteration): the records stay in ``<name>/iter_0/rft_records.jsonl`` for a later stage, e.g.
+  a mixture of two tasks' collections (``gin/experiments/countdown_multibase.gin``)."""
   from compfn.rl import rft
-  if _dry(run, name, records=records, iterations=iterations, num_samples=num_samples):
-    sft_stage(run, name=f'{name}/iter_0/sft', records=records)
+  if not train and iterations != 1:
+    raise ValueError(f'[{name}] rft_stage(train=False) collects once; got iterations={iterations}')
+  if _dry(run, name, records=records, iterations=iterations, num_samples=num_samples,
+          train=train):
+    if train:
+      sft_stage(run, name=f'{name}/iter_0/sft', records=records)
     return
   records = list(records)
   for k in range(iterations):
@@ -462,6 +469,8 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
       os.replace(stats_path + '.tmp', stats_path)
     print(f'[{run.key(name)}/iter_{k}] RFT collection: {json.dumps(stats)}', flush=True)
     run.summaries[run.key(f'{name}/iter_{k}/collect')] = stats
+    if not train:
+      return
     if not kept:
       raise ValueError(f'[{name}/iter_{k}] no correct responses to fine-tune on '
                        f'({stats}); the model cannot bootstrap from this data')

@@ -29,7 +29,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import flax.struct
 import gin

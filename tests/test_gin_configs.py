@@ -198,11 +198,13 @@ def test_iterative_rft_has_paper_hyperparameters(tmp_path):
 def test_countdown_multibase_stages(tmp_path):
   s = dry_run(['gin/experiments/countdown_multibase.gin', DEFAULT_MODEL], tmp_path,
               ONE_HOST_MESH)
-  assert {'collect_strings/strings_rft', 'collect_countdown/countdown_rft', 'multibase_sft',
+  assert {'strings_rft', 'countdown_rft', 'multibase_sft',
           'export', 'multibase_eval', 'rl_L1/rl', 'rl_L1/countdown_eval', 'rl_L1to2/rl',
           'rl_L1to2/countdown_eval'} <= set(s)
-  _has(s['collect_countdown/countdown_rft'], 'records', 'countdown L2')
-  _has(s['collect_countdown/countdown_rft'], 'num_samples', '4')
+  _has(s['countdown_rft'], 'records', 'countdown L2')
+  _has(s['countdown_rft'], 'num_samples', '4')
+  assert s['countdown_rft']['train'] == 'False' and s['strings_rft']['train'] == 'False'
+  assert not any(k.startswith(('strings_rft/', 'countdown_rft/')) for k in s)   # no SFT
   _has(s['multibase_sft'], 'records', 'mix(jsonl ', 'rft_records.jsonl')
   _has(s['multibase_sft'], 'optimizer', 'learning_rate=2e-05')
   for arm, config in (('rl_L1', 'stage2_train_L1'), ('rl_L1to2', 'stage2_train_L1to2')):

@@ -1,6 +1,4 @@
 """The trainer core: SFT/GRPO steps, accumulation, sharding invariance, resume, NaN guard."""
-import json
-import os
 
 import jax
 import jax.numpy as jnp
