@@ -369,17 +369,9 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
             lo = b * rows
             idx = np.minimum(np.arange(lo, lo + rows), n_prob - 1)
             real = min(rows, n_prob - lo)
-            prompts = np.full((rows, plen), pad_id, np.int32)
-            lens = np.zeros(rows, np.int32)
-            ref = np.zeros((rows, rlen), np.int32)
-            ref_len = np.zeros(rows, np.int32)
-            for j, i in enumerate(idx):
-                x, y = prompt_ids[i], ref_bytes[i]
-                prompts[j, :len(x)] = x
-                lens[j] = len(x)
-                ref[j, :len(y)] = np.frombuffer(y, np.uint8)
-                ref_len[j] = len(y)
-            batch = R.RolloutBatch(prompts=prompts, prompt_lens=lens, ref=ref, ref_len=ref_len)
+            batch = R.RolloutBatch.from_host([prompt_ids[i] for i in idx],
+                                             [ref_bytes[i] for i in idx], pad_id=pad_id,
+                                             prompt_len=plen, ref_len=rlen)
             if mesh is not None:
                 batch = R.shard_batch(batch, mesh, rules)
             for c in range(n_chunks):

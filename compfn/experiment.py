@@ -315,12 +315,12 @@ def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Opti
   start = int(state.step)
   mc = run.model_config
 
-  def step(state, batch):
-    grads, m = sft.sft_grads(mc, state.params, batch, micro_batches)
-    state, upd = train.apply_gradients(state, grads, tx, m['loss'])
-    return state, {**m, **upd, 'lr': tx_lr(state.step)}
-
   tx_lr = opt.lr_schedule(steps)
+
+  def step(state, batch):
+    state, m = sft.sft_step(mc, tx, state, batch, micro_batches)
+    return state, {**m, 'lr': tx_lr(state.step)}
+
   step_fn = train.compile_step(step, run.mesh, run.rules)
   make = lambda recs: _put(sft.make_batch(recs, seq_len, tok.eos_id, tok.pad_id or 0),  # noqa
                            run.mesh, run.rules)

@@ -99,7 +99,7 @@ Array = jax.Array
 __all__ = ["SamplerConfig", "Samples", "DecodeState", "sample", "sample_fn", "prefill",
            "prefill_fn", "decode_fn",
            "decode", "samples_from_state", "Sampler", "SamplerOutput", "bucket_length",
-           "teacher_forced_logprobs", "full_sequences"]
+           "teacher_forced_logprobs", "full_sequences", "response_logit_positions"]
 
 LOGPROB_MODES = ("raw", "temperature")
 
@@ -384,6 +384,16 @@ def full_sequences(prompts: Array, prompt_lens: Array, samples: Samples,
   return tokens, positions, seg
 
 
+def response_logit_positions(prompt_lens: Array, p: int, n: int) -> Array:
+  """int32[rows, N]: in a ``full_sequences`` row (prompt padded to ``p``, then N response
+  tokens), the position whose logits predict response token j — the prompt's last valid token
+  for j = 0, response token j - 1 (at ``p + j - 1``) otherwise."""
+  rows = prompt_lens.shape[0]
+  return jnp.concatenate([(prompt_lens - 1)[:, None],
+                          jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32),
+                                           (rows, n - 1))], axis=1)
+
+
 def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Array,
                             prompt_lens: Array, samples: Samples,
                             cfg: SamplerConfig) -> Array:
@@ -394,13 +404,8 @@ def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Arr
   p = jnp.asarray(prompts).shape[1]
   n = samples.tokens.shape[1]
   logits, _ = T.apply(model_config, params, tokens, positions, segment_ids=seg)
-  # The prediction of response token j comes from the position before it: the prompt's last
-  # valid token for j = 0, response token j - 1 otherwise.
-  pl = jnp.repeat(jnp.asarray(prompt_lens, jnp.int32), cfg.num_samples)
-  rows = pl.shape[0]
-  src = jnp.concatenate([(pl - 1)[:, None],
-                         jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32), (rows, n - 1))],
-                        axis=1)
+  src = response_logit_positions(jnp.repeat(jnp.asarray(prompt_lens, jnp.int32),
+                                            cfg.num_samples), p, n)
   lg = jnp.take_along_axis(logits, src[:, :, None], axis=1)
   if cfg.logprobs == "temperature" and not cfg.greedy:
     lg = lg / cfg.temperature

@@ -383,24 +383,15 @@ def compile_step(fn: Callable, mesh=None, rules=None, donate_state: bool = True)
 
 
 def shard_state(state: TrainState, model_config, mesh, rules=None) -> TrainState:
-  """``device_put`` a TrainState: params (and the optimizer's param-shaped moments) by their
-  logical axes, scalars and the RNG key replicated."""
+  """``device_put`` a TrainState: params and every param-shaped subtree of the optimizer state
+  (AdamW's moments) by their logical axes; scalars (step, counts) and the RNG key replicated."""
   shard = parallel.param_shardings(model_config, mesh, rules)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params = jax.device_put(state.params, shard)
   pstruct = jax.tree.structure(state.params)
-
-  def walk(node):
-    if isinstance(node, (list, tuple)) and not hasattr(node, '_fields'):
-      return type(node)(walk(n) for n in node)
-    if hasattr(node, '_fields'):           # NamedTuple optimizer states
-      return type(node)(*[walk(getattr(node, f)) for f in node._fields])
-    try:
-      if jax.tree.structure(node) == pstruct:
-        return jax.device_put(node, shard)
-    except Exception:  # noqa: BLE001
-      pass
-    return jax.tree.map(lambda x: jax.device_put(x, repl), node)
-
-  return state.replace(step=jax.device_put(state.step, repl), params=params,
-                       opt_state=walk(state.opt_state), rng=jax.device_put(state.rng, repl))
+  like_params = lambda x: jax.tree.structure(x) == pstruct  # noqa: E731
+  opt_state = jax.tree.map(
+      lambda x: jax.device_put(x, shard if like_params(x) else repl), state.opt_state,
+      is_leaf=like_params)
+  return state.replace(step=jax.device_put(state.step, repl),
+                       params=jax.device_put(state.params, shard), opt_state=opt_state,
+                       rng=jax.device_put(state.rng, repl))

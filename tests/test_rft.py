@@ -2,13 +2,12 @@
 stores the train prompt; JSONL round trip. A "bigram" transformer (as in test_evaluate.py)
 fixes the answers: 'x' is a coin flip between ';a' (right for ref 'a') and 'cd' (no ';':
 wrong), 'y' is always ';a', 'w' always 'cd'."""
-import jax
 import numpy as np
 import pytest
 
-from compfn import model as M
 from compfn import tokenizers
 from compfn.rl import rft
+from test_evaluate import bigram
 
 
 def trace_model():
@@ -16,19 +15,8 @@ def trace_model():
     t = tok.token_to_id
     chain = {'x': (';', 'c'), 'y': (';',), 'w': ('c',), ';': ('a',), 'a': ('<eos>',),
              'c': ('d',), 'd': ('<eos>',)}
-    v = tok.vocab_size
-    d = 1 << (v - 1).bit_length()
-    config = M.tiny('llama', vocab_size=v, d_model=d)
-    p = jax.tree.map(np.array, M.init_params(config, jax.random.key(0)))
-    p['layers']['attn']['wo'][:] = 0
-    p['layers']['mlp']['wo'][:] = 0
-    p['final_norm']['scale'][:] = 1
-    p['token_embed'] = np.eye(v, d, dtype=np.float32)
-    head = np.zeros((d, v), np.float32)
-    for a, succ in chain.items():
-        for c in succ:
-            head[t(a), t(c)] = 10.0     # equal logits: equally likely successors
-    p['lm_head'] = head
+    # equal logits: equally likely successors
+    config, p = bigram(tok, {t(a): tuple(t(c) for c in succ) for a, succ in chain.items()})
     return tok, config, p
 
 

@@ -32,11 +32,7 @@ def _sft_batch(n=16, length=48, seed=0):
 
 
 def _sft_step_fn(cfg, tx, micro=1):
-  def step(state, batch):
-    g, m = sft.sft_grads(cfg, state.params, batch, micro)
-    state, u = train.apply_gradients(state, g, tx, m['loss'])
-    return state, {**m, **u}
-  return step
+  return lambda state, batch: sft.sft_step(cfg, tx, state, batch, micro)
 
 
 def test_make_batch_layout():

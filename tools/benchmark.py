@@ -305,9 +305,7 @@ def bench_train(models, steps: int, warmup: int, tunix_python: str, tiny: bool =
         tx = opt.make(1000)
 
         def step(state, batch, cfg=cfg, tx=tx):
-            g, m = sft.sft_grads(cfg, state.params, batch)
-            state, u = train.apply_gradients(state, g, tx, m['loss'])
-            return state, {**m, **u}
+            return sft.sft_step(cfg, tx, state, batch)
         fn = train.compile_step(step)
         rng = np.random.default_rng(0)
         toks = rng.integers(2, cfg.vocab_size, (B, L + 1)).astype(np.int32)

@@ -39,7 +39,6 @@ import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from compfn import sampling
 from compfn.model import transformer as T
@@ -188,14 +187,6 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
   return buf, stats
 
 
-def _response_logits_index(prompt_lens: Array, p: int, n: int) -> Array:
-  """int32[rows, N]: the position whose logits predict response token j (module sampling)."""
-  rows = prompt_lens.shape[0]
-  return jnp.concatenate([(prompt_lens - 1)[:, None],
-                          jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32),
-                                           (rows, n - 1))], axis=1)
-
-
 def _flat_rows(buf: Buffer, cfg: GRPOConfig):
   p, g, n = buf.tokens.shape
   valid = jnp.arange(p) < buf.filled                                    # [P]
@@ -207,7 +198,8 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig):
                              truncated=jnp.zeros((p * g,), bool),
                              group=jnp.repeat(jnp.arange(p, dtype=jnp.int32), g))
   full, positions, seg = sampling.full_sequences(buf.prompts, buf.prompt_lens, samples, g)
-  src = _response_logits_index(jnp.repeat(buf.prompt_lens, g), buf.prompts.shape[1], n)
+  src = sampling.response_logit_positions(jnp.repeat(buf.prompt_lens, g),
+                                          buf.prompts.shape[1], n)
   return {'tokens': full, 'positions': positions, 'segment_ids': seg, 'src': src,
           'response': samples.tokens, 'mask': samples.mask,
           'old_logprobs': samples.logprobs,
@@ -294,18 +286,5 @@ def pool_from_host(prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: 
   compiled step serves every batch. Raises if a prompt or reference does not fit."""
   if len(prompt_ids) != cfg.pool_size:
     raise ValueError(f'{len(prompt_ids)} prompts for a pool of {cfg.pool_size}')
-  prompts = np.full((len(prompt_ids), prompt_len), pad_id, np.int32)
-  ref = np.zeros((len(refs), ref_len), np.int32)
-  lens, rlens = [], []
-  for i, (x, y) in enumerate(zip(prompt_ids, refs)):
-    yb = y.encode('utf-8') if isinstance(y, str) else bytes(y)
-    if not 0 < len(x) <= prompt_len:
-      raise ValueError(f'prompt {i} has {len(x)} tokens; the step takes 1..{prompt_len}')
-    if len(yb) > ref_len:
-      raise ValueError(f'reference {i} has {len(yb)} bytes > ref_len={ref_len}')
-    prompts[i, :len(x)] = x
-    ref[i, :len(yb)] = np.frombuffer(yb, np.uint8)
-    lens.append(len(x))
-    rlens.append(len(yb))
-  return RolloutBatch(prompts=prompts, prompt_lens=np.array(lens, np.int32), ref=ref,
-                      ref_len=np.array(rlens, np.int32))
+  return RolloutBatch.from_host(prompt_ids, refs, pad_id=pad_id, prompt_len=prompt_len,
+                                ref_len=ref_len)

@@ -4,8 +4,9 @@ Public API::
 
     batch = RolloutBatch(prompts int32[B, P], prompt_lens int32[B], ref int32[B, R],
                          ref_len int32[B])           # ref = reference output as UTF-8 bytes
-    batch = RolloutBatch.from_host(prompt_ids: list[list[int]], refs: list[str], *,
-                                   min_bucket=16, pad_id=0)   # padded, bucketed (numpy)
+    batch = RolloutBatch.from_host(prompt_ids: list[list[int]], refs: list[str | bytes], *,
+                                   min_bucket=16, pad_id=0, prompt_len=None, ref_len=None)
+                                                     # padded, bucketed or static (numpy)
     detok = DetokTables.from_tokenizer(tokenizer)    # token -> bytes table + first-piece skips
 
     out = rollout(model_config, params, batch, rng, cfg, task='strings_json', *, detok,
@@ -76,20 +77,29 @@ class RolloutBatch:
   ref_len: Array       # int32[B]
 
   @classmethod
-  def from_host(cls, prompt_ids: Sequence[Sequence[int]], refs: Sequence[str], *,
-                min_bucket: int = 16, pad_id: int = 0) -> "RolloutBatch":
-    """Pads prompts to ``bucket_length`` and refs to a power of two >= 16 (numpy arrays)."""
+  def from_host(cls, prompt_ids: Sequence[Sequence[int]], refs: Sequence, *,
+                min_bucket: int = 16, pad_id: int = 0, prompt_len: Optional[int] = None,
+                ref_len: Optional[int] = None) -> "RolloutBatch":
+    """Right-pads prompts and references (``str`` or UTF-8 ``bytes``) into numpy arrays.
+
+    Widths default to ``bucket_length`` of the longest prompt and a power of two >= 16 for the
+    refs; pass ``prompt_len`` / ``ref_len`` for static widths (one compiled program for every
+    batch), and a prompt or reference that does not fit raises ValueError naming it."""
     if len(prompt_ids) != len(refs):
       raise ValueError(f"{len(prompt_ids)} prompts but {len(refs)} refs")
     b = len(prompt_ids)
-    p = sampling.bucket_length(max(len(x) for x in prompt_ids), min_bucket)
-    enc = [r.encode("utf-8") for r in refs]
-    r = sampling.bucket_length(max(len(x) for x in enc), 16)
+    enc = [r.encode("utf-8") if isinstance(r, str) else bytes(r) for r in refs]
+    p = prompt_len or sampling.bucket_length(max(len(x) for x in prompt_ids), min_bucket)
+    r = ref_len or sampling.bucket_length(max(len(x) for x in enc), 16)
     prompts = np.full((b, p), pad_id, np.int32)
     ref = np.zeros((b, r), np.int32)
     for i, (x, y) in enumerate(zip(prompt_ids, enc)):
       if not len(x):
         raise ValueError(f"prompt {i} is empty")
+      if len(x) > p:
+        raise ValueError(f"prompt {i} has {len(x)} tokens > prompt_len={p}")
+      if len(y) > r:
+        raise ValueError(f"reference {i} has {len(y)} bytes > ref_len={r}")
       prompts[i, :len(x)] = x
       ref[i, :len(y)] = np.frombuffer(y, np.uint8)
     return cls(prompts=prompts, prompt_lens=np.array([len(x) for x in prompt_ids], np.int32),

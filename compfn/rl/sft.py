@@ -28,7 +28,7 @@ from compfn.rl import losses
 
 Array = jax.Array
 
-__all__ = ['SFTBatch', 'make_batch', 'sft_loss_fn', 'sft_grads']
+__all__ = ['SFTBatch', 'make_batch', 'sft_loss_fn', 'sft_grads', 'sft_step']
 
 
 @flax.struct.dataclass
@@ -92,3 +92,11 @@ def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_bat
              'tokens': batch.segment_ids.sum().astype(jnp.float32),
              'sequences': (batch.segment_ids.sum(-1) > 0).sum().astype(jnp.float32)}
   return grads, metrics
+
+
+def sft_step(model_config: ModelConfig, tx, state, batch: SFTBatch, micro_batches: int = 1):
+  """One SFT update (pure; jit it with the state donated): (state, metrics)."""
+  from compfn.train import apply_gradients
+  grads, metrics = sft_grads(model_config, state.params, batch, micro_batches)
+  state, upd = apply_gradients(state, grads, tx, metrics['loss'])
+  return state, {**metrics, **upd}
