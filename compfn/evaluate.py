@@ -64,6 +64,7 @@ class EvalProblem:
     ref: str             # reference answer; for task='countdown' '{"numbers": [..], "target": N}'
     level: int
     group: str = ''      # e.g. 'heldout' / 'train'; reports split by it when non-empty
+    target: Optional[str] = None   # the reference trace (trace task), for failure-mode analysis
 
 
 def default_ks(num_samples: int) -> tuple[int, ...]:
@@ -101,6 +102,8 @@ class EvalResult:
     sample_length: Optional[np.ndarray] = None      # float[P] mean generated tokens
     sample_truncated: Optional[np.ndarray] = None   # int[P] truncated samples
     config: dict = dataclasses.field(default_factory=dict)
+    greedy_responses: Optional[list] = None   # str[P] decoded greedy responses (keep_responses)
+    sample_responses: Optional[list] = None   # str[P][num_samples] decoded samples (likewise)
 
     def __post_init__(self):
         self.problems = [p if isinstance(p, EvalProblem) else EvalProblem(**p)
@@ -154,6 +157,17 @@ class EvalResult:
         """Mean accuracy per level ("1".."8"): greedy = the greedy bit; sampled = the fraction
         of correct samples (= pass@1). ``group`` restricts to problems of that group."""
         return self._by_level(self._per_problem(kind), group)
+
+    def interval_by_level(self, group: Optional[str] = None
+                          ) -> dict[str, tuple[float, float]]:
+        """95% Wilson interval of the greedy accuracy per level (``compfn.metrics``)."""
+        from compfn.metrics import wilson_interval
+        if self.greedy_acc is None:
+            return {}
+        m = self._mask(group)
+        lv, acc = self.levels[m], self.greedy_acc[m]
+        return {str(int(x)): wilson_interval(int(acc[lv == x].sum()), int((lv == x).sum()))
+                for x in sorted(set(lv.tolist()))}
 
     def accuracy(self, kind: str = 'greedy', group: Optional[str] = None) -> float:
         m = self._mask(group)
@@ -232,7 +246,9 @@ class EvalResult:
                 'greedy_length': lst(self.greedy_length),
                 'greedy_truncated': lst(self.greedy_truncated),
                 'sample_length': lst(self.sample_length),
-                'sample_truncated': lst(self.sample_truncated), 'config': dict(self.config)}
+                'sample_truncated': lst(self.sample_truncated), 'config': dict(self.config),
+                'greedy_responses': self.greedy_responses,
+                'sample_responses': self.sample_responses}
 
     def to_json(self, indent: Optional[int] = None) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
@@ -447,6 +463,7 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
              ks: Optional[Iterable[int]] = None, batch_size: int = 64,
              encode: Optional[Callable[[str], list]] = None, rng=0, mesh=None, rules=None,
              progress: bool = True, num_examples: int = 2, sample_chunk: int = 64,
+             keep_responses: bool = False,
              _rollout: Optional[Callable] = None) -> EvalResult:
     """Evaluate a model on ``problems`` (see the module docstring).
 
@@ -461,6 +478,8 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
       rng: int seed or PRNG key; results are deterministic for a fixed value.
       mesh, rules: run sharded (params must already be placed; batches are sharded here).
       num_examples: decoded responses kept per level in ``examples``.
+      keep_responses: also decode every response (``greedy_responses``, ``sample_responses``),
+        e.g. for failure-mode analysis of traces.
     """
     problems = list(problems)
     if not greedy and num_samples <= 0:
@@ -485,6 +504,7 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
     ex_set = np.zeros(len(problems) + 1, bool)
     ex_set[example_ids] = True
     keep0 = lambda p, s, a: ex_set[p] & (s == 0)  # noqa: E731
+    keep_all = lambda p, s, a: np.ones_like(p, bool)  # noqa: E731
 
     key = _as_key(rng)
     import jax
@@ -494,12 +514,14 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
     greedy_run = sampled_run = None
     if greedy:
         greedy_run = _run(model_config, params, tokenizer, prompt_ids, refs, num_samples=1,
-                          temperature=0.0, rng=jax.random.fold_in(key, 0), keep=keep0,
+                          temperature=0.0, rng=jax.random.fold_in(key, 0),
+                          keep=keep_all if keep_responses else keep0,
                           desc='eval greedy', **common)
     if num_samples > 0:
         sampled_run = _run(model_config, params, tokenizer, prompt_ids, refs,
                            num_samples=num_samples, temperature=temperature,
-                           rng=jax.random.fold_in(key, 1), keep=keep0,
+                           rng=jax.random.fold_in(key, 1),
+                           keep=keep_all if keep_responses else keep0,
                            desc=f'eval {num_samples} samples', **common)
 
     examples = []
@@ -516,6 +538,14 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
                              'length': int(run.lengths[i, 0]),
                              'truncated': bool(run.truncated[i, 0])})
 
+    def texts(run, g):
+        if run is None or not keep_responses:
+            return None
+        dec = lambda i, j: _decode(tokenizer, _strip_stop(tokenizer, run.kept[(i, j)]))  # noqa
+        rows = [[dec(i, j) for j in range(g)] for i in range(len(problems))]
+        return [r[0] for r in rows] if g == 1 else rows
+
+    greedy_texts, sample_texts = texts(greedy_run, 1), texts(sampled_run, num_samples)
     config = {'task': task, 'max_new_tokens': int(max_new_tokens), 'greedy': bool(greedy),
               'num_samples': num_samples, 'temperature': float(temperature),
               'batch_size': int(batch_size), 'sample_chunk': int(sample_chunk)}
@@ -528,7 +558,7 @@ def evaluate(model_config, params, tokenizer, problems: Sequence[EvalProblem], *
         greedy_truncated=None if greedy_run is None else greedy_run.truncated[:, 0],
         sample_length=None if sampled_run is None else sampled_run.lengths.mean(axis=1),
         sample_truncated=None if sampled_run is None else sampled_run.truncated.sum(axis=1),
-        config=config)
+        config=config, greedy_responses=greedy_texts, sample_responses=sample_texts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,6 +605,19 @@ def markdown_table(results: Mapping[str, EvalResult]) -> str:
         cells = [name, label, metric] + [_fmt(by_level.get(lv)) for lv in levels]
         lines.append('| ' + ' | '.join(cells + [_fmt(overall), str(n)]) + ' |')
     out = '\n'.join(lines)
+    greedy = {k: r for k, r in results.items() if r.greedy_acc is not None}
+    if greedy:
+        head = ['run', 'group'] + [f'L{lv}' for lv in levels]
+        lines = ['', '', '**greedy accuracy, 95% Wilson interval** (n problems per level in '
+                 'the table above)', '', '| ' + ' | '.join(head) + ' |',
+                 '|' + '---|' * len(head)]
+        for name, r in greedy.items():
+            for g in _groups(r):
+                iv = r.interval_by_level(g)
+                cells = [name, g if g is not None else 'all']
+                cells += [f'{iv[lv][0]:.3f}–{iv[lv][1]:.3f}' if lv in iv else '' for lv in levels]
+                lines.append('| ' + ' | '.join(cells) + ' |')
+        out += '\n'.join(lines)
     sampled = {k: r for k, r in results.items() if r.sample_correct is not None and r.ks}
     if sampled:
         ks = sorted({k for r in sampled.values() for k in r.ks})
@@ -663,12 +706,19 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
             label = name + ('' if g is None else f' [{g}]')
             if kind == 'sampled':
                 label += ' (sampled)'
-            lines.append((label, d, '-' if g is None else '--'))
-    if any(d for _, d, _ in lines):
+            iv = r.interval_by_level(g) if kind == 'greedy' else {}
+            lines.append((label, d, '-' if g is None else '--', iv))
+    if any(d for _, d, _, _ in lines):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for label, d, style in lines:
+        for label, d, style, iv in lines:
             lv = sorted(d, key=int)
-            ax.plot([int(x) for x in lv], [d[x] for x in lv], style, marker='o', label=label)
+            xs, ys = [int(x) for x in lv], [d[x] for x in lv]
+            if iv:      # 95% Wilson intervals as error bars
+                err = [[max(0.0, y - iv[x][0]) for x, y in zip(lv, ys)],
+                       [max(0.0, iv[x][1] - y) for x, y in zip(lv, ys)]]
+                ax.errorbar(xs, ys, yerr=err, fmt=style, marker='o', capsize=3, label=label)
+            else:
+                ax.plot(xs, ys, style, marker='o', label=label)
         ax.set_xlabel('level')
         ax.set_ylabel('accuracy')
         ax.set_ylim(-0.02, 1.02)

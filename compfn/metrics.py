@@ -36,3 +36,39 @@ def accuracy_by_level(levels: Iterable[int], accs: Iterable[float]) -> dict[str,
     for lv, a in zip(levels, accs):
         tot[int(lv)].append(float(a))
     return {str(lv): float(np.mean(v)) for lv, v in sorted(tot.items())}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) for a binomial proportion ``successes / n``.
+
+    Better than the normal approximation at small n and at proportions near 0 or 1, where
+    per-level accuracies of small models live.
+
+        >>> [round(x, 3) for x in wilson_interval(13, 128)]
+        [0.06, 0.166]
+    """
+    if n <= 0:
+        return (float('nan'), float('nan'))
+    if not 0 <= successes <= n:
+        raise ValueError(f'need 0 <= successes <= n, got {successes} of {n}')
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def difference_interval(s1: int, n1: int, s2: int, n2: int,
+                        z: float = 1.959964) -> tuple[float, float]:
+    """95% interval for ``s2/n2 - s1/n1`` (Newcombe's hybrid score method, from the two Wilson
+    intervals); an interval above 0 means the second proportion is higher beyond noise.
+
+        >>> [round(x, 3) for x in difference_interval(20, 128, 40, 128)]
+        [0.053, 0.256]
+    """
+    p1, p2 = s1 / n1, s2 / n2
+    l1, u1 = wilson_interval(s1, n1, z)
+    l2, u2 = wilson_interval(s2, n2, z)
+    d = p2 - p1
+    return (float(d - np.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)),
+            float(d + np.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)))

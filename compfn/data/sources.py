@@ -64,8 +64,9 @@ class LazyRecords(Sequence):
 
 
 def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
-  """(family, internal names) for 'train' | 'heldout' (= 'test') | 'all' | 'generic' | a list of
-  names or func_k / gen_k ids."""
+  """(family, internal names) for 'train' | 'heldout' (= 'test') | 'all' | 'generic' |
+  'generic_func' (the generic behaviours under ids func_25..func_99) | a list of names or func_k /
+  gen_k ids."""
   if isinstance(functions, str):
     if functions == 'train':
       return 'paper', F.TRAIN_FUNCTIONS
@@ -75,6 +76,8 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
       return 'paper', tuple(F.FUNCTIONS)
     if functions == 'generic':
       return 'generic', tuple(G.GENERIC_FUNCTIONS)
+    if functions == 'generic_func':
+      return 'generic_func', tuple(G.GENERIC_FUNC_ALIASES)
     functions = [functions]
   by_id = {s.fid: n for n, s in F.FUNCTIONS.items()}
   gen_id = {s.fid: n for n, s in G.GENERIC_FUNCTIONS.items()}
@@ -98,18 +101,35 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
 @gin.configurable
 def trace_records(functions='train', min_level: int = 1, max_level: int = 1, num: int = 1024,
                   seed: int = 0, inputs: str = 'train', input_len=(3, 6),
-                  max_chars: Optional[int] = None, group: Optional[str] = None) -> LazyRecords:
-  """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records."""
+                  max_chars: Optional[int] = None, group: Optional[str] = None,
+                  input_mix: float = 0.0, drop_shortcuts: bool = False) -> LazyRecords:
+  """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records.
+
+  ``drop_shortcuts`` removes chains that a non-composing answer solves (the generator's
+  ``shortcut`` rule: answer = x, answer = one call on x, or an identity step) and prints how many
+  of each were dropped; ``input_mix`` draws that share of inputs from the outputs of one call
+  (the strings an outer call sees in a composition)."""
   family, names = resolve_functions(functions)
   label = group if group is not None else (functions if isinstance(functions, str) else 'custom')
+  desc = f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}'
   return LazyRecords(lambda: _trace(family, names, min_level, max_level, num, seed, inputs,
-                                    input_len, max_chars, label),
-                     f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}')
+                                    input_len, max_chars, label, input_mix, drop_shortcuts, desc),
+                     desc)
 
 
-def _trace(family, names, min_level, max_level, num, seed, inputs, input_len, max_chars, label):
+def _trace(family, names, min_level, max_level, num, seed, inputs, input_len, max_chars, label,
+           input_mix=0.0, drop_shortcuts=False, desc=''):
+  stats = {}
   probs = Gen.generate_trace(names, min_level, max_level, num, seed=seed, family=family,
-                             input_len=tuple(input_len), inputs=inputs, max_chars=max_chars)
+                             input_len=tuple(input_len), inputs=inputs, max_chars=max_chars,
+                             input_mix=input_mix, drop_shortcuts=drop_shortcuts, stats=stats)
+  if drop_shortcuts:
+    dropped = sum(stats['shortcuts'].values())
+    print(f'[{desc}] dropped {dropped:,} shortcut-solvable chains of {stats["attempts"]:,} drawn '
+          f'({", ".join(f"{k} {v:,}" for k, v in stats["shortcuts"].items())})', flush=True)
+  if len(probs) < num - num % max(max_level - min_level + 1, 1):
+    print(f'[{desc}] only {len(probs):,} of {num:,} problems could be made (max_chars / '
+          'dedup / shortcut filters)', flush=True)
   return [{'prompt': p.prompt, 'target': p.target, 'ref': p.answer, 'level': p.level,
            'group': label, 'input': p.input, 'functions': list(p.functions),
            'sample_prompt': p.prompt, 'train_prompt': p.prompt} for p in probs]

@@ -282,28 +282,76 @@ def _paper_param(rng: random.Random, name: str):
     return _ExprSampler(rng, ()).param_value(name)
 
 
+SHORTCUTS = ('identity', 'single_call', 'identity_step')
+
+
+def shortcut(steps: Sequence[tuple[str, str]], x: str, answer: str,
+             single_calls: Sequence[str]) -> str | None:
+    """Why a chain can be answered without composing, or None.
+
+    'identity': the answer is the input; 'single_call': (level >= 2) the answer equals one of
+    the chain's calls applied to ``x`` alone (``single_calls[i] = f_i(x)``), so "ignoring the
+    composition" scores; 'identity_step': (level >= 2) some step returns its own input, so a
+    trace that skips it still scores. Example: ``func_4(func_17('ab'))`` (reverse_words of a
+    one-word string is the identity) -> 'identity_step'.
+    """
+    if answer == x:
+        return 'identity'
+    if len(steps) < 2:
+        return None
+    if answer in single_calls:
+        return 'single_call'
+    prev = x
+    for _, value in steps:
+        if value == prev:
+            return 'identity_step'
+        prev = value
+    return None
+
+
+def _alone(call: P.Call) -> P.Call:
+    """The call with its chain argument (the one that is not a literal) replaced by ``x``."""
+    return dataclasses.replace(call, args=tuple(a if isinstance(a, P.Lit) else P.Var()
+                                                for a in call.args))
+
+
+def _registry(family: str):
+    from compfn.tasks.strings import generic as G
+    if family == 'paper':
+        return F.FUNCTIONS
+    if family == 'generic':
+        return G.GENERIC_FUNCTIONS
+    if family == 'generic_func':
+        return G.GENERIC_FUNC_ALIASES
+    raise ValueError(f"family must be 'paper', 'generic' or 'generic_func', got {family!r}")
+
+
 def generate_trace(functions: Iterable[str], min_level: int, max_level: int, num: int,
                    seed: int = 0, family: str = 'paper', input_len: tuple[int, int] = (3, 6),
                    inputs: str = 'train', max_chars: int | None = None,
-                   max_attempts_factor: int = 50) -> list[TraceProblem]:
+                   max_attempts_factor: int = 50, input_mix: float = 0.0,
+                   input_mix_max_len: int = 16, drop_shortcuts: bool = False,
+                   stats: dict | None = None) -> list[TraceProblem]:
     """Pure chains of ``level`` unary calls over ``functions`` in the trace format.
 
     family: 'paper' (functions are internal names of the 25; params from the paper's ranges;
         interlace functions take a random 3–6-letter literal as the other argument, placed first
-        or second at random) or 'generic' (:mod:`compfn.tasks.strings.generic`).
+        or second at random), 'generic' (:mod:`compfn.tasks.strings.generic`, ids ``gen_k``) or
+        'generic_func' (the same behaviours under aliases ``func_25 .. func_99``).
     inputs: 'train' (crc32(x) % 10 != 0), 'heldout' (== 0) or 'any'.
     max_chars: drop problems whose prompt + target is longer (the filter rate is the caller's to
         report: the returned list is shorter only if attempts run out).
+    input_mix: the probability that an input is not random letters but the output of one random
+        call of ``functions`` on random letters (at most ``input_mix_max_len`` characters): the
+        strings a composition hands to its outer call (upper case, digits, separators, longer
+        strings), so an atomic skill is learnt on them too. Level-1 problems stay atomic.
+    drop_shortcuts: skip chains a non-composing answer solves (:func:`shortcut`); the counts
+        per reason go to ``stats['shortcuts']`` (``stats['made']``, ``stats['attempts']`` too).
     Deduplicated on the prompt. num // #levels per level.
     """
     from compfn.tasks.strings import generic as G
     functions = list(functions)
-    if family == 'paper':
-        registry = F.FUNCTIONS
-    elif family == 'generic':
-        registry = G.GENERIC_FUNCTIONS
-    else:
-        raise ValueError(f"family must be 'paper' or 'generic', got {family!r}")
+    registry = _registry(family)
     unknown = [f for f in functions if f not in registry]
     if unknown or not functions:
         raise ValueError(f'unknown {family} functions: {unknown or "(none given)"}')
@@ -311,9 +359,42 @@ def generate_trace(functions: Iterable[str], min_level: int, max_level: int, num
         raise ValueError(f"inputs must be 'train', 'heldout' or 'any', got {inputs!r}")
     if not 1 <= min_level <= max_level:
         raise ValueError(f'bad level range {min_level}..{max_level}')
+    if not 0.0 <= input_mix <= 1.0:
+        raise ValueError(f'input_mix must be in [0, 1], got {input_mix}')
     rng = random.Random(f'compfn-trace:{seed}:{family}')
     names = lambda fn: registry[fn].fid  # noqa: E731
     run = lambda n, x: P.run(n, x, registry=registry)  # noqa: E731
+    stats = stats if stats is not None else {}
+    stats.setdefault('shortcuts', {k: 0 for k in SHORTCUTS})
+    stats.setdefault('attempts', 0)
+    stats.setdefault('made', 0)
+
+    def call(fn: str, sub: P.Node) -> P.Node:
+        spec = registry[fn]
+        if spec.kind == 'binary':
+            lit = P.Lit(''.join(rng.choices(L, k=rng.randint(3, 6))))
+            return P.Call(fn, (sub, lit) if rng.random() < 0.5 else (lit, sub))
+        if spec.kind == 'param':
+            if family == 'paper':
+                p = _paper_param(rng, fn)
+            else:
+                kind, lo, hi = G.GENERIC_PARAMS[G.base_name(fn)]
+                p = (rng.randint(lo, hi) if kind == 'int'
+                     else ''.join(rng.choices(L, k=rng.randint(lo, hi))))
+            return P.Call(fn, (sub,), p)
+        return P.Call(fn, (sub,))
+
+    def draw_input() -> str:
+        while True:
+            x = ''.join(rng.choices(L, k=rng.randint(*input_len)))
+            if input_mix and rng.random() < input_mix:
+                x = run(call(rng.choice(functions), P.Var()), x)
+                if (not x or len(x) > input_mix_max_len
+                        or any(c in x for c in ("'", prompts.TRACE_SEP, '='))):
+                    continue
+            if inputs == 'any' or heldout_input(x) == (inputs == 'heldout'):
+                return x
+
     levels = range(min_level, max_level + 1)
     per_level = num // len(levels)
     out, seen = [], set()
@@ -321,36 +402,30 @@ def generate_trace(functions: Iterable[str], min_level: int, max_level: int, num
         made = attempts = 0
         while made < per_level and attempts < per_level * max_attempts_factor:
             attempts += 1
-            while True:
-                x = ''.join(rng.choices(L, k=rng.randint(*input_len)))
-                if inputs == 'any' or heldout_input(x) == (inputs == 'heldout'):
-                    break
+            stats['attempts'] += 1
+            x = draw_input()
             node: P.Node = P.Var()
+            calls = []
             for _ in range(level):
-                fn = rng.choice(functions)
-                spec = registry[fn]
-                if spec.kind == 'binary':
-                    lit = P.Lit(''.join(rng.choices(L, k=rng.randint(3, 6))))
-                    node = P.Call(fn, (node, lit) if rng.random() < 0.5 else (lit, node))
-                elif spec.kind == 'param':
-                    if family == 'paper':
-                        p = _paper_param(rng, fn)
-                    else:
-                        kind, lo, hi = G.GENERIC_PARAMS[fn]
-                        p = (rng.randint(lo, hi) if kind == 'int'
-                             else ''.join(rng.choices(L, k=rng.randint(lo, hi))))
-                    node = P.Call(fn, (node,), p)
-                else:
-                    node = P.Call(fn, (node,))
+                node = call(rng.choice(functions), node)
+                calls.append(node)
             prompt = prompts.trace_prompt(node, x, names)
             if prompt in seen:
                 continue
             answer = run(node, x)
-            target = prompts.trace_target(prompts.trace_steps(node, x, run, names), answer)
+            steps = prompts.trace_steps(node, x, run, names)
+            target = prompts.trace_target(steps, answer)
             if max_chars is not None and len(prompt) + len(target) > max_chars:
                 continue
+            if drop_shortcuts:
+                singles = [run(_alone(c), x) for c in calls] if level >= 2 else []
+                why = shortcut(steps, x, answer, singles)
+                if why is not None:
+                    stats['shortcuts'][why] += 1
+                    continue
             seen.add(prompt)
             made += 1
+            stats['made'] += 1
             out.append(TraceProblem(level, prompt, target, answer, x,
                                     tuple(registry[n].fid for n in P.used_functions(node, registry)),
                                     family))

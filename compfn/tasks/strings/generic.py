@@ -4,7 +4,13 @@ Stage 0 of the miniature pipeline (spec/MINIATURE.md, recommendations) teaches a
 trace *nested* calls on these functions, standing in for a pretrained LLM's ability to trace
 code. None of them is one of the 25, a builtin, or behaviourally equal to any of them (a test
 checks this on thousands of inputs), so nothing about func_0..func_24 leaks. Their ids are
-``gen_0 .. gen_11``.
+``gen_0 .. gen_11`` (family ``'generic'``).
+
+Family ``'generic_func'`` shows the same twelve behaviours in the *surface form of the 25*:
+every behaviour under several ids ``func_25 .. func_99`` (:data:`ALIAS_IDS`; id ``func_k`` is
+behaviour ``(k - 25) % 12``), so stage 0 teaches tracing of ``func_k(func_j(...))`` chains while
+the ids of the 25 (``func_0 .. func_24``) never occur in a composition before RL (issue #10).
+Aliasing keeps the tracing procedure id-agnostic: 75 ids, each seen in many contexts.
 
 Examples (``s = 'abcdef'``)::
 
@@ -104,5 +110,23 @@ GENERIC_FUNCTIONS: dict[str, FunctionSpec] = {
     for k, (name, kind, param) in enumerate(_ORDERED)
 }
 
-#: Parameter ranges for the generic family (drawn by the trace generator).
+#: Parameter ranges for the generic family (by behaviour name; aliases use their base name) (drawn by the trace generator).
 GENERIC_PARAMS = {'take': ('int', 1, 4), 'drop': ('int', 1, 3), 'wrap': ('str', 1, 1)}
+
+
+#: Ids of each behaviour in family 'generic_func': func_{25+j}, func_{37+j}, ... up to func_99.
+ALIAS_IDS: dict[str, tuple[str, ...]] = {
+    name: tuple(f'func_{k}' for k in range(25 + j, 100, len(_ORDERED)))
+    for j, (name, _, _) in enumerate(_ORDERED)
+}
+
+#: Family 'generic_func': one spec per alias, keyed ``'<behaviour>@<id>'`` (e.g. ``'take@func_25'``).
+GENERIC_FUNC_ALIASES: dict[str, FunctionSpec] = {
+    f'{name}@{fid}': FunctionSpec(f'{name}@{fid}', fid, spec.kind, spec.fn, spec.param, 'generic')
+    for name, spec in GENERIC_FUNCTIONS.items() for fid in ALIAS_IDS[name]
+}
+
+
+def base_name(name: str) -> str:
+    """``'take@func_25'`` -> ``'take'`` (the behaviour of an alias); other names unchanged."""
+    return name.split('@', 1)[0]

@@ -1,0 +1,87 @@
+"""The miniature's data (issue #10): stage 0 in the surface form of the 25, inputs that look like
+intermediate values, shortcut filtering, and the 95% intervals the reports print."""
+import pytest
+
+from compfn import metrics
+from compfn.data import sources
+from compfn.tasks.strings import functions as F
+from compfn.tasks.strings import generic as G
+from compfn.tasks.strings import program as P
+from compfn.tasks.strings import prompts
+from compfn.tasks.strings.generator import generate_trace, shortcut
+
+
+def test_generic_func_family_uses_func_ids_outside_the_25():
+  assert len(G.GENERIC_FUNC_ALIASES) == 75
+  ids = [s.fid for s in G.GENERIC_FUNC_ALIASES.values()]
+  assert sorted(int(i.split('_')[1]) for i in ids) == list(range(25, 100))
+  paper_ids = {s.fid for s in F.FUNCTIONS.values()}
+  ps = generate_trace(G.GENERIC_FUNC_ALIASES, 1, 3, 300, seed=0, family='generic_func',
+                      max_chars=160)
+  assert {p.level for p in ps} == {1, 2, 3}
+  for p in ps:
+    assert not set(p.functions) & paper_ids
+    assert all(f.startswith('func_') for f in p.functions)
+    assert p.target.rsplit(';', 1)[1] == p.answer
+  # every alias behaves as its base function
+  for name, spec in G.GENERIC_FUNC_ALIASES.items():
+    assert spec.fn is G.GENERIC_FUNCTIONS[G.base_name(name)].fn
+  family, names = sources.resolve_functions('generic_func')
+  assert family == 'generic_func' and len(names) == 75
+
+
+def test_input_mix_draws_outputs_of_one_call_and_stays_atomic():
+  plain = generate_trace(list(F.FUNCTIONS), 1, 1, 400, seed=3)
+  mixed = generate_trace(list(F.FUNCTIONS), 1, 1, 400, seed=3, input_mix=1.0)
+  assert all(p.input.isalpha() and p.input.islower() for p in plain)
+  assert all(p.level == 1 and p.target.count('=') == 1 for p in mixed)
+  assert any(not (p.input.isalpha() and p.input.islower()) for p in mixed)
+  assert max(len(p.input) for p in mixed) <= 16 < 2 * max(len(p.input) for p in plain) + 5
+  with pytest.raises(ValueError, match='input_mix'):
+    generate_trace(list(F.FUNCTIONS), 1, 1, 4, input_mix=1.5)
+
+
+def test_shortcut_rule_on_hand_made_chains():
+  # answer == x
+  assert shortcut([('f', 'ab')], 'ab', 'ab', []) == 'identity'
+  # a one-call answer scores: f(g(x)) == f(x)
+  assert shortcut([('g', 'ba'), ('f', 'zz')], 'ab', 'zz', ['zz', 'ba']) == 'single_call'
+  # an identity step: g(x) == x
+  assert shortcut([('g', 'ab'), ('f', 'zz')], 'ab', 'zz', ['yy', 'ab']) == 'identity_step'
+  assert shortcut([('g', 'ba'), ('f', 'zz')], 'ab', 'zz', ['yy', 'ba']) is None
+  assert shortcut([('f', 'ba')], 'ab', 'ba', ['ba']) is None      # level 1: f(x) is the task
+
+
+def test_drop_shortcuts_leaves_only_chains_that_need_composing():
+  stats = {}
+  ps = generate_trace(F.TRAIN_FUNCTIONS, 2, 3, 600, seed=0, drop_shortcuts=True, stats=stats)
+  assert len(ps) == 600 and stats['made'] == 600
+  assert sum(stats['shortcuts'].values()) > 50        # the train split is full of them
+  registry = F.FUNCTIONS
+  for p in ps:
+    node = P.parse_expr(p.prompt[:-1])
+    # the input literal inlined in the prompt is the chain's input
+    steps = prompts.trace_steps(node, p.input, P.run)
+    assert steps[-1][1] == p.answer != p.input
+    prev = p.input
+    for _, value in steps:
+      assert value != prev
+      prev = value
+    singles = []
+    n = node
+    while isinstance(n, P.Call):
+      singles.append(P.run(P.Call(n.fn, tuple(a if isinstance(a, P.Lit) else P.Lit(p.input)
+                                              for a in n.args), n.param), '', registry=registry))
+      n = next((a for a in n.args if isinstance(a, P.Call)), None)
+    assert p.answer not in singles
+
+
+def test_wilson_and_difference_intervals():
+  lo, hi = metrics.wilson_interval(0, 128)
+  assert lo == 0.0 and 0.02 < hi < 0.04
+  lo, hi = metrics.wilson_interval(64, 128)
+  assert lo < 0.5 < hi and hi - lo == pytest.approx(0.17, abs=0.01)
+  lo, hi = metrics.difference_interval(10, 128, 30, 128)
+  assert 0 < lo < 30 / 128 - 10 / 128 < hi
+  lo, hi = metrics.difference_interval(20, 128, 24, 128)
+  assert lo < 0 < hi
