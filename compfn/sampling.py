@@ -47,10 +47,12 @@ Semantics
   kept), then one categorical draw per row with ``fold_in(rng, step)``. Ties at a top-k / top-p
   threshold keep every tied token.
 * **Logprobs** (``cfg.logprobs``): ``"raw"`` (default) = ``log_softmax(raw logits)[token]``, the
-  policy's log-probability independent of the sampling knobs (what GRPO's ratio uses when the
-  loss recomputes logits without temperature); ``"temperature"`` = ``log_softmax(logits / T)``
-  (verl's convention: its actor divides logits by the rollout temperature). Neither includes the
-  top-k/top-p truncation. Greedy ``"temperature"`` falls back to raw.
+  policy's log-probability independent of the sampling knobs; ``"temperature"`` =
+  ``log_softmax(logits / T)[token]``, the log-probability under the distribution actually
+  sampled (verl's convention: its actor divides logits by the rollout temperature; this is what
+  ``compfn.rl.grpo`` uses, and its trainer divides its logits by the same T). Neither includes
+  the top-k/top-p truncation (which is why GRPO rejects top-k/top-p). Greedy falls back to raw
+  in both modes (no division by T = 0).
 * **Stops**: a row ends at its first token in ``stop_ids`` (the stop token is kept: it is part of
   ``lengths``/``mask`` and has a logprob). Positions after the end hold ``pad_id``, logprob 0,
   mask False. ``truncated[i]`` = the row produced ``max_new_tokens`` tokens without a stop token

@@ -8,9 +8,11 @@ One call of :func:`grpo_step` is one XLA program (DESIGN §1)::
         ─► teacher-forced log-probs ─► clipped policy loss (+ KL, − entropy) ─► AdamW update
 
 Dynamic sampling, exactly as DAPO/the paper's veRL fork: a group is kept when its rewards are not
-all equal (``compfn.rl.advantages.mixed_groups``); kept groups are packed into a fixed
-``[batch_prompts, G, N]`` buffer with a cumsum-indexed scatter (``mode='drop'`` discards the
-overflow, i.e. the batch is truncated to exactly ``batch_prompts`` groups); the loop is bounded
+all equal (``compfn.rl.advantages.mixed_groups``; ``filter_on='acc'`` keeps groups whose
+*accuracies* differ instead, so an all-wrong group mixing 0 and the overlong -1 is not kept); kept
+groups are packed into a fixed ``[batch_prompts, G, N]`` buffer with a cumsum-indexed scatter
+(``mode='drop'`` discards the overflow, i.e. the batch is truncated to exactly ``batch_prompts``
+groups); the loop is bounded
 by ``max_rounds`` (the paper's ``max_num_gen_batches=10``). Where the paper raises after the
 last round, compfn trains on the groups it has (the unfilled rows have zero weight: the loss is
 normalised by the global count of *kept* tokens) and reports ``filled`` < 1 in the metrics.
@@ -20,9 +22,34 @@ The host feeds a *pool* of ``pool_size = gen_prompts * max_rounds`` prompts per 
 read consecutive slices), so the data consumed per step is fixed and resuming is exact; prompts
 of rounds that were not needed are skipped.
 
-A step whose rounds kept no group at all has no gradient signal; it consumes its data but does
-not touch the weights or the optimizer state (``skipped_update`` = 1 in the metrics), so AdamW's
-momentum and weight decay cannot drift the policy on empty steps.
+A step whose rounds kept no group at all (or fewer than ``min_groups``) is skipped: it consumes its
+data but does not touch the weights or the optimizer state (``skipped_update`` = 1 and
+``groups_trained`` = 0 in the metrics), so AdamW's momentum and weight decay cannot drift the
+policy on empty steps.
+
+Log-probabilities: the sampler draws from ``softmax(logits / T)`` and records that
+distribution's log-probs (``SamplerConfig.logprobs='temperature'``, set by
+:meth:`GRPOConfig.sampler_config`); the trainer divides its teacher-forced logits by the same
+static ``GRPOConfig.temperature`` (veRL's actor does the same), so ``old_logprobs='sampler'`` is
+a true importance ratio and the entropy is that of the sampled distribution. Greedy (T = 0) uses
+raw logits in both. top-k / top-p are rejected: their truncation is in neither log-prob, so the
+policy gradient would not be that of the sampling distribution.
+
+Metrics of :func:`grpo_step` (all scalars)::
+
+    reward, accuracy        mean reward / accuracy of every sampled response (all rounds);
+                            aliases ``reward_mean``, ``sample_acc``
+    mixed_frac              fraction of sampled groups whose rewards differ (``kept_groups``:
+                            the same number, its former name)
+    mixed_acc_frac          fraction of sampled groups whose accuracies differ
+    groups_kept             groups in the buffer after dynamic sampling (<= batch_prompts)
+    groups_trained          groups in the update (groups_kept, or 0 on a skipped step)
+    filled                  groups_trained / batch_prompts
+    rounds_used             generation rounds run (<= max_rounds)
+    skipped_update          1 when the update was skipped (no group / < min_groups)
+    truncated_frac, overlong_frac, byte_overflow_frac, response_length, generated_tokens,
+    generated_samples, train_tokens, loss, pg_loss, entropy, clip_frac, approx_kl, kl,
+    sampler_logprob_gap, grad_norm, nonfinite
 
 Strictly on-policy as in the paper (one update per batch; ``old_logprobs='recompute'`` makes
 ``old = stop_gradient(new)``, so the ratio is 1 and clipping inactive); ``old_logprobs='sampler'``
@@ -49,7 +76,10 @@ from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
 
 Array = jax.Array
 
-__all__ = ['GRPOConfig', 'Buffer', 'generate', 'policy_grads', 'grpo_step']
+__all__ = ['GRPOConfig', 'Buffer', 'FILTER_ON', 'group_filter', 'generate', 'response_logprobs',
+           'policy_grads', 'grpo_step']
+
+FILTER_ON = ('reward', 'acc')
 
 
 @gin.configurable
@@ -77,6 +107,8 @@ class GRPOConfig:
   entropy_coef: float = 0.0
   old_logprobs: str = 'recompute'   # 'recompute' (on-policy, ratio 1) | 'sampler'
   micro_batches: int = 1            # gradient accumulation over the B*G rows
+  filter_on: str = 'reward'         # dynamic sampling keeps groups whose 'reward' | 'acc' differ
+  min_groups: int = 0               # skip the update when fewer groups were kept
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
@@ -91,6 +123,22 @@ class GRPOConfig:
                  'micro_batches', 'max_new_tokens'):
       if getattr(self, name) < 1:
         raise ValueError(f'GRPOConfig.{name} must be >= 1, got {getattr(self, name)}')
+    if self.filter_on not in FILTER_ON:
+      raise ValueError(f'GRPOConfig.filter_on={self.filter_on!r}; one of {FILTER_ON} (the '
+                       'per-sample signal whose spread makes a group "mixed")')
+    if not 0 <= self.min_groups <= self.batch_prompts:
+      raise ValueError(f'GRPOConfig.min_groups must be in [0, batch_prompts={self.batch_prompts}]'
+                       f', got {self.min_groups} (a larger value would skip every step)')
+    if self.temperature < 0:
+      raise ValueError(f'GRPOConfig.temperature must be >= 0, got {self.temperature}')
+    if self.top_k != 0 or self.top_p != 1.0:
+      raise ValueError(
+          f'GRPOConfig.top_k={self.top_k}, top_p={self.top_p}: GRPO supports only top_k=0 and '
+          'top_p=1.0. The sampler would draw from the truncated (top-k/top-p renormalised) '
+          'distribution, but both the sampler\'s and the trainer\'s log-probs are of the full '
+          'softmax(logits / T), so the policy-gradient log-prob (and the importance ratio of '
+          "old_logprobs='sampler') would not be that of the sampling distribution. Use "
+          'temperature alone.')
     if (self.batch_prompts * self.num_generations) % self.micro_batches:
       raise ValueError(f'GRPOConfig: batch_prompts * num_generations = '
                        f'{self.batch_prompts * self.num_generations} rows is not divisible by '
@@ -109,11 +157,30 @@ class GRPOConfig:
     """Prompts the host supplies per step."""
     return self.round_prompts * self.rounds
 
+  @property
+  def logit_scale(self) -> float:
+    """The static divisor of the trainer's logits: the sampling temperature (1 when greedy)."""
+    return self.temperature if self.temperature > 0 else 1.0
+
   def sampler_config(self, stop_ids=(), pad_id: int = 0) -> sampling.SamplerConfig:
+    """The sampler of this config: log-probs of ``softmax(logits / T)``, as the trainer's."""
     return sampling.SamplerConfig(max_new_tokens=self.max_new_tokens,
                                   temperature=self.temperature, top_k=self.top_k,
                                   top_p=self.top_p, stop_ids=tuple(stop_ids),
-                                  num_samples=self.num_generations, pad_id=pad_id)
+                                  num_samples=self.num_generations, pad_id=pad_id,
+                                  logprobs='temperature')
+
+  def check_sampler(self, sampler_cfg: sampling.SamplerConfig) -> None:
+    """Raises ValueError unless ``sampler_cfg`` is ``self.sampler_config(...)`` (any stop ids
+    and pad id): G, N, T, top-k/p and the log-prob mode must agree with this config."""
+    want = self.sampler_config(sampler_cfg.stop_ids, sampler_cfg.pad_id)
+    if sampler_cfg == want:
+      return
+    diff = [f'{f.name}={getattr(sampler_cfg, f.name)!r} (GRPOConfig wants '
+            f'{getattr(want, f.name)!r})' for f in dataclasses.fields(want)
+            if getattr(sampler_cfg, f.name) != getattr(want, f.name)]
+    raise ValueError('the SamplerConfig does not match the GRPOConfig: ' + ', '.join(diff) +
+                     '; build it with GRPOConfig.sampler_config(stop_ids, pad_id)')
 
 
 @flax.struct.dataclass
@@ -138,13 +205,25 @@ def _empty_buffer(p: int, g: int, n: int, lp: int) -> Buffer:
 
 
 _STATS = ('samples', 'reward_sum', 'correct', 'response_tokens', 'truncated', 'groups',
-          'mixed_groups', 'rounds', 'byte_overflow', 'neg_score')
+          'mixed_groups', 'mixed_acc_groups', 'rounds', 'byte_overflow', 'neg_score')
+
+
+def group_filter(reward: Array, acc: Array, group_size: int, filter_on: str = 'reward') -> Array:
+  """bool[B]: the groups dynamic sampling keeps — those whose ``reward`` (the paper's rule) or
+  ``acc`` (``filter_on='acc'``) is not the same for all G samples. ``reward``/``acc``: [B*G].
+
+  E.g. rewards [0, -1, 0, 0] with accuracies [0, 0, 0, 0] (all wrong, one overlong) form a group
+  kept on 'reward' but not on 'acc'."""
+  if filter_on not in FILTER_ON:
+    raise ValueError(f'filter_on={filter_on!r}; one of {FILTER_ON}')
+  return mixed_groups(reward if filter_on == 'reward' else acc, group_size)
 
 
 def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Array,
              cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig,
              detok: DetokTables) -> tuple[Buffer, dict]:
   """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics)."""
+  cfg.check_sampler(sampler_cfg)
   p, g, n = cfg.batch_prompts, cfg.num_generations, cfg.max_new_tokens
   gen, rounds = cfg.round_prompts, cfg.rounds
   if pool.prompts.shape[0] != cfg.pool_size:
@@ -162,7 +241,8 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
     sub = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * gen, gen, 0), pool)
     ro = rollout_fn(model_config, params, sub, jax.random.fold_in(rng, r), sampler_cfg,
                     cfg.task, detok=detok, max_bytes=cfg.max_bytes)
-    keep = mixed_groups(ro.reward, g) if cfg.dynamic_sampling else jnp.ones((gen,), bool)
+    keep = (group_filter(ro.reward, ro.acc, g, cfg.filter_on) if cfg.dynamic_sampling
+            else jnp.ones((gen,), bool))
     dest = jnp.where(keep, buf.filled + jnp.cumsum(keep) - 1, p)   # p = out of bounds: dropped
     put = lambda b, x: b.at[dest].set(x, mode='drop')  # noqa: E731
     grp = lambda x: x.reshape((gen, g) + x.shape[1:])  # noqa: E731
@@ -179,6 +259,7 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
           'response_tokens': st['response_tokens'] + f32(ro.lengths),
           'truncated': st['truncated'] + f32(ro.truncated), 'groups': st['groups'] + gen,
           'mixed_groups': st['mixed_groups'] + f32(mixed_groups(ro.reward, g)),
+          'mixed_acc_groups': st['mixed_acc_groups'] + f32(mixed_groups(ro.acc, g)),
           'rounds': st['rounds'] + 1, 'byte_overflow': st['byte_overflow'] + f32(ro.byte_overflow),
           'neg_score': st['neg_score'] + f32(ro.score < 0)}
     return r + 1, new, st
@@ -207,29 +288,44 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig):
           'row_valid': jnp.repeat(valid, g)}
 
 
-def _response_logits(model_config, params, rows) -> Array:
+def _response_logits(model_config, params, rows, cfg: GRPOConfig) -> Array:
+  """f32[rows, N, V]: the logits predicting each response token, divided by the sampling
+  temperature (``cfg.logit_scale``), i.e. those of the distribution the sampler drew from."""
   logits, _ = T.apply(model_config, params, rows['tokens'], rows['positions'],
                       segment_ids=rows['segment_ids'])
-  return jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1)      # [rows, N, V]
+  lg = jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1).astype(jnp.float32)
+  return lg if cfg.logit_scale == 1.0 else lg / jnp.float32(cfg.logit_scale)
+
+
+def response_logprobs(model_config: ModelConfig, params: Any, buf: Buffer,
+                      cfg: GRPOConfig) -> Array:
+  """f32[P*G, N]: the trainer's teacher-forced log-probs of the buffer's tokens (what the loss
+  uses), 0 outside the mask and on unfilled rows; comparable with ``buf.logprobs``."""
+  rows = _flat_rows(buf, cfg)
+  lp = losses.token_logprobs(_response_logits(model_config, params, rows, cfg), rows['response'])
+  return jnp.where(rows['mask'], lp, 0.0)
 
 
 def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOConfig,
-                 sampler_cfg: sampling.SamplerConfig, ref_params: Any = None):
-  """(grads, loss, metrics) of the GRPO loss over the kept groups (pure, jittable)."""
+                 sampler_cfg: Optional[sampling.SamplerConfig] = None, ref_params: Any = None):
+  """(grads, loss, metrics) of the GRPO loss over the kept groups (pure, jittable).
+
+  The log-probs are of ``logits / cfg.temperature`` (raw logits when greedy), as the sampler's;
+  ``sampler_cfg``, when given, is checked against ``cfg`` (:meth:`GRPOConfig.check_sampler`)."""
   from compfn.train import accumulate
+  if sampler_cfg is not None:
+    cfg.check_sampler(sampler_cfg)
   rows = _flat_rows(buf, cfg)
   if cfg.kl_coef > 0:
     if ref_params is None:
       raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
-    rl = _response_logits(model_config, ref_params, rows)
+    rl = _response_logits(model_config, ref_params, rows, cfg)
     rows['ref_logprobs'] = jax.lax.stop_gradient(losses.token_logprobs(rl, rows['response']))
   num_tokens = jnp.maximum(rows['mask'].sum().astype(jnp.float32), 1.0)
   num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
-  temp = sampler_cfg.temperature if (sampler_cfg.logprobs == 'temperature'
-                                     and not sampler_cfg.greedy) else 1.0
 
   def loss_fn(prm, mb):
-    lg = _response_logits(model_config, prm, mb) / temp
+    lg = _response_logits(model_config, prm, mb, cfg)
     lp = losses.token_logprobs(lg, mb['response'])
     old = (jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute'
            else mb['old_logprobs'])
@@ -263,19 +359,28 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
   """One whole RL step (pure; jit it with the state donated): generate with dynamic sampling,
   compute the loss and apply one AdamW update. Returns (state, metrics)."""
   from compfn.train import apply_gradients
+  cfg.check_sampler(sampler_cfg)
   rng, gen_rng = jax.random.split(state.rng)
   buf, st = generate(model_config, state.params, pool, gen_rng, cfg, sampler_cfg, detok)
   grads, loss, aux = policy_grads(model_config, state.params, buf, cfg, sampler_cfg, ref_params)
-  state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss, skip=buf.filled == 0)
+  skip = buf.filled < max(cfg.min_groups, 1)
+  state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss, skip=skip)
   samples = jnp.maximum(st['samples'], 1.0)
+  groups = jnp.maximum(st['groups'], 1.0)
+  kept = buf.filled.astype(jnp.float32)
+  trained = jnp.where(skip, 0.0, kept)
+  reward, acc = st['reward_sum'] / samples, st['correct'] / samples
+  mixed = st['mixed_groups'] / groups
   metrics = {'loss': loss, **aux, **upd,
-             'reward': st['reward_sum'] / samples, 'accuracy': st['correct'] / samples,
+             'reward': reward, 'reward_mean': reward, 'accuracy': acc, 'sample_acc': acc,
              'response_length': st['response_tokens'] / samples,
              'truncated_frac': st['truncated'] / samples,
              'overlong_frac': st['neg_score'] / samples,
              'byte_overflow_frac': st['byte_overflow'] / samples,
-             'kept_groups': st['mixed_groups'] / jnp.maximum(st['groups'], 1.0),
-             'filled': buf.filled / cfg.batch_prompts, 'rounds': st['rounds'],
+             'mixed_frac': mixed, 'kept_groups': mixed,   # kept_groups: former name (plots)
+             'mixed_acc_frac': st['mixed_acc_groups'] / groups,
+             'groups_kept': kept, 'groups_trained': trained,
+             'filled': trained / cfg.batch_prompts, 'rounds_used': st['rounds'],
              'generated_tokens': st['response_tokens'], 'generated_samples': st['samples']}
   return state, metrics
 
