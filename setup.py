@@ -38,7 +38,10 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["compfn", "compfn.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES,
+                    # TPU VMs (libtpu from PyPI); on a CPU host it also lets jax AOT-compile
+                    # for a TPU topology (jax.experimental.topologies).
+                    "tpu": ["jax[tpu]==0.10.2"]},
     entry_points={"console_scripts": [
         "compfn-train=compfn.main:main",
         "compfn-data=compfn.data.build:main",
