@@ -47,7 +47,7 @@ __all__ = ['Run', 'load_model', 'char_model', 'pipeline', 'sft_stage', 'rl_stage
 gin.external_configurable(ModelConfig, module='compfn')
 
 
-class GateError(RuntimeError):
+class GateError(train.errors.GateNotMet):
   """The pre-RL gate (level-2 pass@k / mixed-reward fraction) was not met and is enforced."""
 
 
@@ -280,11 +280,13 @@ def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Opti
               micro_batches: int = 1, optimizer: Optional[train.OptimizerConfig] = None,
               seed: int = 0, save_every: int = 200, keep: int = 2, log_every: int = 10,
               eval_records=None, eval_every: int = 0, eval_task: str = 'strings_trace',
-              eval_max_new_tokens: int = 96):
+              eval_max_new_tokens: int = 96, packing: bool = False):
   """Supervised fine-tuning on ``records`` (``prompt`` + ``target``/``target_ids``; loss on the
   target and EOS). Examples longer than ``seq_len`` are dropped and counted. ``num_steps``
   defaults to ``ceil(num_epochs * N / batch_size)``. Optional periodic greedy evaluation on
-  ``eval_records`` (per-level accuracy joins the metrics)."""
+  ``eval_records`` (per-level accuracy joins the metrics). ``packing``: several examples per row
+  (``compfn.rl.sft.pack_batch``): the same examples and loss per step as the padded batch, on
+  far fewer padding tokens."""
   from compfn.rl import sft
   opt = optimizer or train.OptimizerConfig()
   if _dry(run, name, records=records, num_steps=num_steps, batch_size=batch_size,
@@ -322,8 +324,25 @@ def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Opti
     return state, {**m, 'lr': tx_lr(state.step)}
 
   step_fn = train.compile_step(step, run.mesh, run.rules)
-  make = lambda recs: _put(sft.make_batch(recs, seq_len, tok.eos_id, tok.pad_id or 0),  # noqa
-                           run.mesh, run.rules)
+  if packing:
+    # Static shapes: the rows that first-fit packing needs for 64 random batches (the max, so
+    # nearly every step has this shape; a batch that needs more rounds up to the next
+    # multiple of 8 and compiles once more).
+    rng = np.random.default_rng(seed)
+    rows = max(sft.packed_rows([examples[i] for i in rng.choice(len(examples), batch_size)],
+                               seq_len) for _ in range(64))
+    ndev = jax.device_count()
+    mult = 8 * ndev // math.gcd(8, ndev)
+    real = sum(len(p) + len(t) for p, t in examples) / len(examples)
+    print(f'[{run.key(name)}] packing {batch_size} examples into {rows} rows of {seq_len} '
+          f'tokens (padded: {batch_size} rows; {real * batch_size / (rows * seq_len):.0%} of '
+          f'the packed tokens are real)', flush=True)
+    make = lambda recs: _put(sft.pack_batch(recs, seq_len, tok.eos_id, tok.pad_id or 0,  # noqa
+                                            min_rows=rows, row_multiple=mult),
+                             run.mesh, run.rules)
+  else:
+    make = lambda recs: _put(sft.make_batch(recs, seq_len, tok.eos_id, tok.pad_id or 0),  # noqa
+                             run.mesh, run.rules)
   it = _record_iterator(examples, batch_size, seed, make)
   if data_state is not None:
     it.set_state(data_state)
@@ -374,7 +393,26 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
   if _dry(run, name, records=records, grpo=cfg, optimizer=opt, tx=opt.make(num_steps),
           sampler=cfg.sampler_config(tok.stop_ids, tok.pad_id or 0)):
     return
-  enc = [(run.encode(r['prompt']), r['ref']) for r in records]
+  records = list(records)
+  too_long = 0
+  if records and all(r.get('target') is not None for r in records):
+    # A correct response longer than the token budget is always scored as overlong (-1):
+    # such prompts can only teach the model to stop early. Drop them and say how many.
+    fits = [len(tok.encode(r['target'])) + 1 <= cfg.max_new_tokens for r in records]
+    too_long = len(records) - sum(fits)
+    longest = max(len(tok.encode(r['target'])) + 1 for r in records)
+    records = [r for r, ok in zip(records, fits) if ok]
+    print(f'[{run.key(name)}] reference responses up to {longest} tokens (with EOS); '
+          f'{too_long:,} prompts whose reference exceeds max_new_tokens={cfg.max_new_tokens} '
+          'dropped', flush=True)
+  # The step-credit trace reward scores against the whole reference trace, not the answer.
+  ref_key = 'target' if cfg.task == 'strings_trace_steps' else 'ref'
+  if cfg.task == 'strings_trace_steps' and any(r.get('target') is None for r in records):
+    raise ValueError(f"[{name}] task 'strings_trace_steps' needs trace records with a target")
+  enc = [(run.encode(r['prompt']), r[ref_key]) for r in records]
+  if not enc:
+    raise ValueError(f'[{name}] no prompt left: every reference response is longer than '
+                     f'max_new_tokens={cfg.max_new_tokens}')
   plen = prompt_len or sampling.bucket_length(max(len(p) for p, _ in enc))
   rlen = ref_len or sampling.bucket_length(max(len(r.encode()) for _, r in enc))
   kept = [(p, r) for p, r in enc if len(p) <= plen and len(r.encode()) <= rlen]
@@ -388,15 +426,15 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
   detok = DetokTables.from_tokenizer(tok)
   trainer = train.Trainer(run.stage_dir(name), num_steps, save_every=save_every, keep=keep,
                           log_every=log_every, name=run.key(name))
-  ref_params = run.params if cfg.kl_coef > 0 else None
   state, data_state = trainer.restore(_train_state(run, tx, seed))
   start = int(state.step)
   mc = run.model_config
-
-  def step(state, pool):
-    return R.grpo_step(mc, tx, cfg, sampler_cfg, state, pool, detok, ref_params)
-
-  step_fn = train.compile_step(step, run.mesh, run.rules)
+  # Every array is an argument of the compiled step (closed-over arrays would be baked into
+  # the program as constants). The KL reference is a copy: the state's params are donated.
+  ref_params = jax.tree.map(jnp.copy, run.params) if cfg.kl_coef > 0 else None
+  detok = _put(detok, run.mesh, run.rules, replicate=True)
+  compiled = train.compile_step(R.make_step(mc, tx, cfg, sampler_cfg), run.mesh, run.rules)
+  step_fn = lambda state, pool: compiled(state, pool, detok, ref_params)  # noqa: E731
 
   def make(recs):
     pool = R.pool_from_host([p for p, _ in recs], [r for _, r in recs], cfg, plen, rlen,
@@ -413,7 +451,8 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
   if start < num_steps:
     state = trainer.run(state, step_fn, it, on_metrics=_mfu_hook(run, '', 0, gen=True),
                         hooks=hooks)
-  _finish(run, name, trainer, state, start, t0, {'prompts': len(kept)})
+  _finish(run, name, trainer, state, start, t0, {'prompts': len(kept),
+                                                 'dropped_reference_too_long': too_long})
 
 
 @gin.configurable
@@ -480,25 +519,60 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
 def _eval_problems(records):
   from compfn import evaluate as E
   return [E.EvalProblem(prompt=r['prompt'], ref=r['ref'], level=int(r['level']),
-                        group=r.get('group', '')) for r in records]
+                        group=r.get('group', ''), target=r.get('target')) for r in records]
+
+
+def _classify(res, sampled: bool = False):
+  """Failure-mode classifications of an evaluation's kept responses (trace task): a flat
+  list for greedy, a list per problem for samples."""
+  from compfn.tasks.strings import failure_modes as FM
+  if any(p.target is None for p in res.problems):
+    raise ValueError('failure-mode analysis needs trace records with a target')
+  if not sampled:
+    trunc = (res.greedy_truncated if res.greedy_truncated is not None
+             else np.zeros(len(res.problems), np.int32))
+    return [FM.classify(t, p.target, p.ref, truncated=bool(tr))
+            for p, t, tr in zip(res.problems, res.greedy_responses, trunc)]
+  return [[FM.classify(t, p.target, p.ref) for t in row]
+          for p, row in zip(res.problems, res.sample_responses)]
+
+
+def _failure_summary(res, classes) -> dict:
+  """{'failure_modes': {level: {category: count}}, 'shape_rate_by_level': {level: rate}} per
+  group (key '' = every problem)."""
+  from compfn.tasks.strings import failure_modes as FM
+  out = {}
+  for g in [None] + res.groups:
+    idx = [i for i, p in enumerate(res.problems) if g is None or p.group == g]
+    lv = [res.problems[i].level for i in idx]
+    cl = [classes[i] for i in idx]
+    shape = {}
+    for level in sorted(set(lv)):
+      sel = [c for c, x in zip(cl, lv) if x == level]
+      shape[str(level)] = sum(c.shape_ok for c in sel) / len(sel)
+    out[g or 'all'] = {'failure_modes': FM.tally(cl, lv), 'shape_rate_by_level': shape}
+  return out
 
 
 def _evaluate_cached(run: Run, name: str, records, **kw):
   from compfn import evaluate as E
   d = run.stage_dir(name)
   path = os.path.join(d, 'eval.json')
+  problems = _eval_problems(records)
+  settings = json.dumps({'kw': kw, 'problems': len(problems)}, sort_keys=True, default=str)
   if os.path.exists(path):
     saved = json.loads(open(path).read())
-    if saved.get('lineage') == run.lineage:
+    if saved.get('lineage') == run.lineage and saved.get('settings') == settings:
       res = E.EvalResult.from_json(saved['result'])
       run.resumed.append(run.key(name))
       print(f'[{run.key(name)}] already evaluated these parameters — read {path}', flush=True)
       return res
-    print(f'[{run.key(name)}] the parameters changed since {path} was written; re-evaluating',
-          flush=True)
-  res = E.evaluate(run.model_config, run.params, run.tokenizer, _eval_problems(records),
+    print(f'[{run.key(name)}] the parameters or the evaluation settings changed since {path} '
+          'was written; re-evaluating', flush=True)
+  res = E.evaluate(run.model_config, run.params, run.tokenizer, problems,
                    encode=run.encode, mesh=run.mesh, rules=run.rules, **kw)
   pathlib.Path(path + '.tmp').write_text(json.dumps({'lineage': run.lineage,
+                                                     'settings': settings,
                                                      'result': res.to_json()}))
   os.replace(path + '.tmp', path)
   return res
@@ -508,17 +582,28 @@ def _evaluate_cached(run: Run, name: str, records, **kw):
 def eval_stage(run: Run, name: str = 'eval', records=gin.REQUIRED, task: str = 'strings_trace',
                greedy: bool = True, num_samples: int = 0, temperature: float = 1.0,
                max_new_tokens: int = 128, ks: Optional[Sequence[int]] = None,
-               batch_size: int = 64, seed: int = 0):
-  """Per-level accuracy (greedy and/or ``num_samples`` at ``temperature``) and pass@k."""
+               batch_size: int = 64, seed: int = 0, failure_modes: bool = False):
+  """Per-level accuracy (greedy and/or ``num_samples`` at ``temperature``) and pass@k.
+
+  ``failure_modes`` (trace task, greedy): classify every greedy response against its reference
+  trace (``compfn.tasks.strings.failure_modes``: correct / ignores composition / incomplete
+  trace / incorrect composition / atomic error / format error) and report the counts and the
+  trace-shape rate (the right calls, innermost first) per level; the pipeline tabulates and
+  plots them for every evaluation that has them."""
   from compfn import evaluate as E
   if _dry(run, name, records=records, task=task, greedy=greedy, num_samples=num_samples):
     return
+  if failure_modes and (task != 'strings_trace' or not greedy):
+    raise ValueError(f"[{name}] failure_modes needs task='strings_trace' and greedy=True")
   res = _evaluate_cached(run, name, records, task=task, greedy=greedy,
                          num_samples=num_samples, temperature=temperature,
                          max_new_tokens=max_new_tokens, ks=tuple(ks) if ks else None,
-                         batch_size=batch_size, rng=seed)
+                         batch_size=batch_size, rng=seed, keep_responses=failure_modes)
   run.results[run.key(name)] = res
-  run.summaries[run.key(name)] = res.summary()
+  summary = res.summary()
+  if failure_modes:
+    summary['failure_analysis'] = _failure_summary(res, _classify(res))
+  run.summaries[run.key(name)] = summary
   print(E.markdown_table({run.key(name): res}), flush=True)
 
 
@@ -527,24 +612,38 @@ def gate_stage(run: Run, name: str = 'gate', records=gin.REQUIRED,
                task: str = 'strings_trace', num_samples: int = 16, temperature: float = 1.0,
                max_new_tokens: int = 128, min_pass_at_k: float = 0.1,
                min_mixed_frac: float = 0.1, enforce: bool = False, batch_size: int = 32,
-               seed: int = 0):
+               seed: int = 0, require_shape: bool = False):
   """The pre-RL gate (MINIATURE.md): pass@``num_samples`` and the fraction of problems whose
   samples are mixed (some right, some wrong: the groups GRPO learns from). ``enforce`` stops the
   pipeline with :class:`GateError` when either is below its threshold; otherwise the verdict is
-  recorded in results.json."""
+  recorded in results.json.
+
+  ``require_shape`` (trace task) counts a sample as correct only if its trace also has the right
+  shape (the chain's calls, innermost first): a shortcut that lands on the answer without
+  composing does not open the gate. Both counts are recorded."""
   if _dry(run, name, records=records, task=task, num_samples=num_samples, enforce=enforce):
     return
   res = _evaluate_cached(run, name, records, task=task, greedy=False, num_samples=num_samples,
                          temperature=temperature, max_new_tokens=max_new_tokens,
-                         ks=(1, num_samples), batch_size=batch_size, rng=seed)
+                         ks=(1, num_samples), batch_size=batch_size, rng=seed,
+                         keep_responses=require_shape)
   c = np.asarray(res.sample_correct)
+  extra = {}
+  if require_shape:
+    classes = _classify(res, sampled=True)
+    shaped = np.array([sum(x.category == 'correct' and x.shape_ok for x in row)
+                       for row in classes])
+    extra = {'pass_at_k_any_shape': float(np.mean(c > 0)),
+             'shape_rate': float(np.mean([x.shape_ok for row in classes for x in row])),
+             'require_shape': True}
+    c = shaped
   pass_k = float(np.mean(c > 0))
   mixed = float(np.mean((c > 0) & (c < num_samples)))
   ok = pass_k >= min_pass_at_k and mixed >= min_mixed_frac
   verdict = {'pass_at_k': pass_k, 'k': num_samples, 'mixed_frac': mixed,
              'sample_accuracy': float(c.sum() / (num_samples * len(c))),
              'min_pass_at_k': min_pass_at_k, 'min_mixed_frac': min_mixed_frac, 'passed': ok,
-             'enforced': enforce, 'problems': int(len(c))}
+             'enforced': enforce, 'problems': int(len(c)), **extra}
   run.results[run.key(name)] = res
   run.summaries[run.key(name)] = verdict
   print(f'[{run.key(name)}] pass@{num_samples} = {pass_k:.3f} (need {min_pass_at_k}), mixed '
@@ -598,8 +697,8 @@ def branch(run: Run, name: str = gin.REQUIRED, stages: Sequence[Callable] = gin.
 
 
 _CURVE_KEYS = (('loss', 'loss'), ('token_accuracy', 'token accuracy'), ('reward', 'reward'),
-               ('accuracy', 'sample accuracy'), ('kept_groups', 'kept groups'),
-               ('entropy', 'entropy'))
+               ('accuracy', 'sample accuracy'), ('mixed_frac', 'mixed groups'),
+               ('groups_trained', 'groups trained'), ('entropy', 'entropy'))
 
 
 def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
@@ -634,6 +733,34 @@ def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
   plt.close(fig)
   return path
 
+
+
+def _failure_report(run: Run, workdir: str) -> dict:
+  """Append the failure-mode tables of every evaluation that classified its responses to
+  results.md, and plot them as stacked bars (``failure_modes.png``; one panel per group)."""
+  from compfn.tasks.strings import failure_modes as FM
+  by_group: dict = {}
+  for name, summ in run.summaries.items():
+    for group, d in (summ.get('failure_analysis') or {}).items():
+      by_group.setdefault(group, {})[name] = d['failure_modes']
+  if not by_group:
+    return {}
+  groups = [g for g in by_group if g != 'all'] or ['all']
+  text = ['', '## Failure modes (greedy responses, classified against the reference trace)', '',
+          'correct: right answer; ignores_composition: one step (or none) for a multi-call '
+          'chain; incomplete_trace: fewer steps than calls; incorrect_composition: wrong calls, '
+          'wrong order or a broken hand-over between steps; atomic_error: the right calls in the '
+          'right order, a step computed wrong; format_error: unparsable or truncated.', '']
+  paths = {}
+  for g in groups:
+    text.append(FM.markdown_table(by_group[g], title=f'group: {g}'))
+    text.append('')
+    path = os.path.join(workdir, f'failure_modes_{g}.png')
+    paths[f'failure_modes_{g}'] = FM.plot_stacked(by_group[g], path,
+                                                  title=f'failure modes, {g} functions')
+  with open(os.path.join(workdir, 'results.md'), 'a', encoding='utf-8') as f:
+    f.write('\n'.join(text) + '\n')
+  return paths
 
 
 @gin.configurable
@@ -681,6 +808,9 @@ def pipeline(workdir: str, stages: Sequence[Callable] = gin.REQUIRED, mesh_shape
     if evals:
       out['reports'] = E.write_report(evals, workdir, title=report_title)
       print(E.markdown_table(evals), flush=True)
+      fm = _failure_report(run, workdir)
+      if fm:
+        out['reports'].update(fm)
     curves = plot_training_curves(workdir, [k for k, v in run.summaries.items()
                                             if 'steps' in v])
     if curves:

@@ -85,3 +85,35 @@ def test_wilson_and_difference_intervals():
   assert 0 < lo < 30 / 128 - 10 / 128 < hi
   lo, hi = metrics.difference_interval(20, 128, 24, 128)
   assert lo < 0 < hi
+
+
+def test_step_credit_trace_reward_device_equals_reference():
+  import numpy as np
+  from compfn.tasks.strings import device_scoring as D
+  from compfn.tasks.strings import scoring
+  from compfn.tasks.strings.generator import generate_trace as gen
+  assert scoring.score_trace_steps(";f('ab')=ba;g('ba')=Ba;Ba",
+                                   ";f('ab')=ba;g('ba')=BA;BA") == (0.25, 0)
+  rng = np.random.default_rng(0)
+  cases = []
+  for p in gen(F.TRAIN_FUNCTIONS, 1, 3, 90, seed=4):
+    t = p.target
+    variants = [t, t[:len(t) // 2], t[:-1], t + 'x', t.replace('=', '', 1), 'abc', '',
+                t[:t.index(';', 1) + 1] + 'zz;zz', ';' + p.answer, t[:rng.integers(1, len(t))]]
+    cases += [(v, t) for v in variants]
+  T = R = max(len(v.encode()) for c in cases for v in c)
+  resp = np.zeros((len(cases), T), np.int32)
+  ref = np.zeros((len(cases), R), np.int32)
+  rl, fl = [], []
+  for i, (v, t) in enumerate(cases):
+    vb, tb = v.encode(), t.encode()
+    resp[i, :len(vb)] = list(vb)
+    ref[i, :len(tb)] = list(tb)
+    rl.append(len(vb))
+    fl.append(len(tb))
+  over = np.arange(len(cases)) % 17 == 0
+  sc, acc = D.score_trace_steps(resp, np.array(rl), ref, np.array(fl), over)
+  for i, (v, t) in enumerate(cases):
+    want = scoring.score_trace_steps(v, t, overlong=bool(over[i]))
+    assert (float(sc[i]), int(acc[i])) == pytest.approx(want), (v, t)
+  assert len({float(x) for x in sc}) >= 5          # -1, 0, partial credits, 1 all occur

@@ -4,7 +4,7 @@ The module is applied as a pure function of a params pytree::
 
     logits, new_cache = apply(config, params, tokens, positions,
                               segment_ids=None, attn_mask=None, cache=None,
-                              logits_index=None)
+                              logits_index=None, return_hidden=False)
 
 Params (``init_params``; the leading ``L`` is the scan axis, logical name 'layers')::
 
@@ -44,8 +44,16 @@ each layer scatters only its T new keys/values into its slice (in place; inside 
 ``while_loop`` with a donated cache a decode step never copies the cache) and reads that slice
 back for attention.
 
-``logits_index`` (int32[B], optional) computes the final norm and LM head only at input
-position ``logits_index[b]`` of each row: logits f32[B, 1, V] (a prefill's last prompt token).
+``logits_index`` (int32[B] or int32[B, N], optional) computes the final norm and LM head only
+at input positions ``logits_index[b]`` of each row: logits f32[B, 1, V] (a prefill's last
+prompt token) or f32[B, N, V]. ``return_hidden=True`` returns the pre-final-norm hidden states
+instead of logits (``[B, T, D]``, or ``[B, N, D]`` at ``logits_index``); ``lm_head(config,
+params, hidden)`` maps them to logits, and ``compfn.rl.losses.token_logprobs_from_hidden``
+to per-token log-probs in chunks (training never materialises ``[B, T, V]`` f32)::
+
+    hidden, _ = apply(cfg, params, tokens, pos, segment_ids=seg, logits_index=src,
+                      return_hidden=True)                       # [B, N, D]
+    logits = lm_head(cfg, params, hidden)                       # f32[B, N, V]
 
 Worked example: prefill two prompts of lengths 3 and 1 (right-padded to T=3), then greedy
 decode inside a ``lax.while_loop``::
@@ -171,11 +179,30 @@ class RMSNorm(nn.Module):
     c = self.config
     init = nn.initializers.zeros if c.norm_plus_one else nn.initializers.ones
     scale = _param(self, "scale", (c.d_model,), (EMBED,), init)
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + c.rms_norm_eps)
-    if c.norm_plus_one:  # Gemma: (1 + w) in f32, then cast
-      return (xf * (1.0 + scale.astype(jnp.float32))).astype(c.dtype)
-    return scale.astype(c.dtype) * xf.astype(c.dtype)  # Llama: w * x_hat.to(dtype)
+    return _rms_norm(c, scale, x)
+
+
+def _rms_norm(c: ModelConfig, scale: Array, x: Array) -> Array:
+  """RMSNorm of ``x[..., D]`` with weight ``scale[D]`` (the computation of :class:`RMSNorm`)."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + c.rms_norm_eps)
+  if c.norm_plus_one:  # Gemma: (1 + w) in f32, then cast
+    return (xf * (1.0 + scale.astype(jnp.float32))).astype(c.dtype)
+  return scale.astype(c.dtype) * xf.astype(c.dtype)  # Llama: w * x_hat.to(dtype)
+
+
+def _head_logits(c: ModelConfig, x: Array, head: Array) -> Array:
+  """LM head: f32[B, T, V] logits of final-normed hidden states ``x[B, T, D]``; ``head`` is
+  the embedding ``[V, D]`` with tied embeddings, else the LM head ``[D, V]``."""
+  dt = jnp.dtype(c.dtype)
+  if c.tie_word_embeddings:
+    logits = jnp.einsum("btd,vd->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+  logits = logits.astype(jnp.float32)
+  if c.final_logit_softcap:
+    logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+  return nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
 
 
 class Attention(nn.Module):
@@ -298,14 +325,14 @@ _REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-  """``__call__(tokens, positions, segment_ids, attn_mask, cache, logits_index)
-  -> (logits f32, cache)``."""
+  """``__call__(tokens, positions, segment_ids, attn_mask, cache, logits_index,
+  return_hidden) -> (logits f32 | pre-norm hidden states, cache)``."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, segment_ids: Optional[Array] = None,
                attn_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
-               logits_index: Optional[Array] = None):
+               logits_index: Optional[Array] = None, return_hidden: bool = False):
     c = self.config
     dt = jnp.dtype(c.dtype)
     tokens = jnp.asarray(tokens, jnp.int32)
@@ -349,22 +376,18 @@ class Transformer(nn.Module):
     (x, kv), _ = scanned(c, name="layers")((x, kv), layer_in,
                                            (positions, mask, dist, write_index))
 
-    if logits_index is not None:  # final norm + head only at one position per row
-      index = jnp.asarray(logits_index, jnp.int32).reshape(-1)
-      x = jnp.take_along_axis(x, index[:, None, None], axis=1)
+    if logits_index is not None:  # final norm + head only at the given positions of each row
+      index = jnp.asarray(logits_index, jnp.int32)
+      index = index.reshape(index.shape[0], -1)                     # [B] -> [B, 1]; [B, N]
+      x = jnp.take_along_axis(x, index[:, :, None], axis=1)
       x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
-    x = RMSNorm(c, name="final_norm")(x)
-    if c.tie_word_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt),
-                          preferred_element_type=jnp.float32)
+    if return_hidden:
+      out = x   # pre-final-norm residual stream; ``lm_head`` maps it to logits
     else:
-      head = _param(self, "lm_head", (c.d_model, c.vocab_size), (EMBED, VOCAB))
-      logits = jnp.einsum("btd,dv->btv", x, head.astype(dt),
-                          preferred_element_type=jnp.float32)
-    logits = logits.astype(jnp.float32)
-    if c.final_logit_softcap:
-      logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
-    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+      x = RMSNorm(c, name="final_norm")(x)
+      head = (embedding if c.tie_word_embeddings else
+              _param(self, "lm_head", (c.d_model, c.vocab_size), (EMBED, VOCAB)))
+      out = _head_logits(c, x, head)
 
     new_cache = None
     if cache is not None:
@@ -372,7 +395,7 @@ class Transformer(nn.Module):
       advance = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1)
       new_cache = KVCache(k=kv[0], v=kv[1], pos=key_pos,
                           index=cache.index + advance.astype(jnp.int32))
-    return logits, new_cache
+    return out, new_cache
 
 
 # ------------------------------------------------------------------------- functional API
@@ -399,20 +422,35 @@ def param_logical_axes(config: ModelConfig) -> Any:
 
 def apply(config: ModelConfig, params: Any, tokens: Array, positions: Optional[Array] = None,
           *, segment_ids: Optional[Array] = None, attn_mask: Optional[Array] = None,
-          cache: Optional[KVCache] = None,
-          logits_index: Optional[Array] = None) -> tuple[Array, Optional[KVCache]]:
+          cache: Optional[KVCache] = None, logits_index: Optional[Array] = None,
+          return_hidden: bool = False) -> tuple[Array, Optional[KVCache]]:
   """Forward pass: ``(logits f32[B, T, V], new_cache or None)``. Not jitted (jit the caller).
 
   ``positions`` defaults to 0..T-1 in every row. See the module docstring for masking and
-  the cache protocol. ``logits_index`` (int32[B], optional): compute the final norm and LM
-  head only at input position ``logits_index[b]`` of each row -> logits f32[B, 1, V] (e.g. a
-  prefill that only needs each prompt's last position; the cache is written as usual).
+  the cache protocol. ``logits_index`` (int32[B] or int32[B, N], optional): compute the final
+  norm and LM head only at input positions ``logits_index[b]`` of each row -> logits
+  f32[B, 1, V] (int32[B]: e.g. a prefill that only needs each prompt's last position; the cache
+  is written as usual) or f32[B, N, V] (e.g. the response positions of teacher forcing).
+  ``return_hidden=True`` returns the pre-final-norm hidden states ``[B, T, D]`` (or
+  ``[B, N, D]`` at ``logits_index``) in the compute dtype instead of logits: map them to logits
+  with :func:`lm_head`, or to per-token log-probs chunk by chunk with
+  ``compfn.rl.losses.token_logprobs_from_hidden`` (no ``[B, T, V]`` tensor at once).
   """
   tokens = jnp.asarray(tokens)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
   return Transformer(config).apply({"params": params}, tokens, positions, segment_ids,
-                                   attn_mask, cache, logits_index)
+                                   attn_mask, cache, logits_index, return_hidden)
+
+
+def lm_head(config: ModelConfig, params: Any, hidden: Array) -> Array:
+  """Final norm + LM head (+ final soft-cap) of pre-norm ``hidden[B, T, D]`` (from
+  ``apply(..., return_hidden=True)``): logits f32[B, T, V], exactly ``apply``'s logits at those
+  positions. Uses only ``params['final_norm']`` and the head (``lm_head``, or ``token_embed``
+  with tied embeddings)."""
+  x = _rms_norm(config, params["final_norm"]["scale"], hidden)
+  head = params["token_embed"] if config.tie_word_embeddings else params["lm_head"]
+  return _head_logits(config, x, head)
 
 
 @functools.partial(jax.jit, static_argnums=0)

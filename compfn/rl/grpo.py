@@ -7,6 +7,13 @@ One call of :func:`grpo_step` is one XLA program (DESIGN §1)::
         ─► loop (lax.while_loop) until ``batch_prompts`` groups are kept or R rounds are used
         ─► teacher-forced log-probs ─► clipped policy loss (+ KL, − entropy) ─► AdamW update
 
+The train half computes logits only where the loss is: the trunk runs over ``[prompt |
+response]``, the final norm + LM head only at the N positions predicting response tokens, in
+chunks of ``GRPOConfig.logits_chunk`` positions (rematerialised in the backward pass), so no
+``[rows, T, V]`` or ``[rows, N, V]`` f32 tensor exists (``compfn.rl.losses.
+token_stats_from_hidden``). The entropy is differentiated only when ``entropy_coef != 0`` and the
+reference model runs only when ``kl_coef > 0``.
+
 Dynamic sampling, exactly as DAPO/the paper's veRL fork: a group is kept when its rewards are not
 all equal (``compfn.rl.advantages.mixed_groups``; ``filter_on='acc'`` keeps groups whose
 *accuracies* differ instead, so an all-wrong group mixing 0 and the overlong -1 is not kept); kept
@@ -77,7 +84,7 @@ from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
 Array = jax.Array
 
 __all__ = ['GRPOConfig', 'Buffer', 'FILTER_ON', 'group_filter', 'generate', 'response_logprobs',
-           'policy_grads', 'grpo_step']
+           'policy_grads', 'grpo_step', 'make_step']
 
 FILTER_ON = ('reward', 'acc')
 
@@ -109,6 +116,7 @@ class GRPOConfig:
   micro_batches: int = 1            # gradient accumulation over the B*G rows
   filter_on: str = 'reward'         # dynamic sampling keeps groups whose 'reward' | 'acc' differ
   min_groups: int = 0               # skip the update when fewer groups were kept
+  logits_chunk: int = 0             # response positions per LM-head chunk (0: <= 64 MiB f32)
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
@@ -123,6 +131,9 @@ class GRPOConfig:
                  'micro_batches', 'max_new_tokens'):
       if getattr(self, name) < 1:
         raise ValueError(f'GRPOConfig.{name} must be >= 1, got {getattr(self, name)}')
+    if self.logits_chunk < 0:
+      raise ValueError(f'GRPOConfig.logits_chunk must be >= 0 (0 = auto), got '
+                       f'{self.logits_chunk}')
     if self.filter_on not in FILTER_ON:
       raise ValueError(f'GRPOConfig.filter_on={self.filter_on!r}; one of {FILTER_ON} (the '
                        'per-sample signal whose spread makes a group "mixed")')
@@ -288,13 +299,19 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig):
           'row_valid': jnp.repeat(valid, g)}
 
 
-def _response_logits(model_config, params, rows, cfg: GRPOConfig) -> Array:
-  """f32[rows, N, V]: the logits predicting each response token, divided by the sampling
-  temperature (``cfg.logit_scale``), i.e. those of the distribution the sampler drew from."""
-  logits, _ = T.apply(model_config, params, rows['tokens'], rows['positions'],
-                      segment_ids=rows['segment_ids'])
-  lg = jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1).astype(jnp.float32)
-  return lg if cfg.logit_scale == 1.0 else lg / jnp.float32(cfg.logit_scale)
+def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 'none') -> dict:
+  """Teacher-forced statistics of the response tokens (``losses.token_stats_from_hidden``:
+  'logprobs' f32[rows, N], and 'entropy' unless ``entropy='none'``) under the logits divided by
+  the sampling temperature (``cfg.logit_scale``), i.e. of the distribution the sampler drew
+  from. The trunk runs over ``[prompt | response]``; the final norm and LM head only at the N
+  positions predicting response tokens, ``cfg.logits_chunk`` positions at a time, so no
+  ``[rows, T, V]`` (nor ``[rows, N, V]``) f32 logits tensor is materialised."""
+  hidden, _ = T.apply(model_config, params, rows['tokens'], rows['positions'],
+                      segment_ids=rows['segment_ids'], logits_index=rows['src'],
+                      return_hidden=True)                            # [rows, N, D]
+  return losses.token_stats_from_hidden(model_config, params, hidden, rows['response'],
+                                        cfg.logits_chunk, scale=cfg.logit_scale,
+                                        entropy=entropy)
 
 
 def response_logprobs(model_config: ModelConfig, params: Any, buf: Buffer,
@@ -302,7 +319,7 @@ def response_logprobs(model_config: ModelConfig, params: Any, buf: Buffer,
   """f32[P*G, N]: the trainer's teacher-forced log-probs of the buffer's tokens (what the loss
   uses), 0 outside the mask and on unfilled rows; comparable with ``buf.logprobs``."""
   rows = _flat_rows(buf, cfg)
-  lp = losses.token_logprobs(_response_logits(model_config, params, rows, cfg), rows['response'])
+  lp = _response_stats(model_config, params, rows, cfg)['logprobs']
   return jnp.where(rows['mask'], lp, 0.0)
 
 
@@ -311,29 +328,35 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
   """(grads, loss, metrics) of the GRPO loss over the kept groups (pure, jittable).
 
   The log-probs are of ``logits / cfg.temperature`` (raw logits when greedy), as the sampler's;
-  ``sampler_cfg``, when given, is checked against ``cfg`` (:meth:`GRPOConfig.check_sampler`)."""
+  ``sampler_cfg``, when given, is checked against ``cfg`` (:meth:`GRPOConfig.check_sampler`).
+
+  Static guards: the LM head runs only at the response positions, in ``cfg.logits_chunk``
+  chunks; at ``entropy_coef == 0`` the entropy (a metric) is computed under ``stop_gradient``,
+  so it has no backward pass; at ``kl_coef == 0`` ``ref_params`` is ignored and the program
+  has no reference forward pass. With ``kl_coef > 0`` the reference log-probs are computed per
+  micro-batch (no gradient), from ``ref_params`` — pass them as an argument of the jitted step,
+  never as a closed-over constant."""
   from compfn.train import accumulate
   if sampler_cfg is not None:
     cfg.check_sampler(sampler_cfg)
   rows = _flat_rows(buf, cfg)
-  if cfg.kl_coef > 0:
-    if ref_params is None:
-      raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
-    rl = _response_logits(model_config, ref_params, rows, cfg)
-    rows['ref_logprobs'] = jax.lax.stop_gradient(losses.token_logprobs(rl, rows['response']))
+  if cfg.kl_coef > 0 and ref_params is None:
+    raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
   num_tokens = jnp.maximum(rows['mask'].sum().astype(jnp.float32), 1.0)
   num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
+  entropy_mode = 'grad' if cfg.entropy_coef != 0 else 'value'
 
   def loss_fn(prm, mb):
-    lg = _response_logits(model_config, prm, mb, cfg)
-    lp = losses.token_logprobs(lg, mb['response'])
+    st = _response_stats(model_config, prm, mb, cfg, entropy=entropy_mode)
+    lp, ent_tok = st['logprobs'], st['entropy']
     old = (jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute'
            else mb['old_logprobs'])
     pg, pm = losses.policy_loss(lp, old, mb['advantage'], mb['mask'], cfg.clip_low,
                                 cfg.clip_high, cfg.loss_agg, num_tokens, num_seqs)
-    ent_tok = losses.entropy_from_logits(lg)
-    ent = losses.aggregate(ent_tok, mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
-    loss = pg - cfg.entropy_coef * ent
+    loss = pg
+    if cfg.entropy_coef != 0:
+      ent = losses.aggregate(ent_tok, mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
+      loss = loss - cfg.entropy_coef * ent
     m = mb['mask'].astype(jnp.float32)
     w = m.sum() / num_tokens                 # this micro-batch's share of the tokens
     aux = {'pg_loss': pg, 'entropy': (ent_tok * m).sum() / num_tokens,
@@ -342,7 +365,9 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
                                    * m).sum() / num_tokens,
            'kl': jnp.zeros((), jnp.float32)}
     if cfg.kl_coef > 0:
-      kl = losses.aggregate(losses.kl_penalty(lp, mb['ref_logprobs'], cfg.kl_estimator),
+      ref_lp = jax.lax.stop_gradient(
+          _response_stats(model_config, ref_params, mb, cfg)['logprobs'])
+      kl = losses.aggregate(losses.kl_penalty(lp, ref_lp, cfg.kl_estimator),
                             mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
       loss = loss + cfg.kl_coef * kl
       aux['kl'] = kl
@@ -357,7 +382,13 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
               sampler_cfg: sampling.SamplerConfig, state, pool: RolloutBatch,
               detok: DetokTables, ref_params: Any = None):
   """One whole RL step (pure; jit it with the state donated): generate with dynamic sampling,
-  compute the loss and apply one AdamW update. Returns (state, metrics)."""
+  compute the loss and apply one AdamW update. Returns (state, metrics).
+
+  ``detok`` and ``ref_params`` must be *arguments* of the jitted function (e.g. of
+  :func:`make_step`'s), not closed over: jit embeds closed-over arrays in the program as
+  constants (the whole reference model!). ``ref_params`` must not share buffers with the donated
+  ``state.params`` (copy them once: ``jax.tree.map(jnp.copy, params)``). It is only read when
+  ``cfg.kl_coef > 0``; pass None otherwise."""
   from compfn.train import apply_gradients
   cfg.check_sampler(sampler_cfg)
   rng, gen_rng = jax.random.split(state.rng)
@@ -383,6 +414,19 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
              'filled': trained / cfg.batch_prompts, 'rounds_used': st['rounds'],
              'generated_tokens': st['response_tokens'], 'generated_samples': st['samples']}
   return state, metrics
+
+
+def make_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
+              sampler_cfg: sampling.SamplerConfig):
+  """``step(state, pool, detok, ref_params=None) -> (state, metrics)``: :func:`grpo_step` with
+  the static configuration bound and every array an argument, for
+  ``train.compile_step(make_step(...))`` (which donates the state, argument 0)."""
+  cfg.check_sampler(sampler_cfg)
+
+  def step(state, pool: RolloutBatch, detok: DetokTables, ref_params: Any = None):
+    return grpo_step(model_config, tx, cfg, sampler_cfg, state, pool, detok,
+                     ref_params if cfg.kl_coef > 0 else None)
+  return step
 
 
 def pool_from_host(prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: int,

@@ -23,7 +23,10 @@ Public API::
       byte_overflow bool[B*G] (response_len > M)
 
 ``task`` picks the scorer: ``'strings_json'`` = the paper's JSON rule
-(``device_scoring.score_json``), ``'strings_trace'`` = the trace rule (``score_trace``). The
+(``device_scoring.score_json``), ``'strings_trace'`` = the trace rule (``score_trace``),
+``'strings_trace_steps'`` = the trace rule with credit for correct leading steps
+(``score_trace_steps``; its ``ref`` is the whole reference trace, not the answer; a documented
+departure from the paper's final-answer reward, for small models). The
 scorer's ``overlong`` flag is ``truncated | byte_overflow``: a response that hit
 ``max_new_tokens`` without a stop token scores -1 (the paper's rule), and one whose bytes do not
 fit the static byte buffer ``M`` (``max_bytes``, default ``N * min(P_table, 8)``) is never
@@ -66,7 +69,9 @@ Array = jax.Array
 __all__ = ["DEFAULT_RULES", "RolloutBatch", "DetokTables", "Rollout", "rollout", "rollout_fn",
            "score_samples", "make_mesh", "shard_params", "shard_batch", "TASKS"]
 
-TASKS = {"strings_json": device_scoring.score_json, "strings_trace": device_scoring.score_trace}
+TASKS = {"strings_json": device_scoring.score_json, "strings_trace": device_scoring.score_trace,
+         # a departure from the paper: credit for correct leading steps; ref = reference trace
+         "strings_trace_steps": device_scoring.score_trace_steps}
 
 
 @flax.struct.dataclass

@@ -158,12 +158,13 @@ def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: 
 
 def sft_loss_fn(model_config: ModelConfig, params: Any, batch: SFTBatch, num_tokens):
   """(loss, aux) of one (micro-)batch; ``num_tokens`` is the global loss-token count."""
-  logits, _ = T.apply(model_config, params, batch.inputs, batch.positions,
-                      segment_ids=batch.segment_ids)
-  loss = losses.sft_loss(logits, batch.targets, batch.loss_mask, num_tokens=num_tokens)
-  m = batch.loss_mask
-  correct = ((jnp.argmax(logits, -1) == batch.targets) * m).sum()
-  return loss, {'correct_tokens': correct, 'loss_tokens': m.sum()}
+  # The LM head runs in chunks of positions from the hidden states (no [B, T, V] logits tensor
+  # is materialised at once; ``compfn.rl.losses.sft_loss_from_hidden``).
+  hidden, _ = T.apply(model_config, params, batch.inputs, batch.positions,
+                      segment_ids=batch.segment_ids, return_hidden=True)
+  loss, correct = losses.sft_loss_from_hidden(model_config, params, hidden, batch.targets,
+                                              batch.loss_mask, num_tokens=num_tokens)
+  return loss, {'correct_tokens': correct, 'loss_tokens': batch.loss_mask.sum()}
 
 
 def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_batches: int = 1):

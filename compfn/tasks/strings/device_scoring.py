@@ -694,6 +694,50 @@ def score_trace(resp, resp_len, ref, ref_len, overlong):
     return jax.vmap(_score_trace_one)(resp, resp_len, ref, ref_len, overlong)
 
 
+def _score_trace_steps_one(resp, resp_len, target, target_len, overlong, step_credit):
+    t, r = resp.shape[0], target.shape[0]
+    n = jnp.clip(resp_len, 0, t)
+    target_len = jnp.clip(target_len, 0, r)
+    k = jnp.arange(r)
+    tsemi = (target == _SEMI) & (k < target_len)
+    last_t = _last(tsemi, k)                       # the ';' before the reference answer
+    steps = jnp.sum(tsemi) - 1                     # reference steps (the leading ';' is no step)
+    # The reference answer is target[last_t + 1 : target_len]; the response's is after its own
+    # last ';'. Compare them as the trace rule does.
+    pos = jnp.arange(t)
+    rsemi = (resp == _SEMI) & (pos < n)
+    last_r = _last(rsemi, pos)
+    ans_len = target_len - last_t - 1
+    got = resp[jnp.clip(last_r + 1 + k, 0, t - 1)]
+    want = target[jnp.clip(last_t + 1 + k, 0, r - 1)]
+    match = (n - last_r - 1 == ans_len) & jnp.all((got == want) | (k >= ans_len))
+    # Leading reference steps reproduced byte for byte: the longest common prefix of response
+    # and reference trace, counted in ';'-terminated steps.
+    same = (resp[jnp.clip(k, 0, t - 1)] == target) & (k < n) & (k < target_len) & (k < t)
+    prefix = jnp.argmin(jnp.concatenate([same, jnp.zeros((1,), bool)]))
+    done = jnp.sum(tsemi & (k >= 1) & (k < prefix))
+    partial = step_credit * jnp.minimum(done, steps) / jnp.maximum(steps, 1)
+    sc = jnp.where(overlong | (last_r < 0), -1.0, jnp.where(match, 1.0, partial))
+    return sc.astype(jnp.float32), (match & ~overlong & (last_r >= 0)).astype(jnp.int32)
+
+
+def score_trace_steps(resp, resp_len, ref, ref_len, overlong, step_credit: float = 0.5):
+    """The trace reward with credit for correct steps (a departure from the paper, whose
+    reward is the final answer only; :func:`compfn.tasks.strings.scoring.score_trace_steps`
+    is the Python reference). ``ref`` is the whole reference *trace* (``;step=value;...;answer``).
+
+    -1 if overlong or no ``;``; 1 if the answer after the last ``;`` equals the reference
+    answer; otherwise ``step_credit * k / n``, where n is the number of reference steps and k
+    the number of leading reference steps the response reproduces byte for byte. Accuracy is
+    the final-answer match, as in :func:`score_trace`.
+
+    Example: reference ``;f('ab')=ba;g('ba')=BA;BA``, response ``;f('ab')=ba;g('ba')=Ba;Ba``
+    -> (0.25, 0): one of two steps right.
+    """
+    return jax.vmap(_score_trace_steps_one, in_axes=(0, 0, 0, 0, 0, None))(
+        resp, resp_len, ref, ref_len, overlong, step_credit)
+
+
 # ------------------------------------------------------------------------------------------------
 # Host convenience.
 # ------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ import json
 from typing import Optional, Union
 
 __all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'score', 'extract_answer', 'parse_trace',
-           'score_trace']
+           'score_trace', 'score_trace_steps']
 
 #: A parse that opens a JSON container at a nesting depth greater than this (top level = 1)
 #: before any syntax error aborts the whole score (stands in for Python's ``RecursionError``).
@@ -276,3 +276,37 @@ def score_trace(response: Union[str, bytes], ref: str, overlong: bool = False) -
     if overlong or ';' not in text:
         return -1, 0
     return (1, 1) if text.rpartition(';')[2] == ref else (0, 0)
+
+
+def score_trace_steps(response: Union[str, bytes], target: str, overlong: bool = False,
+                      step_credit: float = 0.5) -> tuple[float, int]:
+    """Trace reward with credit for correct steps (a departure from the paper; compfn's
+    optional shaped reward for small models). ``target`` is the reference trace.
+
+    ``(-1, 0)`` if overlong or no ``;``; ``(1, 1)`` if the final answer equals the reference
+    answer; else ``(step_credit * k / n, 0)`` with n reference steps of which the first k are
+    reproduced byte for byte (the response starts with the reference trace up to and including
+    the ``;`` that ends step k).
+
+        >>> score_trace_steps(";f('ab')=ba;g('ba')=Ba;Ba", ";f('ab')=ba;g('ba')=BA;BA")
+        (0.25, 0)
+    """
+    if not isinstance(target, str):
+        raise TypeError(f'target must be str, got {type(target).__name__}')
+    if isinstance(response, (bytes, bytearray)):
+        text = bytes(response)
+    elif isinstance(response, str):
+        text = response.encode('utf-8')
+    else:
+        raise TypeError(f'response must be str or bytes, got {type(response).__name__}')
+    tb = target.encode('utf-8')
+    if overlong or b';' not in text:
+        return -1.0, 0
+    if text.rpartition(b';')[2] == tb.rpartition(b';')[2]:
+        return 1.0, 1
+    steps = tb.count(b';') - 1
+    prefix = 0
+    while prefix < min(len(text), len(tb)) and text[prefix] == tb[prefix]:
+        prefix += 1
+    done = tb[1:prefix].count(b';')
+    return step_credit * min(done, steps) / max(steps, 1), 0
