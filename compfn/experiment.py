@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compfn import parallel, train
+from compfn import errors, parallel, train
 from compfn.data import sources  # noqa: F401  (registers the gin record sources)
 from compfn.rl import grpo as _grpo  # noqa: F401  (registers GRPOConfig)
 from compfn.model.config import ModelConfig
@@ -47,7 +47,7 @@ __all__ = ['Run', 'load_model', 'char_model', 'pipeline', 'sft_stage', 'rl_stage
 gin.external_configurable(ModelConfig, module='compfn')
 
 
-class GateError(train.errors.GateNotMet):
+class GateError(errors.GateNotMet):
   """The pre-RL gate (level-2 pass@k / mixed-reward fraction) was not met and is enforced."""
 
 

@@ -6,6 +6,13 @@ Every run is a gin-configured *job* (``run.job = @build_datasets``) called with 
 operative gin config is written to ``WORKDIR/config.gin`` so a run can be repeated exactly.
 Jobs: :func:`build_datasets` and :func:`compfn.experiment.pipeline` (the trainer's stages:
 sft / rft / rl / eval / gate / branch).
+
+Known failures print one line, ``compfn-train: error: <message>``, and exit with their code
+(:mod:`compfn.errors`; ``--verbose`` adds the traceback): 2 configuration (gin binding / file /
+flag), 3 gate not met, 4 non-finite loss, 5 checkpoint/config mismatch, 75 preempted (SIGTERM;
+the step was saved, rerun to resume). Anything else is a bug: traceback, exit code 1.
+Multi-process: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every
+process (:func:`compfn.parallel.initialize_distributed`).
 """
 from __future__ import annotations
 
@@ -13,10 +20,16 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 import time
+import tokenize
+import traceback
+from typing import Optional
 
 import gin
+
+from compfn.errors import CompfnError, ConfigError, NonFiniteLoss
 
 
 @gin.configurable
@@ -75,25 +88,138 @@ def run(workdir: str, job=gin.REQUIRED):
     return job(workdir)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog='compfn-train', description=__doc__.split('\n\n')[0])
+_EPILOG = """exit codes:
+  0   done
+  1   an unexpected error (a bug; the traceback is printed)
+  2   configuration error: a gin binding, gin file or command-line flag (named)
+  3   an enforced gate was not met (gate_stage.enforce)
+  4   a step produced a non-finite loss or gradient (names the last good checkpoint)
+  5   a checkpoint does not match the configuration (names the folder and what differs)
+  75  preempted (SIGTERM): the step was checkpointed; rerun the same command to resume"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='compfn-train', description=__doc__.split('\n\n')[0],
+                                 epilog=_EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--gin_file', action='append', default=[], required=True,
                     help='gin config file (repeatable)')
     ap.add_argument('--gin_param', action='append', default=[],
                     help='gin binding, e.g. build_datasets.configs=["stage2_test_L1to8"]')
     ap.add_argument('--workdir', default=None, help='output folder (default runs/<gin file stem>)')
-    args = ap.parse_args(argv)
-    for f in args.gin_file:
-        if not os.path.exists(f):
-            ap.error(f'--gin_file {f}: no such file')
+    ap.add_argument('--verbose', action='store_true',
+                    help='print the full traceback for the known failures too (exit codes 2-75)')
+    mp = ap.add_argument_group(
+        'multi-process', 'one process per host, each running the same command with its own\n'
+        '--process_id; all three flags or none (a TPU VM then detects its slice)')
+    mp.add_argument('--coordinator_address', default=None, metavar='HOST:PORT',
+                    help="process 0's address and a free port")
+    mp.add_argument('--num_processes', type=int, default=None, metavar='N')
+    mp.add_argument('--process_id', type=int, default=None, metavar='I', help='in [0, N)')
+    return ap
+
+
+#: gin's call-time error for a missing ``gin.REQUIRED`` binding (a RuntimeError).
+_GIN_REQUIRED = re.compile(r'Required bindings for `[^`]+` not provided in config')
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(ln.strip() for ln in str(text).splitlines() if ln.strip())
+
+
+def _gin_error(e: Exception, source: str) -> ConfigError:
+    """gin's parse error as one line naming the binding and where it is: ``source`` is the gin
+    file (or one it includes) or ``--gin_param``."""
+    if isinstance(e, SyntaxError) and e.lineno:
+        text = (e.text or '').strip()
+        msg = f'{e.msg} ({e.filename or source}, line {e.lineno}{": " + text if text else ""})'
+    elif isinstance(e, tokenize.TokenError):
+        msg = f'{e.args[0]} in {source} (an unclosed bracket or string?)'
+    else:
+        # "No configurable matching 'x'.\n  In file "f.gin", line 3\n    x.y = 1\n    ^"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().strip('^')]
+        msg = lines[0] if lines else type(e).__name__
+        where = next((i for i, ln in enumerate(lines) if ln.startswith('In ')), None)
+        if where is not None:
+            code = lines[where + 1] if where + 1 < len(lines) else ''
+            where = lines[where][3:].replace('bindings string', '--gin_param')
+            msg += f' ({where}{": " + code if code else ""})'
+        else:
+            msg += f' (in {source})'
+    return ConfigError(f'gin: {msg}')
+
+
+def _parse_gin(files, bindings):
+    """``gin.parse_config_files_and_bindings(files, bindings)``, one source at a time so that a
+    parse error says which file or binding it is in (:class:`ConfigError`)."""
+    gin_errors = (ValueError, SyntaxError, tokenize.TokenError, OSError, ImportError, NameError)
+    for f in files:
+        try:
+            gin.parse_config_file(f)
+        except gin_errors as e:
+            raise _gin_error(e, f) from e
+    try:
+        gin.parse_config(bindings)
+    except gin_errors as e:
+        raise _gin_error(e, '--gin_param') from e
+    gin.finalize()
+
+
+def _known_failure(e: BaseException) -> Optional[tuple[int, str]]:
+    """(exit code, one-line message) for the failures reported without a traceback, else None."""
+    if isinstance(e, CompfnError):
+        # e.message: gin's re-raised copy appends "In call to configurable ..." to str(e).
+        return e.exit_code, _one_line(getattr(e, 'message', None) or str(e))
+    ckpt = sys.modules.get('compfn.checkpoint')
+    if ckpt is not None and isinstance(e, ckpt.NonFiniteError):   # Checkpointer.save refused
+        return NonFiniteLoss.exit_code, _one_line(str(e).split('\n  In call to')[0])
+    if isinstance(e, RuntimeError) and _GIN_REQUIRED.search(str(e)):
+        return ConfigError.exit_code, 'gin: ' + _one_line(str(e).split('\n  In call to')[0])
+    return None
+
+
+def _run(args) -> int:
+    from compfn import parallel
+    # Before anything initialises a JAX backend (the pipeline's own call is then a no-op).
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
     from compfn import experiment  # noqa: F401  (registers the stages, sources, configs)
     gin.clear_config()
-    gin.parse_config_files_and_bindings(args.gin_file, args.gin_param)
+    _parse_gin(args.gin_file, args.gin_param)
     workdir = args.workdir or os.path.join('runs', pathlib.Path(args.gin_file[0]).stem)
     os.makedirs(workdir, exist_ok=True)
     pathlib.Path(workdir, 'config.gin').write_text(gin.config_str())
     run(workdir)
     return 0
+
+
+def main(argv=None, *, exit_codes: Optional[bool] = None) -> int:
+    """Parse the command line, load the gin config and run the job; returns the exit code.
+
+    The known failures (:mod:`compfn.errors`: a gin or flag error, a gate, a non-finite loss, a
+    checkpoint mismatch, preemption) print one line, ``compfn-train: error: <message>``, to
+    stderr and return their exit code (``--verbose``: with the traceback); anything else raises
+    (a traceback, exit code 1). ``exit_codes`` defaults to on for the program (``argv`` None:
+    ``compfn-train``, ``python -m compfn.main``) and off when called with ``argv`` (tests,
+    notebooks), where every failure raises its exception."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    for f in args.gin_file:
+        if not os.path.exists(f):
+            ap.exit(2, f'{ap.prog}: error: --gin_file {f}: no such file\n')
+    if not (argv is None if exit_codes is None else exit_codes):
+        return _run(args)
+    try:
+        return _run(args)
+    except Exception as e:  # noqa: BLE001  (the error boundary; unknown errors re-raise)
+        known = _known_failure(e)
+        if known is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        sys.stdout.flush()
+        print(f'{ap.prog}: error: {known[1]}', file=sys.stderr, flush=True)
+        return known[0]
 
 
 if __name__ == '__main__':

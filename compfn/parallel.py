@@ -13,14 +13,16 @@ name to a mesh axis (or a tuple of axes, or None = replicated), T5X-style, and i
     ...     logits = jax.jit(fn)(params, tokens)
 
 Meshes are built with ``AxisType.Auto`` (jax 0.10's ``make_mesh`` defaults to Explicit).
-Multi-host: call :func:`initialize_distributed` first on every host; each host then feeds its
-slice of the global batch (:func:`host_batch_slice`).
+Multi-host: call :func:`initialize_distributed` first on every host (``compfn-train`` does, with
+its ``--coordinator_address/--num_processes/--process_id`` flags when given); each host then
+feeds its slice of the global batch (:func:`host_batch_slice`).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -106,15 +108,62 @@ def use_mesh(mesh: Mesh, rules=None):
         yield mesh
 
 
-def initialize_distributed(**kwargs) -> bool:
-    """``jax.distributed.initialize()`` when this is one process of a multi-host job (a TPU pod
-    slice, or ``JAX_COORDINATOR_ADDRESS`` / ``COMPFN_MULTIHOST=1`` set); a no-op on one host.
-    Returns whether it initialised. Must run before any other JAX call."""
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, **kwargs) -> bool:
+    """Start ``jax.distributed`` when this is one process of a multi-process job; returns whether
+    it is initialised. Must run before any other JAX call; a second call is a no-op.
+
+    With ``coordinator_address`` (``HOST:PORT`` of process 0), ``num_processes`` and
+    ``process_id`` (``compfn-train --coordinator_address=... --num_processes=N --process_id=I``):
+    ``jax.distributed.initialize`` with them (all three or none, ``0 <= process_id < N``, else
+    :class:`compfn.errors.ConfigError`); on CPU the cross-process collectives are gloo
+    (``jax_cpu_collectives_implementation``). Without them: ``jax.distributed.initialize()`` with
+    no arguments (TPU pod slices, Slurm, ... detect their own topology) when this looks like a
+    multi-host job (several ``TPU_WORKER_HOSTNAMES``, ``JAX_COORDINATOR_ADDRESS`` or
+    ``COMPFN_MULTIHOST=1`` set); otherwise a no-op (one host)."""
+    from compfn.errors import ConfigError
+    if jax.distributed.is_initialized():
+        return True
+    flags = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
+             '--process_id': process_id}
+    given = [k for k, v in flags.items() if v is not None]
+    if given:
+        if len(given) != 3:
+            missing = [k for k in flags if k not in given]
+            raise ConfigError(f'{", ".join(given)} given without {", ".join(missing)}: a '
+                              'multi-process run needs all three of --coordinator_address, '
+                              '--num_processes and --process_id (or none of them on a TPU VM)')
+        host, _, port = str(coordinator_address).rpartition(':')
+        if not host or not port.isdigit():
+            raise ConfigError(f'--coordinator_address={coordinator_address!r} is not HOST:PORT')
+        if int(num_processes) < 1:
+            raise ConfigError(f'--num_processes={num_processes} must be >= 1')
+        if not 0 <= int(process_id) < int(num_processes):
+            raise ConfigError(f'--process_id={process_id} is not in [0, {num_processes}) '
+                              f'(--num_processes={num_processes})')
+        if _cpu_platform() and 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
+            jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        jax.distributed.initialize(coordinator_address=str(coordinator_address),
+                                   num_processes=int(num_processes),
+                                   process_id=int(process_id), **kwargs)
+        return True
     multi = (os.environ.get('COMPFN_MULTIHOST') == '1' or 'JAX_COORDINATOR_ADDRESS' in os.environ
              or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
     if multi:
         jax.distributed.initialize(**kwargs)
     return multi
+
+
+def _cpu_platform() -> bool:
+    """Whether JAX will run on CPU, judged without initialising a backend: ``jax_platforms`` /
+    ``JAX_PLATFORMS`` when set, else no TPU and no NVIDIA device on this machine."""
+    platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or ''
+    if platforms:
+        return platforms.split(',')[0].strip().lower() == 'cpu'
+    tpu = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
+               or os.environ.get('TPU_ACCELERATOR_TYPE'))
+    return not (tpu or glob.glob('/dev/nvidia[0-9]*'))
 
 
 def host_batch_slice(global_batch: int) -> slice:

@@ -12,10 +12,14 @@ Pieces (each a pure function or a small class)::
 it restores the newest checkpoint (params, optimizer state, step, RNG key *and* the data
 iterator's position, so a resumed run continues exactly — bitwise on CPU — without replaying
 data), saves every ``save_every`` steps and at the end (orbax, atomic, async, keep-N), stops
-with :class:`compfn.checkpoint.NonFiniteError` when a step produces a non-finite loss or
-gradient (the update is not applied and the last good checkpoint stays the newest), checks a
-preemption signal each step (SIGTERM → save and exit), writes metrics to
-``<dir>/metrics.jsonl`` and TensorBoard, and shows a progress bar.
+with :class:`NonFiniteStepError` (a :class:`compfn.errors.NonFiniteLoss`, exit code 4, and a
+:class:`compfn.checkpoint.NonFiniteError`) when a step produces a non-finite loss or gradient
+(the update is not applied and the last good checkpoint stays the newest), checks a preemption
+signal each step (SIGTERM → save, then :class:`compfn.errors.Preempted`, exit code 75, so a
+scheduler requeues the run and the rerun resumes), writes metrics to ``<dir>/metrics.jsonl``
+and TensorBoard, and shows a progress bar. A checkpoint that does not fit the configured state
+(tree structure or shapes) raises :class:`compfn.errors.CheckpointMismatch` (exit code 5)
+naming the folder and the leaves that differ.
 
 Everything runs under one mesh (``compfn.parallel``): parameters are sharded by their logical
 axes and the gin-bound rules table, batches over ('data', 'fsdp'), and losses are normalised by
@@ -39,12 +43,13 @@ import numpy as np
 import optax
 
 from compfn import checkpoint as ckpt_lib
+from compfn import errors
 from compfn import parallel
 
 Array = jax.Array
 
 __all__ = ['TrainState', 'OptimizerConfig', 'accumulate', 'apply_gradients', 'Trainer',
-           'MetricsWriter', 'PreemptionWatcher']
+           'MetricsWriter', 'PreemptionWatcher', 'Preempted', 'NonFiniteStepError']
 
 
 # ------------------------------------------------------------------------------ state, optimizer
@@ -216,34 +221,128 @@ def read_metrics(directory: str) -> list[dict]:
 
 
 class PreemptionWatcher:
-  """SIGTERM (what a preempted TPU VM or a cluster scheduler sends) sets a flag; the loop checks
-  :meth:`reached` each step — a multi-host sync point like MaxText's ``reached_preemption``:
-  every host agrees (any host signalled) before it saves and exits."""
+  """Whether the loop should checkpoint and stop because of a preemption notice (SIGTERM: what
+  a preempted TPU VM or a cluster scheduler sends). The loop calls :meth:`reached` each step.
+
+  One process: a Python SIGTERM handler sets :attr:`flag`, which :meth:`reached` returns.
+  Several processes (``jax.process_count() > 1``): JAX's preemption sync manager, which
+  ``jax.distributed.initialize`` starts (``jax_enable_preemption_service``, on by default),
+  catches SIGTERM itself and agrees with the other processes, through the coordination service,
+  on a step at which all of them stop; :meth:`reached` asks it with
+  ``multihost_utils.reached_preemption_sync_point(step)``, as MaxText does. Without it (the
+  service disabled, or the call fails) the local flag is allgathered each step instead, so every
+  process still stops at the same step."""
 
   def __init__(self):
     self.flag = False
     self._old = None
+    self._installed = False
+    self._sync = jax.process_count() > 1 and _preemption_sync_manager() is not None
+    if not self._sync:          # the sync manager owns SIGTERM; a Python handler would hide it
+      self._install()
+
+  def _install(self):
     try:
       self._old = signal.signal(signal.SIGTERM, self._handler)
+      self._installed = True
     except ValueError:       # not the main thread
       self._old = None
 
   def _handler(self, signum, frame):
     self.flag = True
 
-  def reached(self) -> bool:
+  def reached(self, step: Optional[int] = None) -> bool:
+    """Whether to save and stop after ``step`` (the step just completed; every process must
+    call this at every step, with the same step numbers)."""
     if jax.process_count() == 1:
       return self.flag
     from jax.experimental import multihost_utils
+    if self._sync and step is not None:
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+      except Exception as e:  # noqa: BLE001  (no coordination service: fall back)
+        print(f'warning: preemption sync point unavailable ({type(e).__name__}: {e}); '
+              'falling back to a per-step allgather of the SIGTERM flag', flush=True)
+        self._sync = False
+        self._install()
     return bool(multihost_utils.process_allgather(np.array([self.flag])).any())
 
   def close(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
+      self._installed = False
 
 
-class Preempted(RuntimeError):
-  """The run saved a checkpoint and stopped because it received SIGTERM."""
+def _preemption_sync_manager():
+  """JAX's preemption sync manager when ``jax.distributed`` started one, else None."""
+  try:
+    from jax._src import distributed
+    return distributed.global_state.preemption_sync_manager
+  except Exception:  # noqa: BLE001  (a private API: treat any change as "none")
+    return None
+
+
+#: The run saved a checkpoint and stopped because it received SIGTERM (exit code 75).
+Preempted = errors.Preempted
+
+
+class NonFiniteStepError(errors.NonFiniteLoss, ckpt_lib.NonFiniteError):
+  """A step produced a non-finite loss or gradient (exit code 4); the message names the last
+  good checkpoint. Also a :class:`compfn.checkpoint.NonFiniteError`, as before."""
+
+
+# ---------------------------------------------------------------------- checkpoint mismatch
+
+#: What orbax 0.12's ValueError says when a restore target does not fit the checkpoint.
+_ORBAX_MISMATCH = ('tree structures do not match', 'is not compatible with the stored shape')
+
+
+def _leaf_name(path) -> str:
+  """``params.layers.attn.q``, ``opt_state.1.0.mu.embed``: the dotted names orbax stores."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(k.name)
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return '.'.join(parts)
+
+
+def _shapes(tree) -> dict:
+  return {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if getattr(x, 'shape', None) is not None}
+
+
+def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> list[str]:
+  """What differs between the arrays stored in ``step_dir/state`` (orbax metadata: names and
+  shapes, no data read) and ``state``: leaves whose shapes differ, and unless ``shapes_only``
+  leaves only on one side. [] when they agree or the metadata cannot be read."""
+  try:
+    import orbax.checkpoint as ocp
+    from etils import epath
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      tree = getattr(handler.metadata(epath.Path(step_dir) / 'state'), 'tree', None)
+    finally:
+      handler.close()
+    if tree is None:
+      return []
+    stored, want = _shapes(tree), _shapes(state)
+  except Exception:  # noqa: BLE001  (only used to explain a mismatch; never block a restore)
+    return []
+  out = [(k, f'checkpoint {stored[k]}, config {want[k]}') for k in stored.keys() & want.keys()
+         if stored[k] != want[k]]
+  if not shapes_only:
+    out += [(k, 'only in the checkpoint') for k in stored.keys() - want.keys()]
+    out += [(k, 'only in the config') for k in want.keys() - stored.keys()]
+  return [f'{k}: {what}' for k, what in sorted(out, key=lambda x: (not x[0].startswith('params'),
+                                                                   x[0]))]
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -288,15 +387,44 @@ class Trainer:
     return None
 
   def restore(self, state: TrainState) -> tuple[TrainState, Optional[dict]]:
-    """(state, data-iterator state) of the newest checkpoint, or (state, None) if none."""
-    got = self.checkpointer.restore_latest(state)
+    """(state, data-iterator state) of the newest checkpoint, or (state, None) if none.
+
+    Raises :class:`compfn.errors.CheckpointMismatch` when the checkpoint's tree structure or
+    array shapes differ from ``state``'s (the model or optimizer configuration changed since it
+    was saved), naming the folder and the leaves that differ."""
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      # Shapes are checked before orbax reads anything (its shape error names no leaf).
+      diff = _checkpoint_diff(self._step_dir(latest), state, shapes_only=True)
+      if diff:
+        raise self._mismatch(latest, diff)
+    try:
+      got = self.checkpointer.restore_latest(state)
+    except ValueError as e:
+      msg = str(e)
+      if not any(p in msg for p in _ORBAX_MISMATCH):
+        raise
+      diff = _checkpoint_diff(self._step_dir(latest), state) if latest is not None else []
+      raise self._mismatch(latest, diff or [msg.splitlines()[0]]) from e
     if got is None:
       return state, None
     step, restored, meta = got
     if int(restored.step) != step:
-      raise RuntimeError(f'checkpoint {step} in {self.checkpointer.directory} holds step '
-                         f'{int(restored.step)}: the folder is inconsistent')
+      raise errors.CheckpointMismatch(
+          f'checkpoint {step} in {self.checkpointer.directory} holds step '
+          f'{int(restored.step)}: the folder is inconsistent')
     return restored, meta.get('data')
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.checkpointer.directory, str(step))
+
+  def _mismatch(self, step: Optional[int], diff: list) -> errors.CheckpointMismatch:
+    shown = '; '.join(diff[:4]) + (f'; ... ({len(diff)} differences)' if len(diff) > 4 else '')
+    return errors.CheckpointMismatch(
+        f'{self.name}: checkpoint {step} in {self.checkpointer.directory} does not match the '
+        f'configured state: {shown}. The model or optimizer configuration changed since it was '
+        f'saved: restore that configuration, or use a new --workdir (or delete '
+        f'{self.directory}) to start this stage over')
 
   def run(self, state: TrainState, step_fn: Callable, iterator, *,
           on_metrics: Optional[Callable[[int, dict], dict]] = None,
@@ -322,7 +450,8 @@ class Trainer:
         scalars = _host_scalars(metrics)       # blocks until the step is done
         t2 = time.perf_counter()
         if scalars.get('nonfinite', 0.0) > 0:
-          raise ckpt_lib.NonFiniteError(
+          self.checkpointer.wait()     # the last good checkpoint may still be being written
+          raise NonFiniteStepError(
               f'{self.name}: step {step + 1} produced a non-finite loss or gradient '
               f'(loss={scalars.get("loss")}, grad_norm={scalars.get("grad_norm")}); the update '
               f'was not applied and nothing was saved — the last good checkpoint is step '
@@ -343,23 +472,36 @@ class Trainer:
           bar.set_postfix({k: f'{v:.3g}' for k, v in scalars.items()
                            if k in ('loss', 'reward', 'accuracy', 'token_accuracy',
                                     'kept_groups')})
-        preempted = watcher.reached()
+        preempted = watcher.reached(step)
         if step % self.save_every == 0 or step == self.num_steps or preempted:
           self.save(step, state, iterator)
         if preempted:
           self.checkpointer.wait()
+          if step == self.num_steps:     # the stage is complete: the rerun goes on from here
+            self._write_done(step)
           raise Preempted(f'{self.name}: SIGTERM received; saved step {step} to '
                           f'{self.checkpointer.directory}; rerun the same command to resume')
       self.checkpointer.wait()
-      with open(self.done_path + '.tmp', 'w') as f:
-        json.dump({'step': step, 'time': time.time()}, f)
-      os.replace(self.done_path + '.tmp', self.done_path)
+      self._write_done(step)
+    except BaseException:
+      # Whatever stops the run, a save in flight is the newest good checkpoint: let it land
+      # (a process exiting with an asynchronous save pending loses it).
+      try:
+        self.checkpointer.wait()
+      except Exception:  # noqa: BLE001  (keep the original error)
+        pass
+      raise
     finally:
       if bar is not None:
         bar.close()
       writer.close()
       watcher.close()
     return state
+
+  def _write_done(self, step: int):
+    with open(self.done_path + '.tmp', 'w') as f:
+      json.dump({'step': step, 'time': time.time()}, f)
+    os.replace(self.done_path + '.tmp', self.done_path)
 
   def save(self, step: int, state: TrainState, iterator=None):
     data = iterator.get_state() if hasattr(iterator, 'get_state') else None
