@@ -11,6 +11,9 @@ Known failures print one line, ``compfn-train: error: <message>``, and exit with
 (:mod:`compfn.errors`; ``--verbose`` adds the traceback): 2 configuration (gin binding / file /
 flag), 3 gate not met, 4 non-finite loss, 5 checkpoint/config mismatch, 75 preempted (SIGTERM;
 the step was saved, rerun to resume). Anything else is a bug: traceback, exit code 1.
+``--compile_only [--topology=v5p:4x4x4]`` compiles every step program for the mesh instead of
+running (no checkpoint, no data) and writes ``WORKDIR/compile_report.json``; exit 6 when one does
+not fit the device memory (:mod:`compfn.compile_report`).
 Multi-process: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every
 process (:func:`compfn.parallel.initialize_distributed`).
 """
@@ -95,6 +98,7 @@ _EPILOG = """exit codes:
   3   an enforced gate was not met (gate_stage.enforce)
   4   a step produced a non-finite loss or gradient (names the last good checkpoint)
   5   a checkpoint does not match the configuration (names the folder and what differs)
+  6   --compile_only: a compiled program does not fit the device memory (names it)
   75  preempted (SIGTERM): the step was checkpointed; rerun the same command to resume"""
 
 
@@ -109,6 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--workdir', default=None, help='output folder (default runs/<gin file stem>)')
     ap.add_argument('--verbose', action='store_true',
                     help='print the full traceback for the known failures too (exit codes 2-75)')
+    co = ap.add_argument_group(
+        'compile only', 'compile every step program of the pipeline ahead of time (no checkpoint,\n'
+        'no data) and write WORKDIR/compile_report.json: per-device memory of each program;\n'
+        'exit 6 if one does not fit (compfn.compile_report)')
+    co.add_argument('--compile_only', action='store_true',
+                    help='compile, measure and report; train nothing')
+    co.add_argument('--topology', default=None, metavar='NAME',
+                    help='compile for TPU devices of this topology, e.g. v5p:4x4x4, v5e:2x2 '
+                         "(needs libtpu: pip install 'jax[tpu]'; default: the local devices)")
+    co.add_argument('--device_memory_bytes', type=int, default=None, metavar='N',
+                    help='memory per device to check against (default: the device\'s own, '
+                         'a table of TPU HBM sizes, or host RAM / devices on CPU)')
+    co.add_argument('--model_preset', default=None, metavar='NAME',
+                    help='compile this compfn.model preset (e.g. llama3_1_8b_instruct) instead '
+                         "of load_model's checkpoint")
     mp = ap.add_argument_group(
         'multi-process', 'one process per host, each running the same command with its own\n'
         '--process_id; all three flags or none (a TPU VM then detects its slice)')
@@ -184,11 +203,22 @@ def _run(args) -> int:
     parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id)
     from compfn import experiment  # noqa: F401  (registers the stages, sources, configs)
+    from compfn import compile_report  # noqa: F401  (registers compile_report)
+    only = {'--topology': args.topology, '--device_memory_bytes': args.device_memory_bytes,
+            '--model_preset': args.model_preset}
+    stray = [k for k, v in only.items() if v is not None]
+    if stray and not args.compile_only:
+        raise ConfigError(f'{", ".join(stray)} only apply with --compile_only')
     gin.clear_config()
     _parse_gin(args.gin_file, args.gin_param)
     workdir = args.workdir or os.path.join('runs', pathlib.Path(args.gin_file[0]).stem)
     os.makedirs(workdir, exist_ok=True)
     pathlib.Path(workdir, 'config.gin').write_text(gin.config_str())
+    if args.compile_only:
+        compile_report.compile_report(workdir, topology=args.topology,
+                                      device_memory_bytes=args.device_memory_bytes,
+                                      model_preset=args.model_preset)
+        return 0
     run(workdir)
     return 0
 

@@ -78,6 +78,8 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
       return 'generic', tuple(G.GENERIC_FUNCTIONS)
     if functions == 'generic_func':
       return 'generic_func', tuple(G.GENERIC_FUNC_ALIASES)
+    if functions == 'generic_func_wide':
+      return 'generic_func_wide', tuple(G.GENERIC_FUNC_ALIASES_WIDE)
     functions = [functions]
   by_id = {s.fid: n for n, s in F.FUNCTIONS.items()}
   gen_id = {s.fid: n for n, s in G.GENERIC_FUNCTIONS.items()}

@@ -22,11 +22,14 @@ Public API::
       response_bytes int32[B*G, M], response_len int32[B*G] (true byte length; may exceed M),
       byte_overflow bool[B*G] (response_len > M)
 
-``task`` picks the scorer: ``'strings_json'`` = the paper's JSON rule
+``task`` picks the scorer: ``TASKS[task]``, a view of the device scorers of
+:mod:`compfn.tasks.registry` (``Task.device_score``): ``'strings_json'`` = the paper's JSON rule
 (``device_scoring.score_json``), ``'strings_trace'`` = the trace rule (``score_trace``),
 ``'strings_trace_steps'`` = the trace rule with credit for correct leading steps
 (``score_trace_steps``; its ``ref`` is the whole reference trace, not the answer; a documented
-departure from the paper's final-answer reward, for small models). The
+departure from the paper's final-answer reward, for small models), ``'countdown'`` = the
+Countdown verifier (``compfn.tasks.countdown.verifier.score_refs``; ``ref`` is the problem's
+JSON, ``{"numbers": [..], "target": N}``, read on device). The
 scorer's ``overlong`` flag is ``truncated | byte_overflow``: a response that hit
 ``max_new_tokens`` without a stop token scores -1 (the paper's rule), and one whose bytes do not
 fit the static byte buffer ``M`` (``max_bytes``, default ``N * min(P_table, 8)``) is never
@@ -50,6 +53,7 @@ FSDP-sharded weights; a training rule set may map 'embed' to 'fsdp')::
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
 import flax.struct
@@ -62,16 +66,36 @@ from compfn.parallel import DEFAULT_RULES, make_mesh, param_shardings  # noqa: F
 from compfn import tokenizers
 from compfn.model.config import ModelConfig
 from compfn.rl.advantages import group_advantages
-from compfn.tasks.strings import device_scoring
+from compfn.tasks import registry as task_registry
 
 Array = jax.Array
 
 __all__ = ["DEFAULT_RULES", "RolloutBatch", "DetokTables", "Rollout", "rollout", "rollout_fn",
            "score_samples", "make_mesh", "shard_params", "shard_batch", "TASKS"]
 
-TASKS = {"strings_json": device_scoring.score_json, "strings_trace": device_scoring.score_trace,
-         # a departure from the paper: credit for correct leading steps; ref = reference trace
-         "strings_trace_steps": device_scoring.score_trace_steps}
+
+class _DeviceScorers(Mapping):
+  """A read-only, live view of :mod:`compfn.tasks.registry`: task name -> ``device_score``
+  (aliases excluded). A task registered later appears here too."""
+
+  def __getitem__(self, name):
+    try:
+      return task_registry.tasks()[name].device_score
+    except (KeyError, TypeError):
+      raise KeyError(name) from None
+
+  def __iter__(self):
+    return iter(task_registry.tasks())
+
+  def __len__(self):
+    return len(task_registry.tasks())
+
+  def __repr__(self):
+    return f"TASKS({sorted(self)})"
+
+
+#: name -> jittable scorer ``(resp, resp_len, ref, ref_len, overlong) -> (score, acc)``.
+TASKS = _DeviceScorers()
 
 
 @flax.struct.dataclass

@@ -86,8 +86,8 @@ from fractions import Fraction
 from typing import Any, Mapping, NamedTuple, Sequence
 
 __all__ = ['Verdict', 'AnswerError', 'score_answer', 'score', 'extract_answer', 'parse_answer',
-           'check_problem', 'parse_reference', 'reward_value', 'MAX_TOKENS', 'MAX_DEPTH',
-           'MAX_OPERANDS', 'MAX_INT_DIGITS', 'MAX_ABS_TARGET', 'INVALID_REASONS',
+           'check_problem', 'parse_reference', 'reference_json', 'reward_value', 'MAX_TOKENS',
+           'MAX_DEPTH', 'MAX_OPERANDS', 'MAX_INT_DIGITS', 'MAX_ABS_TARGET', 'INVALID_REASONS',
            'WRONG_REASONS', 'REWARDS', 'OPEN_TAG', 'CLOSE_TAG', 'WHITESPACE']
 
 #: At most this many tokens (literals, operators, parentheses) in an answer.
@@ -309,16 +309,36 @@ def score_answer(response: str, numbers: Sequence[int], target: int, *, overlong
 
 
 def parse_reference(ref: Any) -> tuple[tuple[int, ...], int]:
-    """(numbers, target) from the paper's ground truth: the JSON string
-    ``{"answer": target, "numbers": [...]}``, a mapping with those keys, or a problem with
-    ``.numbers``/``.target``."""
+    """(numbers, target) from a reference: the paper's ground-truth JSON string
+    ``{"answer": target, "numbers": [...]}``, the records' ``{"numbers": [...], "target": N}``
+    (:func:`compfn.data.sources.countdown_records`), a mapping with either pair of keys (both
+    ``answer`` and ``target``: they must agree), or a problem with ``.numbers``/``.target``."""
     if hasattr(ref, 'numbers') and hasattr(ref, 'target'):
         return check_problem(tuple(ref.numbers), ref.target)
     if isinstance(ref, (str, bytes)):
         ref = json.loads(ref)
-    if not isinstance(ref, Mapping) or 'answer' not in ref or 'numbers' not in ref:
-        raise ValueError(f'reference must have "answer" and "numbers", got {ref!r}')
-    return check_problem(tuple(ref['numbers']), ref['answer'])
+    if (not isinstance(ref, Mapping) or 'numbers' not in ref
+            or ('answer' not in ref and 'target' not in ref)):
+        raise ValueError(f'reference must have "numbers" and "answer" (or "target"), got {ref!r}')
+    if 'answer' in ref and 'target' in ref and ref['answer'] != ref['target']:
+        raise ValueError(f'reference has "answer" {ref["answer"]!r} != "target" '
+                         f'{ref["target"]!r}')
+    if isinstance(ref['numbers'], (str, bytes)) or not isinstance(ref['numbers'], Sequence):
+        raise ValueError(f'reference "numbers" must be a list, got {ref["numbers"]!r}')
+    return check_problem(tuple(ref['numbers']), ref['answer'] if 'answer' in ref
+                         else ref['target'])
+
+
+def reference_json(ref: Any) -> str:
+    """The reference as the bytes the device scorer reads
+    (:func:`compfn.tasks.countdown.verifier.score_refs`): validated by :func:`parse_reference`
+    and written canonically as ``{"numbers": [95, 14, 18], "target": 99}`` (the records' form).
+
+        >>> reference_json('{"answer": 99, "numbers": [95, 14, 18]}')
+        '{"numbers": [95, 14, 18], "target": 99}'
+    """
+    numbers, target = parse_reference(ref)
+    return json.dumps({'numbers': list(numbers), 'target': target})
 
 
 def score(response: str, ref: Any, overlong: bool = False,

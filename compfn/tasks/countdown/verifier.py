@@ -17,6 +17,15 @@ Inputs (B = batch, T = padded response bytes, M = padded number slots)::
 
 :func:`verify` returns the outcome code instead (0 invalid, 1 wrong, 2 correct).
 
+**The reference as bytes** (the task registry's device scorer): :func:`score_refs` takes
+``(resp, resp_len, ref int32[B, R], ref_len int32[B], overlong)`` -- the signature of the string
+tasks' scorers -- where ``ref`` is the reference's JSON text as UTF-8 bytes,
+``{"numbers": [95, 14, 18], "target": 99}`` (:func:`compfn.tasks.countdown.scoring.
+reference_json`, the records' form) or the paper's ``{"answer": 99, "numbers": [95, 14, 18]}``;
+:func:`parse_references` reads numbers and target out of it inside the jit (masks and cumsums
+over the R bytes, as for the response) and :func:`score` runs on them. So a Countdown rollout
+needs nothing but the reference string in ``RolloutBatch.ref``, like every other task.
+
 **Agreement contract.** For any bytes ``b`` and any problem in range
 (:func:`compfn.tasks.countdown.scoring.check_problem`)::
 
@@ -76,8 +85,8 @@ from compfn.tasks.countdown.scoring import (CLOSE_TAG, MAX_ABS_TARGET, MAX_DEPTH
                                             MAX_OPERANDS, MAX_TOKENS, OPEN_TAG, REWARDS,
                                             WHITESPACE, check_problem, parse_reference)
 
-__all__ = ['score', 'verify', 'score_batch', 'encode_problems', 'encode_references', 'PRIMES',
-           'INVALID', 'WRONG', 'CORRECT']
+__all__ = ['score', 'score_refs', 'parse_references', 'verify', 'score_batch', 'encode_problems',
+           'encode_references', 'PRIMES', 'INVALID', 'WRONG', 'CORRECT']
 
 INVALID, WRONG, CORRECT = 0, 1, 2
 
@@ -352,6 +361,120 @@ def score(resp, resp_len, numbers, numbers_len, target, overlong, reward: str = 
     dtype = jnp.int32 if reward == 'binary' else jnp.float32
     table = jnp.asarray([bad, wrong, good], dtype)
     return table[code], (code == CORRECT).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference as bytes: the device-scorer form (the registry's ``device_score``).
+# ------------------------------------------------------------------------------------------------
+_NUMBERS_KEY = tuple(b'"numbers"')
+_TARGET_KEYS = (tuple(b'"target"'), tuple(b'"answer"'))
+_JSON_WS = tuple(b' \t\n\r')
+
+
+def _parse_reference_one(ref, ref_len):
+    """(numbers int32[M], numbers_len, target, ok) from one reference's JSON bytes."""
+    m = ref.shape[0]
+    pos = jnp.arange(m)
+    n = jnp.clip(ref_len, 0, m).astype(jnp.int32)
+    x = jnp.where(pos < n, ref.astype(jnp.int32), -1)
+    at = lambda i: x[jnp.clip(i, 0, m - 1)]  # noqa: E731
+    digit = (x >= 48) & (x <= 57)
+    ws = jnp.zeros((m,), bool)
+    for c in _JSON_WS:
+        ws = ws | (x == c)
+    colon, comma = x == ord(':'), x == ord(',')
+    run_len = lax.cummin(jnp.where(digit, m, pos), axis=0, reverse=True) - pos
+    value = jnp.zeros((m,), jnp.int32)
+    for k in range(MAX_INT_DIGITS):
+        value = jnp.where(k < run_len, value * 10 + at(pos + k) - 48, value)
+    lit_start = digit & ~jnp.concatenate([jnp.zeros((1,), bool), digit[:-1]])
+
+    def value_start(hit, key_len):
+        # The first byte after the first key hit that is neither whitespace nor the ':'; the gap
+        # must hold exactly one ':'.
+        k = jnp.min(jnp.where(hit, pos, m))
+        after = pos >= k + key_len
+        s = jnp.min(jnp.where(after & ~ws & ~colon, pos, m))
+        return s, (k < m) & (s < m) & (jnp.sum(after & (pos < s) & colon) == 1)
+
+    # "numbers": [a, b, ...] -- 1..MAX_OPERANDS literals of <= MAX_INT_DIGITS digits separated
+    # by single commas.
+    lb, ok_n = value_start(_window(x, _NUMBERS_KEY, n), len(_NUMBERS_KEY))
+    ok_n = ok_n & (at(lb) == ord('['))
+    rb = jnp.min(jnp.where((x == ord(']')) & (pos > lb), pos, m))
+    inside = (pos > lb) & (pos < rb)
+    lit, sep = inside & lit_start, inside & comma
+    count = jnp.sum(lit)
+    tok = lit | sep
+    tok_rank = jnp.cumsum(tok) - 1
+    ok_n = (ok_n & (rb < m) & jnp.all(~inside | digit | comma | ws)
+            & (count >= 1) & (count <= MAX_OPERANDS) & (jnp.sum(sep) == count - 1)
+            & jnp.all(~tok | (lit == (tok_rank % 2 == 0)))
+            & ~jnp.any(lit & (run_len > MAX_INT_DIGITS)))
+    rank = jnp.cumsum(lit) - 1
+    slot = jnp.where(lit & (rank < MAX_OPERANDS), rank, MAX_OPERANDS)
+    numbers = jnp.zeros((MAX_OPERANDS,), jnp.int32).at[slot].set(value, mode='drop')
+
+    # "target": N (or the paper's "answer": N) -- an integer of <= MAX_INT_DIGITS digits.
+    hit = _window(x, _TARGET_KEYS[0], n) | _window(x, _TARGET_KEYS[1], n)
+    s, ok_t = value_start(hit, len(_TARGET_KEYS[0]))
+    neg = at(s) == ord('-')
+    d0 = s + neg.astype(jnp.int32)
+    t_len = run_len[jnp.clip(d0, 0, m - 1)]
+    nxt = jnp.where(d0 + t_len < m, at(d0 + t_len), -1)
+    ok_t = (ok_t & (d0 < m) & digit[jnp.clip(d0, 0, m - 1)]
+            & (t_len <= MAX_INT_DIGITS) & (nxt != ord('.')) & (nxt != ord('e'))
+            & (nxt != ord('E')))
+    t_val = value[jnp.clip(d0, 0, m - 1)]
+    target = jnp.where(neg, -t_val, t_val)
+    ok = ok_n & ok_t
+    return (jnp.where(ok, numbers, 0), jnp.where(ok, count, 1).astype(jnp.int32),
+            jnp.where(ok, target, 0).astype(jnp.int32), ok)
+
+
+def parse_references(ref, ref_len):
+    """Countdown references from their JSON bytes, on device (jittable, no host callback).
+
+    Args:
+      ref: int32[B, R] UTF-8 bytes of ``{"numbers": [95, 14, 18], "target": 99}`` (the records'
+        form, :func:`compfn.tasks.countdown.scoring.reference_json`) or the paper's
+        ``{"answer": 99, "numbers": [95, 14, 18]}``: any key order, JSON whitespace; padded.
+      ref_len: int32[B] valid bytes per row.
+    Returns:
+      (numbers int32[B, MAX_OPERANDS], numbers_len int32[B], target int32[B], ok bool[B]).
+      ``ok`` is False for a row that is not such a reference within the verifier's range (its
+      other outputs are then placeholders); a reference accepted by
+      :func:`~compfn.tasks.countdown.scoring.parse_reference` always parses to the same problem.
+      (Validate references on the host with ``reference_json``: this parser is lenient about
+      JSON it never sees, e.g. leading zeros.)
+    """
+    return jax.vmap(_parse_reference_one)(ref, ref_len)
+
+
+def score_refs(resp, resp_len, ref, ref_len, overlong, reward: str = 'binary'):
+    """The Countdown reward with the problem read from its reference bytes: the task's device
+    scorer, with the signature of :func:`compfn.tasks.strings.device_scoring.score_trace`.
+
+    Args:
+      resp: int32[B, T] response UTF-8 bytes, padded.
+      resp_len: int32[B].
+      ref: int32[B, R] reference JSON bytes, padded (see :func:`parse_references`).
+      ref_len: int32[B].
+      overlong: bool[B] (True: invalid).
+      reward: as in :func:`score` (static).
+    Returns:
+      (score, acc) as :func:`score`; a row whose reference does not parse scores as invalid.
+
+        >>> ref = b'{"numbers": [95, 14, 18], "target": 99}'
+        >>> resp = b'<answer>95 + 18 - 14</answer>'
+        >>> s, a = score_refs(jnp.array([list(resp)]), jnp.array([len(resp)]),
+        ...                   jnp.array([list(ref)]), jnp.array([len(ref)]), jnp.array([False]))
+        >>> s.tolist(), a.tolist()
+        ([1], [1])
+    """
+    numbers, numbers_len, target, ok = parse_references(ref, ref_len)
+    return score(resp, resp_len, numbers, numbers_len, target,
+                 jnp.asarray(overlong, bool) | ~ok, reward)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def _registry() -> dict:
   """id -> FunctionSpec over the 25 functions and the generic family, ``gen_k`` and its
   ``func_25 .. func_99`` aliases (built at call time)."""
   out = {s.fid: s for s in G.GENERIC_FUNCTIONS.values()}
-  out.update({s.fid: s for s in G.GENERIC_FUNC_ALIASES.values()})
+  out.update({s.fid: s for s in G.GENERIC_FUNC_ALIASES_WIDE.values()})
   out.update({s.fid: s for s in F.FUNCTIONS.values()})
   return out
 

@@ -323,7 +323,10 @@ def _registry(family: str):
         return G.GENERIC_FUNCTIONS
     if family == 'generic_func':
         return G.GENERIC_FUNC_ALIASES
-    raise ValueError(f"family must be 'paper', 'generic' or 'generic_func', got {family!r}")
+    if family == 'generic_func_wide':
+        return G.GENERIC_FUNC_ALIASES_WIDE
+    raise ValueError("family must be 'paper', 'generic', 'generic_func' or 'generic_func_wide', "
+                     f'got {family!r}')
 
 
 def generate_trace(functions: Iterable[str], min_level: int, max_level: int, num: int,

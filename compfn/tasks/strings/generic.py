@@ -126,6 +126,18 @@ GENERIC_FUNC_ALIASES: dict[str, FunctionSpec] = {
     for name, spec in GENERIC_FUNCTIONS.items() for fid in ALIAS_IDS[name]
 }
 
+#: Family 'generic_func_wide': the same behaviours under ids func_25 .. func_199 (two- and
+#: three-digit ids, ~15 per behaviour), so the tracing prior learns to copy an id of any width
+#: (the 25's ids have one or two digits).
+ALIAS_IDS_WIDE: dict[str, tuple[str, ...]] = {
+    name: tuple(f'func_{k}' for k in range(25 + j, 200, len(_ORDERED)))
+    for j, (name, _, _) in enumerate(_ORDERED)
+}
+GENERIC_FUNC_ALIASES_WIDE: dict[str, FunctionSpec] = {
+    f'{name}@{fid}': FunctionSpec(f'{name}@{fid}', fid, spec.kind, spec.fn, spec.param, 'generic')
+    for name, spec in GENERIC_FUNCTIONS.items() for fid in ALIAS_IDS_WIDE[name]
+}
+
 
 def base_name(name: str) -> str:
     """``'take@func_25'`` -> ``'take'`` (the behaviour of an alias); other names unchanged."""

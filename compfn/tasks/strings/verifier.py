@@ -1,6 +1,9 @@
 """The on-device verifier of the string task: public entry points (DESIGN.md §4).
 
-Two jittable pieces, fused later into the sampler's XLA program:
+Two jittable pieces. The reward rules run inside the fused RL step (``compfn.rl.rollout``,
+``compfn.rl.grpo``); the interpreter does NOT yet: the RL step compares answers against stored
+references, and :func:`execute` serves the agreement tests, ``tools/fuzz.py`` and the verifier
+benchmark (computing references on device inside the step is open work, issue #12):
 
 * :func:`execute` — the JAX stack-machine interpreter over encoded programs
   (:mod:`compfn.tasks.strings.interpreter`);
