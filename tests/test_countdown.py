@@ -318,7 +318,7 @@ def test_primes_cover_the_bound():
 
 def test_registry_and_reference_forms():
     task = registry.get('countdown')
-    assert task.device_score == 'compfn.tasks.countdown.verifier:score'
+    assert callable(task.device_score)
     probs = task.generate(level=3, num=2)
     assert task.prompt(probs[0]) == probs[0].prompt
     ref = task.reference(probs[0])
