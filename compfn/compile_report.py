@@ -625,8 +625,9 @@ def _measure(prog: Program, cache: dict) -> dict:
   t0 = time.perf_counter()
   lowered = prog.lower()
   key = hashlib.sha1(lowered.as_text().encode()).hexdigest()
-  if key in cache:
-    return dict(cache[key], same_program_as=cache[key]['_first'])
+  if key in cache:             # the same program (e.g. two evaluations with equal settings)
+    return dict(cache[key], same_program_as=cache[key]['_first'],
+                compile_seconds=round(time.perf_counter() - t0, 2))
   try:
     compiled = lowered.compile()
   except Exception as e:  # noqa: BLE001  (only out-of-memory is a result; the rest re-raise)
