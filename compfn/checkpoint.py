@@ -15,7 +15,6 @@ run can never overwrite the last good checkpoint.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
@@ -49,7 +48,8 @@ class Checkpointer:
     """Atomic, keep-N checkpoints of (state pytree, JSON metadata) in ``directory``."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        from compfn import workdir
+        self.directory = workdir.resolve(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._mgr = ocp.CheckpointManager(self.directory, options=options,

@@ -21,10 +21,13 @@ score in one jitted program (``acc`` is the accuracy bit). ``task``:
 
 * ``'strings_json'``: the paper's JSON reward rule (``ref`` = the expected output string);
 * ``'strings_trace'``: the trace rule (answer = the text after the last ``;``);
-* ``'countdown'``: sampled and detokenised on device as above, then scored by the Countdown
-  verifier (:func:`compfn.tasks.countdown.verifier.score_batch`) on the response bytes;
-  ``ref`` is ``'{"numbers": [..], "target": N}'`` (the paper's ``{"answer": N, "numbers": [..]}``
-  is accepted too). A response cut by the byte buffer counts as overlong (invalid).
+* ``'countdown'``: the Countdown verifier on device (:func:`compfn.tasks.countdown.verifier.
+  score_refs`, the task's registered scorer); ``ref`` is ``'{"numbers": [..], "target": N}'``
+  (the paper's ``{"answer": N, "numbers": [..]}`` is accepted too).
+
+Any task in :mod:`compfn.tasks.registry` is scored the same way: its ``encode_reference`` turns
+each reference into the bytes its ``device_score`` reads (a bad reference is a ``ValueError``
+naming the problem, before any device work).
 
 Greedy decoding is one sample per problem at temperature 0. ``num_samples > 0`` draws that many
 samples per problem at ``temperature``; the G samples of a prompt share one prefill
@@ -41,10 +44,10 @@ whole problem set, so one compiled program serves every batch. Results are a pur
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -54,7 +57,7 @@ from compfn import metrics
 __all__ = ['EvalProblem', 'EvalResult', 'evaluate', 'default_ks', 'markdown_table',
            'write_report', 'TASKS']
 
-#: Tasks :func:`evaluate` scores.
+#: The built-in tasks (:func:`evaluate` scores every task in :mod:`compfn.tasks.registry`).
 TASKS = ('strings_json', 'strings_trace', 'countdown')
 
 
@@ -297,13 +300,11 @@ def _batch_devices(mesh, rules) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def _countdown_ref(ref) -> tuple[tuple[int, ...], int]:
-    from compfn.tasks.countdown.scoring import parse_reference
-    if isinstance(ref, (str, bytes)):
-        ref = json.loads(ref)
-    if isinstance(ref, Mapping) and 'answer' not in ref and 'target' in ref:
-        ref = {'answer': ref['target'], 'numbers': ref['numbers']}
-    return parse_reference(ref)
+def _encoded_reference(encode, ref, index: int) -> str:
+    try:
+        return encode(ref)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'problem {index}: bad reference {ref!r}: {e}') from e
 
 
 def _encode_prompts(tokenizer, prompts: Sequence[str], encode) -> list[list[int]]:
@@ -337,8 +338,9 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
     from compfn import sampling
     from compfn.rl import rollout as R
 
-    if task not in TASKS:
-        raise ValueError(f'unknown task {task!r}; supported: {list(TASKS)}')
+    from compfn.tasks import registry as task_registry
+    if task not in task_registry.names():
+        raise ValueError(f'unknown task {task!r}; registered: {task_registry.names()}')
     if num_samples < 1:
         raise ValueError(f'num_samples must be >= 1, got {num_samples}')
     if batch_size < 1 or sample_chunk < 1:
@@ -347,12 +349,11 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
     n_prob = len(prompt_ids)
     if len(refs) != n_prob:
         raise ValueError(f'{n_prob} prompts but {len(refs)} refs')
-    countdown = None
-    if task == 'countdown':
-        countdown = [_countdown_ref(r) for r in refs]      # validate before any device work
-        device_task, refs = 'strings_trace', [''] * n_prob
-    else:
-        device_task = task
+    # Every task is scored on device by its registered scorer, on the reference as that scorer
+    # reads it (Countdown: the canonical numbers/target JSON, validated here before any device
+    # work, so a malformed reference is a clear error naming it).
+    encode_ref = task_registry.get(task).encode_reference
+    refs = [_encoded_reference(encode_ref, r, i) for i, r in enumerate(refs)]
     rollout_impl = rollout_impl or R.rollout
 
     g_total = int(num_samples)
@@ -375,7 +376,13 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
     plen = sampling.bucket_length(max(len(x) for x in prompt_ids), 16)
     ref_bytes = [r.encode('utf-8') for r in refs]
     rlen = sampling.bucket_length(max(len(b) for b in ref_bytes), 16)
-    detok = jax.device_put(R.DetokTables.from_tokenizer(tokenizer))
+    detok = R.DetokTables.from_tokenizer(tokenizer)
+    if mesh is not None:        # replicated over the mesh (every process holds it whole)
+        from compfn.parallel import put_global
+        repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        detok = jax.tree.map(lambda x: put_global(x, repl), detok)
+    else:
+        detok = jax.device_put(detok)
     key = _as_key(rng)
 
     n_batches = -(-n_prob // rows)
@@ -392,9 +399,9 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
                 batch = R.shard_batch(batch, mesh, rules)
             for c in range(n_chunks):
                 k = jax.random.fold_in(jax.random.fold_in(key, b), c)
-                res = rollout_impl(model_config, params, batch, k, cfg, device_task,
+                res = rollout_impl(model_config, params, batch, k, cfg, task,
                                    detok=detok, mesh=mesh, rules=rules)
-                _collect(out, res, idx[:real], c * g, g, g_total, keep, countdown, tokenizer)
+                _collect(out, res, idx[:real], c * g, g, g_total, keep)
                 bar.update(1)
     finally:
         bar.close()
@@ -402,31 +409,15 @@ def _run(model_config, params, tokenizer, prompt_ids: Sequence[Sequence[int]],
 
 
 def _collect(out: _Sampled, res, problems: np.ndarray, g0: int, g: int, g_total: int,
-             keep, countdown, tokenizer) -> None:
+             keep) -> None:
     """Write the real rows of one rollout (group-major [rows * g]) into ``out``."""
     real = len(problems)
     take = min(g, g_total - g0)                 # the last chunk may hold extra samples
     n = real * g
-    fetch = lambda x: np.asarray(x)[:n].reshape(real, g)[:, :take]  # noqa: E731
+    from compfn.parallel import to_host     # sharded (multi-process) outputs: gathered
+    fetch = lambda x: to_host(x)[:n].reshape(real, g)[:, :take]  # noqa: E731
     acc, score = fetch(res.acc).astype(np.int32), fetch(res.score).astype(np.float32)
     lengths, truncated = fetch(res.lengths), fetch(res.truncated).astype(bool)
-    if countdown is not None:
-        from compfn.tasks.countdown import verifier as V
-        rl = np.asarray(res.response_len)[:n]
-        rbytes = np.asarray(res.response_bytes)[:n]
-        overflow = np.asarray(res.byte_overflow)[:n].reshape(real, g)[:, :take]
-        texts, nums, tgts, over = [], [], [], []
-        for pi in range(real):
-            for si in range(take):
-                r = pi * g + si
-                texts.append(bytes(rbytes[r, :rl[r]].astype(np.uint8)))
-                ns, t = countdown[int(problems[pi])]
-                nums.append(ns)
-                tgts.append(t)
-                over.append(bool(truncated[pi, si] or overflow[pi, si]))
-        s, a = V.score_batch(texts, nums, tgts, over)
-        score = np.asarray(s, np.float32).reshape(real, take)
-        acc = np.asarray(a, np.int32).reshape(real, take)
     sl = slice(g0, g0 + take)
     out.acc[problems, sl] = acc
     out.score[problems, sl] = score
@@ -436,8 +427,8 @@ def _collect(out: _Sampled, res, problems: np.ndarray, g0: int, g: int, g_total:
         pidx = np.repeat(problems, take)
         sidx = np.tile(np.arange(g0, g0 + take), real)
         mask = np.asarray(keep(pidx, sidx, acc.reshape(-1)), bool)
-        if mask.any():
-            tokens = np.asarray(res.tokens)[:n].reshape(real, g, -1)[:, :take]
+        if mask.any():          # the same on every process: the gather below is collective
+            tokens = to_host(res.tokens)[:n].reshape(real, g, -1)[:, :take]
             tokens = tokens.reshape(real * take, -1)
             flat_len = lengths.reshape(-1)
             for r in np.flatnonzero(mask):
@@ -662,26 +653,28 @@ def write_report(results: Mapping[str, EvalResult], outdir, title: str = 'compfn
     """Write ``results.md``, ``results.csv`` (long format: name, group, level, metric, k,
     value; level 'all' = every level, group '' = every problem), ``accuracy_by_level.png`` and
     ``pass_at_k.png`` (skipped when no run sampled) into ``outdir``; returns {kind: path}."""
-    outdir = os.fspath(outdir)
-    os.makedirs(outdir, exist_ok=True)
+    from compfn import workdir as W
+    outdir = W.makedirs(outdir)
     paths = {}
-    md = os.path.join(outdir, 'results.md')
-    with open(md, 'w', encoding='utf-8') as f:
-        f.write(f'# {title}\n\n')
-        f.write(markdown_table(results))
-        ex = [(name, e) for name, r in results.items() for e in r.examples]
-        if ex:
-            f.write('\n## Examples\n\n')
-            for name, e in ex:
-                f.write(f"- **{name}** level {e['level']} {e['kind']} "
-                        f"(acc {e['acc']}): `{_md_code(e['response'])}` "
-                        f"(ref `{_md_code(e['ref'])}`)\n")
+    md = W.join(outdir, 'results.md')
+    f = io.StringIO()
+    f.write(f'# {title}\n\n')
+    f.write(markdown_table(results))
+    ex = [(name, e) for name, r in results.items() for e in r.examples]
+    if ex:
+        f.write('\n## Examples\n\n')
+        for name, e in ex:
+            f.write(f"- **{name}** level {e['level']} {e['kind']} "
+                    f"(acc {e['acc']}): `{_md_code(e['response'])}` "
+                    f"(ref `{_md_code(e['ref'])}`)\n")
+    W.write_text(md, f.getvalue(), lead_only=False)
     paths['markdown'] = md
-    path = os.path.join(outdir, 'results.csv')
-    with open(path, 'w', encoding='utf-8', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['name', 'group', 'level', 'metric', 'k', 'value'])
-        w.writerows(_csv_rows(results))
+    path = W.join(outdir, 'results.csv')
+    f = io.StringIO(newline='')
+    w = csv.writer(f)
+    w.writerow(['name', 'group', 'level', 'metric', 'k', 'value'])
+    w.writerows(_csv_rows(results))
+    W.write_text(path, f.getvalue(), lead_only=False)
     paths['csv'] = path
     paths.update(_plots(results, outdir, title))
     return paths
@@ -697,6 +690,7 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from compfn import workdir as W
     paths = {}
     lines = []
     for name, r in results.items():
@@ -726,8 +720,9 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(outdir, 'accuracy_by_level.png')
-        fig.savefig(path, dpi=120)
+        path = W.join(outdir, 'accuracy_by_level.png')
+        with W.local_file(path) as local:
+            fig.savefig(local, dpi=120)
         plt.close(fig)
         paths['accuracy_plot'] = path
     sampled = {k: r for k, r in results.items() if r.sample_correct is not None and r.ks}
@@ -754,8 +749,9 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(title)
         fig.tight_layout()
-        path = os.path.join(outdir, 'pass_at_k.png')
-        fig.savefig(path, dpi=120)
+        path = W.join(outdir, 'pass_at_k.png')
+        with W.local_file(path) as local:
+            fig.savefig(local, dpi=120)
         plt.close(fig)
         paths['pass_at_k_plot'] = path
     return paths

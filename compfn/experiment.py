@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import platform
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compfn import errors, parallel, train
+from compfn import workdir as W
 from compfn.data import sources  # noqa: F401  (registers the gin record sources)
 from compfn.rl import grpo as _grpo  # noqa: F401  (registers GRPOConfig)
 from compfn.model.config import ModelConfig
@@ -71,9 +71,7 @@ class Run:
   lineage: list = dataclasses.field(default_factory=list)     # what produced the current params
 
   def stage_dir(self, name: str) -> str:
-    d = os.path.join(self.workdir, self.prefix + name)
-    os.makedirs(d, exist_ok=True)
-    return d
+    return W.makedirs(W.join(self.workdir, self.prefix + name))
 
   def key(self, name: str) -> str:
     return self.prefix + name
@@ -194,38 +192,40 @@ class _Batches:
 
 
 def _record_iterator(records: Sequence[dict], global_batch: int, seed: int, fn: Callable,
-                     shuffle: bool = True, per_host: bool = True):
-  """Batches of records. ``per_host``: each host reads its own slice of the global batch
-  (data-parallel SFT); otherwise every host reads the same whole batch (the RL prompt pool,
-  which is replicated)."""
+                     shuffle: bool = True):
+  """Batches of ``global_batch`` records. Every process reads the same whole global batch (the
+  records are small host data; :func:`_put` places each process's rows on its devices), so a
+  run's batches, and hence its losses, do not depend on the number of processes."""
   from compfn.data import pipeline as P
-  n = jax.process_count() if per_host else 1
-  if global_batch % n:
-    raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
-  ds = P.make_dataset(list(records), global_batch // n, seed=seed, shuffle=shuffle,
+  ds = P.make_dataset(list(records), global_batch, seed=seed, shuffle=shuffle,
                       num_epochs=None, batch_fn=list, decode=False, num_threads=0,
-                      shard_index=None if per_host else 0, shard_count=None if per_host else 1)
+                      shard_index=0, shard_count=1)
   return _Batches(iter(ds), fn)
 
 
 def _put(tree, mesh, rules, replicate: bool = False):
-  """Host arrays (this host's slice of the global batch) -> global arrays on the mesh."""
+  """Host arrays (the whole global batch, the same on every process) -> global arrays on the
+  mesh: the leading axis over the rules' 'batch' mesh axes, or replicated."""
   axes = None if replicate else dict(rules).get('batch')
 
   def put(x):
     x = np.asarray(x)
     spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))) if x.ndim else \
         jax.sharding.PartitionSpec()
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-    if replicate or x.ndim == 0:        # every host holds the same whole array
-      if jax.process_count() == 1:
-        return jax.device_put(x, sharding)
-      return jax.make_array_from_process_local_data(sharding, x, x.shape)
-    return jax.make_array_from_process_local_data(sharding, x)
+    return parallel.put_global(x, jax.sharding.NamedSharding(mesh, spec))
   return jax.tree.map(put, tree)
 
 
 # ---------------------------------------------------------------------------- train stages
+
+
+def _digest(items) -> str:
+  """A stable hash of a stage's data (records, encoded examples): part of its fingerprint."""
+  import hashlib
+  h = hashlib.sha256()
+  for x in items:
+    h.update(json.dumps(x, sort_keys=True, default=repr).encode('utf-8'))
+  return h.hexdigest()[:16]
 
 
 def _dry(run: Run, name: str, **info) -> bool:
@@ -254,7 +254,8 @@ def _finish(run: Run, name: str, trainer: train.Trainer, state, start_step: int,
           'retrain it)', flush=True)
   run.summaries[run.key(name)] = summary
   run.params = state.params
-  run.lineage = run.lineage + [f'{run.key(name)}@{int(state.step)}']
+  tag = f'#{trainer.fingerprint}' if trainer.fingerprint else ''
+  run.lineage = run.lineage + [f'{run.key(name)}@{int(state.step)}{tag}']
   trainer.close()
 
 
@@ -311,8 +312,14 @@ def sft_stage(run: Run, name: str = 'sft', records=gin.REQUIRED, num_steps: Opti
         f'tokens dropped, {dropped / max(len(records), 1):.1%}), {steps} steps of '
         f'{batch_size}', flush=True)
   tx = opt.make(steps)
+  # The stage's fingerprint (stage_config.json; a change refuses to reuse the folder, exit 5).
+  # num_steps is not part of it: raising it continues the stage.
+  config = {'stage': 'sft', 'from': run.lineage, 'examples': _digest(examples),
+            'num_examples': len(examples), 'batch_size': batch_size,
+            'seq_len': seq_len, 'micro_batches': micro_batches, 'optimizer': repr(opt),
+            'seed': seed, 'packing': packing}
   trainer = train.Trainer(run.stage_dir(name), steps, save_every=save_every, keep=keep,
-                          log_every=log_every, name=run.key(name))
+                          log_every=log_every, name=run.key(name), config=config)
   state, data_state = trainer.restore(_train_state(run, tx, seed))
   start = int(state.step)
   mc = run.model_config
@@ -424,8 +431,11 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
   tx = opt.make(num_steps)
   sampler_cfg = cfg.sampler_config(tok.stop_ids, tok.pad_id or 0)
   detok = DetokTables.from_tokenizer(tok)
+  config = {'stage': 'rl', 'from': run.lineage, 'prompts': _digest(kept),
+            'num_prompts': len(kept), 'grpo': repr(cfg),
+            'optimizer': repr(opt), 'prompt_len': plen, 'ref_len': rlen, 'seed': seed}
   trainer = train.Trainer(run.stage_dir(name), num_steps, save_every=save_every, keep=keep,
-                          log_every=log_every, name=run.key(name))
+                          log_every=log_every, name=run.key(name), config=config)
   state, data_state = trainer.restore(_train_state(run, tx, seed))
   start = int(state.step)
   mc = run.model_config
@@ -441,7 +451,7 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
                             tok.pad_id or 0)
     return _put(pool, run.mesh, run.rules, replicate=True)
 
-  it = _record_iterator(kept, cfg.pool_size, seed, make, per_host=False)
+  it = _record_iterator(kept, cfg.pool_size, seed, make)
   if data_state is not None:
     it.set_state(data_state)
   hooks = ()
@@ -482,16 +492,16 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
   records = list(records)
   for k in range(iterations):
     d = run.stage_dir(f'{name}/iter_{k}')
-    path = os.path.join(d, 'rft_records.jsonl')
-    stats_path = os.path.join(d, 'rft_stats.json')
+    path = W.join(d, 'rft_records.jsonl')
+    stats_path = W.join(d, 'rft_stats.json')
     if problems_per_iteration:
       lo = (k * problems_per_iteration) % len(records)
       chunk = [records[(lo + i) % len(records)] for i in range(problems_per_iteration)]
     else:
       chunk = records
-    if os.path.exists(stats_path):
+    if W.exists(stats_path):
       kept = rft.read_records(path)
-      stats = json.loads(open(stats_path).read())
+      stats = W.read_json(stats_path)
       print(f'[{run.key(name)}/iter_{k}] reusing {len(kept):,} collected records', flush=True)
     else:
       problems = [rft.RFTProblem(sample_prompt=r.get('sample_prompt', r['prompt']),
@@ -503,9 +513,10 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
                                 drop_all_correct=drop_all_correct,
                                 max_per_prompt=max_per_prompt, batch_size=sample_batch_size,
                                 encode=run.encode, rng=seed + k)
-      rft.write_records(kept, path)
-      pathlib.Path(stats_path + '.tmp').write_text(json.dumps(stats, indent=1))
-      os.replace(stats_path + '.tmp', stats_path)
+      if W.is_lead():
+        rft.write_records(kept, path)
+      W.write_json(stats_path, stats, indent=1)     # after the records: it marks them complete
+      W.barrier(f'rft:{stats_path}')
     print(f'[{run.key(name)}/iter_{k}] RFT collection: {json.dumps(stats)}', flush=True)
     run.summaries[run.key(f'{name}/iter_{k}/collect')] = stats
     if not train:
@@ -557,11 +568,11 @@ def _failure_summary(res, classes) -> dict:
 def _evaluate_cached(run: Run, name: str, records, **kw):
   from compfn import evaluate as E
   d = run.stage_dir(name)
-  path = os.path.join(d, 'eval.json')
+  path = W.join(d, 'eval.json')
   problems = _eval_problems(records)
   settings = json.dumps({'kw': kw, 'problems': len(problems)}, sort_keys=True, default=str)
-  if os.path.exists(path):
-    saved = json.loads(open(path).read())
+  if W.exists(path):
+    saved = W.read_json(path)
     if saved.get('lineage') == run.lineage and saved.get('settings') == settings:
       res = E.EvalResult.from_json(saved['result'])
       run.resumed.append(run.key(name))
@@ -571,10 +582,8 @@ def _evaluate_cached(run: Run, name: str, records, **kw):
           'was written; re-evaluating', flush=True)
   res = E.evaluate(run.model_config, run.params, run.tokenizer, problems,
                    encode=run.encode, mesh=run.mesh, rules=run.rules, **kw)
-  pathlib.Path(path + '.tmp').write_text(json.dumps({'lineage': run.lineage,
-                                                     'settings': settings,
-                                                     'result': res.to_json()}))
-  os.replace(path + '.tmp', path)
+  W.write_json(path, {'lineage': run.lineage, 'settings': settings, 'result': res.to_json()})
+  W.barrier(f'eval:{path}')
   return res
 
 
@@ -664,13 +673,16 @@ def export_stage(run: Run, name: str = 'export'):
   d = run.stage_dir(name)
   if _dry(run, name, path=d):
     return
-  if jax.process_index() == 0:
-    hf_io.save_hf_folder(d, run.model_config, jax.device_get(run.params))
-    if hasattr(run.tokenizer, 'save') and not isinstance(run.tokenizer, _char_tokenizer_cls()):
-      try:
-        run.tokenizer.save(d)
-      except TypeError:
-        run.tokenizer.save(os.path.join(d, 'tokenizer.model'))
+  params = parallel.to_host(run.params)    # a collective: every process gathers the whole model
+  if W.is_lead():
+    with W.local_dir(d) as local:
+      hf_io.save_hf_folder(local, run.model_config, params)
+      if hasattr(run.tokenizer, 'save') and not isinstance(run.tokenizer, _char_tokenizer_cls()):
+        try:
+          run.tokenizer.save(local)
+        except TypeError:
+          run.tokenizer.save(os.path.join(local, 'tokenizer.model'))
+  W.barrier(f'export:{d}')
   run.summaries[run.key(name)] = {'path': d}
   print(f'[{run.key(name)}] exported to {d}', flush=True)
 
@@ -684,13 +696,13 @@ def _char_tokenizer_cls():
 def branch(run: Run, name: str = gin.REQUIRED, stages: Sequence[Callable] = gin.REQUIRED):
   """Run ``stages`` from the current parameters under ``<name>/``, then restore the parameters
   (an experiment arm, e.g. the RL arm and its control in ``gin/repro_cpu.gin``)."""
-  saved, prefix = run.params, run.prefix
+  saved, prefix, lineage = run.params, run.prefix, run.lineage
   run.prefix = f'{prefix}{name}/'
   try:
     for stage in stages:
       stage(run)
   finally:
-    run.params, run.prefix = saved, prefix
+    run.params, run.prefix, run.lineage = saved, prefix, lineage
 
 
 # --------------------------------------------------------------------------------- pipeline
@@ -704,7 +716,7 @@ _CURVE_KEYS = (('loss', 'loss'), ('token_accuracy', 'token accuracy'), ('reward'
 def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
   """``training_curves.png``: one row per training stage, its logged scalars vs step."""
   from compfn.train import read_metrics
-  data = [(s, read_metrics(os.path.join(workdir, s))) for s in stages]
+  data = [(s, read_metrics(W.join(workdir, s))) for s in stages]
   data = [(s, rows) for s, rows in data if rows]
   if not data:
     return None
@@ -728,8 +740,9 @@ def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
       ax.tick_params(labelsize=7)
       ax.set_xlabel('step', fontsize=7)
   fig.tight_layout()
-  path = os.path.join(workdir, 'training_curves.png')
-  fig.savefig(path, dpi=110)
+  path = W.join(workdir, 'training_curves.png')
+  with W.local_file(path) as f:
+    fig.savefig(f, dpi=110)
   plt.close(fig)
   return path
 
@@ -755,11 +768,12 @@ def _failure_report(run: Run, workdir: str) -> dict:
   for g in groups:
     text.append(FM.markdown_table(by_group[g], title=f'group: {g}'))
     text.append('')
-    path = os.path.join(workdir, f'failure_modes_{g}.png')
-    paths[f'failure_modes_{g}'] = FM.plot_stacked(by_group[g], path,
-                                                  title=f'failure modes, {g} functions')
-  with open(os.path.join(workdir, 'results.md'), 'a', encoding='utf-8') as f:
-    f.write('\n'.join(text) + '\n')
+    path = W.join(workdir, f'failure_modes_{g}.png')
+    with W.local_file(path) as f:
+      if FM.plot_stacked(by_group[g], f, title=f'failure modes, {g} functions'):
+        paths[f'failure_modes_{g}'] = path
+  md = W.join(workdir, 'results.md')
+  W.write_text(md, (W.read_text(md) if W.exists(md) else '') + '\n'.join(text) + '\n')
   return paths
 
 
@@ -815,9 +829,8 @@ def pipeline(workdir: str, stages: Sequence[Callable] = gin.REQUIRED, mesh_shape
                                             if 'steps' in v])
     if curves:
       out.setdefault('reports', {})['training_curves'] = curves
-    path = pathlib.Path(workdir, 'results.json')
-    path.with_suffix('.json.tmp').write_text(json.dumps(out, indent=1, default=float))
-    os.replace(path.with_suffix('.json.tmp'), path)
+    path = W.join(workdir, 'results.json')
+    W.write_json(path, out, indent=1, default=float)
     print(f'wrote {path}: accuracy_by_level = {out["accuracy_by_level"]}', flush=True)
     if run.resumed:
       print(f'note: {len(run.resumed)} stage(s) were already complete in {workdir} and were '

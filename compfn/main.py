@@ -20,7 +20,6 @@ process (:func:`compfn.parallel.initialize_distributed`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
@@ -47,6 +46,7 @@ def build_datasets(workdir: str, configs=('stage2_test_L1to8',), data_dir: str |
     Writes ``WORKDIR/datasets.json``: per config, its path, size and
     :func:`compfn.tasks.strings.stats.summarize` (trace and Countdown configs: counts per level).
     """
+    from compfn import workdir as W
     from compfn.data import countdown_tfds as C, pipeline, strings_tfds as S
     from compfn.tasks.strings import generator, stats
 
@@ -57,7 +57,13 @@ def build_datasets(workdir: str, configs=('stage2_test_L1to8',), data_dir: str |
         countdown = name.startswith('countdown/')
         mod = C if countdown else S
         cname = name.split('/', 1)[1] if countdown else name
-        builder = mod.prepare(cname, data_dir, progress=progress)
+        # The lead process builds; the others wait, then find it (shared data_dir) or build
+        # the same deterministic data on their own disk.
+        if W.is_lead():
+            builder = mod.prepare(cname, data_dir, progress=progress)
+        W.barrier(f'build_datasets:{name}')
+        if not W.is_lead():
+            builder = mod.prepare(cname, data_dir, progress=False)
         config = mod.config_from_name(cname)
         split = next(iter(builder.info.splits))
         src = mod.data_source(cname, data_dir)
@@ -73,15 +79,15 @@ def build_datasets(workdir: str, configs=('stage2_test_L1to8',), data_dir: str |
             entry['levels'] = {str(lv): sum(r['level'] == lv for r in records)
                                for lv in sorted({r['level'] for r in records})}
         if export_jsonl:
-            path = pathlib.Path(workdir) / 'jsonl' / f'{name.replace("/", "_")}.jsonl'
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pipeline.write_jsonl(records, path)
+            path = W.join(workdir, 'jsonl', f'{name.replace("/", "_")}.jsonl')
+            if W.is_lead():
+                pipeline.write_jsonl(records, path)
             entry['jsonl'] = str(path)
         summary[name] = entry
         print(f'{name}: {entry["num"]:,} examples -> {entry["path"]}', flush=True)
-    out = pathlib.Path(workdir) / 'datasets.json'
-    out.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-    print(f'wrote {out}')
+    out = W.join(workdir, 'datasets.json')
+    if W.write_json(out, summary, indent=1, ensure_ascii=False):
+        print(f'wrote {out}')
     return summary
 
 
@@ -212,8 +218,9 @@ def _run(args) -> int:
     gin.clear_config()
     _parse_gin(args.gin_file, args.gin_param)
     workdir = args.workdir or os.path.join('runs', pathlib.Path(args.gin_file[0]).stem)
-    os.makedirs(workdir, exist_ok=True)
-    pathlib.Path(workdir, 'config.gin').write_text(gin.config_str())
+    from compfn import workdir as W
+    W.makedirs(workdir)
+    W.write_text(W.join(workdir, 'config.gin'), gin.config_str())     # the lead process
     if args.compile_only:
         compile_report.compile_report(workdir, topology=args.topology,
                                       device_memory_bytes=args.device_memory_bytes,

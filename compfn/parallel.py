@@ -144,6 +144,10 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                               f'(--num_processes={num_processes})')
         if _cpu_platform() and 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
             jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        # A peer that dies is noticed within this many seconds (JAX's default is 100): the
+        # others then exit non-zero instead of waiting in a collective.
+        kwargs.setdefault('heartbeat_timeout_seconds',
+                          int(os.environ.get('COMPFN_HEARTBEAT_TIMEOUT_S', '20')))
         jax.distributed.initialize(coordinator_address=str(coordinator_address),
                                    num_processes=int(num_processes),
                                    process_id=int(process_id), **kwargs)
@@ -173,3 +177,27 @@ def host_batch_slice(global_batch: int) -> slice:
         raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
     per = global_batch // n
     return slice(i * per, (i + 1) * per)
+
+
+def put_global(x, sharding: NamedSharding):
+  """A host array that every process holds whole (the same values everywhere) -> a global
+  ``jax.Array`` with ``sharding``: each process places the rows of its own devices. Equal to
+  ``jax.device_put(x, sharding)`` on one process; on several it needs no cross-host transfer,
+  and a batch built this way is the same global batch whatever the process count."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of a (possibly sharded, possibly multi-process) array as numpy, on every
+  process: ``multihost_utils.process_allgather(x, tiled=True)`` when some of its shards live on
+  other processes (a collective: every process must call it, in the same order), else
+  ``np.asarray``. Pytrees are mapped leaf by leaf."""
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree.map(one, x)

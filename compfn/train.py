@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -45,6 +44,7 @@ import optax
 from compfn import checkpoint as ckpt_lib
 from compfn import errors
 from compfn import parallel
+from compfn import workdir as W
 
 Array = jax.Array
 
@@ -177,44 +177,75 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
 class MetricsWriter:
   """Scalars to ``<dir>/metrics.jsonl`` (one JSON object per step) and TensorBoard event files
   (tensorboardX; no TensorFlow). Rows are appended, so a resumed run continues the file; rows
-  with a step beyond the restored step are dropped first so a replayed step is not logged twice."""
+  with a step beyond the restored step are dropped first so a replayed step is not logged twice.
 
-  def __init__(self, directory: str, resume_step: int = 0, tensorboard: bool = True):
-    os.makedirs(directory, exist_ok=True)
-    self.path = os.path.join(directory, 'metrics.jsonl')
-    if os.path.exists(self.path):
-      rows = [ln for ln in open(self.path).read().splitlines() if ln.strip()]
+  Only the lead process writes (:mod:`compfn.workdir`); on the others it is a no-op. On a remote
+  workdir (``gs://``, which cannot append) the file is rewritten at most every ``flush_s``
+  seconds and on :meth:`close`."""
+
+  def __init__(self, directory: str, resume_step: int = 0, tensorboard: bool = True,
+               flush_s: float = 30.0):
+    self.path = W.join(directory, 'metrics.jsonl')
+    self._lead = W.is_lead()
+    self._f = self._tb = None
+    self._rows: list[str] = []
+    self._flush_s, self._last_flush = flush_s, time.monotonic()
+    if not self._lead:
+      return
+    W.makedirs(directory)
+    if W.exists(self.path):
+      rows = [ln for ln in W.read_text(self.path).splitlines() if ln.strip()]
       kept = [ln for ln in rows if json.loads(ln).get('step', 0) <= resume_step]
       if len(kept) != len(rows):
-        with open(self.path, 'w') as f:
-          f.write(''.join(ln + '\n' for ln in kept))
-    self._f = open(self.path, 'a')
-    self._tb = None
-    if tensorboard and jax.process_index() == 0:
+        W.write_text(self.path, ''.join(ln + '\n' for ln in kept))
+      self._rows = kept
+    self._f = W.open_append(self.path)
+    if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(directory, 'tensorboard'))
+      self._tb = SummaryWriter(W.join(directory, 'tensorboard'))
 
   def write(self, step: int, scalars: dict):
+    if not self._lead:
+      return
     row = {'step': int(step)}
     row.update({k: float(v) for k, v in scalars.items()})
-    self._f.write(json.dumps(row) + '\n')
-    self._f.flush()
+    line = json.dumps(row)
+    self._rows.append(line)
+    if self._f is not None:
+      self._f.write(line + '\n')
+      self._f.flush()
+    elif time.monotonic() - self._last_flush > self._flush_s:
+      self._rewrite()
     if self._tb is not None:
       for k, v in row.items():
         if k != 'step' and math.isfinite(v):
           self._tb.add_scalar(k, v, int(step))
 
+  def _rewrite(self):
+    W.write_text(self.path, ''.join(ln + '\n' for ln in self._rows))
+    self._last_flush = time.monotonic()
+
   def close(self):
-    self._f.close()
+    if self._f is not None:
+      self._f.close()
+    elif self._lead:
+      self._rewrite()
     if self._tb is not None:
       self._tb.close()
 
 
 def read_metrics(directory: str) -> list[dict]:
-  path = os.path.join(directory, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = W.join(directory, 'metrics.jsonl')
+  if not W.exists(path):
     return []
-  return [json.loads(ln) for ln in open(path) if ln.strip()]
+  return [json.loads(ln) for ln in W.read_text(path).splitlines() if ln.strip()]
+
+
+def config_fingerprint(config: dict) -> str:
+  """A short stable hash of a stage's configuration (JSON with ``repr`` for the rest)."""
+  import hashlib
+  text = json.dumps(config, sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]
 
 
 # -------------------------------------------------------------------------------- preemption
@@ -349,8 +380,15 @@ def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> li
 
 
 def _host_scalars(metrics: dict) -> dict:
-  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
-          if np.ndim(v) == 0}
+  return {k: float(parallel.to_host(v)) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+@gin.configurable
+def planned_stop(step: Optional[int] = None) -> Optional[int]:
+  """Stop every training stage when it reaches ``step`` (its own step count) as if preempted:
+  checkpoint, then exit 75; the same command without the binding resumes. For jobs that must
+  fit a scheduler's time limit, and the resume tests (``planned_stop.step = 3``)."""
+  return None if step is None else int(step)
 
 
 class Trainer:
@@ -364,7 +402,7 @@ class Trainer:
 
   def __init__(self, directory: str, num_steps: int, *, save_every: int = 100, keep: int = 2,
                log_every: int = 1, async_save: bool = True, progress: bool = True,
-               name: str = 'train', tensorboard: bool = True):
+               name: str = 'train', tensorboard: bool = True, config: Optional[dict] = None):
     if num_steps < 0:
       raise ValueError(f'num_steps must be >= 0, got {num_steps}')
     self.directory = directory
@@ -373,17 +411,48 @@ class Trainer:
     self.keep, self.log_every, self.progress, self.name = keep, log_every, progress, name
     self.async_save = async_save
     self.tensorboard = tensorboard
-    os.makedirs(directory, exist_ok=True)
-    self.checkpointer = ckpt_lib.Checkpointer(os.path.join(directory, 'checkpoints'), keep=keep,
+    W.makedirs(directory)
+    self.fingerprint = config_fingerprint(config) if config is not None else None
+    self.checkpointer = ckpt_lib.Checkpointer(W.join(directory, 'checkpoints'), keep=keep,
                                               async_save=async_save)
+    if config is not None:
+      self._check_config(config)
 
   @property
   def done_path(self) -> str:
-    return os.path.join(self.directory, 'DONE')
+    return W.join(self.directory, 'DONE')
+
+  @property
+  def config_path(self) -> str:
+    return W.join(self.directory, 'stage_config.json')
+
+  def _check_config(self, config: dict):
+    """Refuse (:class:`compfn.errors.CheckpointMismatch`, exit code 5) to resume or reuse a
+    stage whose configuration changed since its checkpoints were written: comparing
+    ``stage_config.json`` (the fingerprint and the settings) with ``config``. A stage folder
+    without one (written before fingerprints existed) adopts the current configuration."""
+    if W.exists(self.config_path):
+      saved = W.read_json(self.config_path)
+      if saved.get('fingerprint') != self.fingerprint:
+        old = saved.get('config', {})
+        new = json.loads(json.dumps(config, sort_keys=True, default=repr))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        shown = ', '.join(f'{k}: {_short(old.get(k))} -> {_short(new.get(k))}'
+                          for k in diff[:4]) + (f' (+{len(diff) - 4} more)' if len(diff) > 4
+                                                else '')
+        raise errors.CheckpointMismatch(
+            f'{self.name}: the stage configuration changed since {self.directory} was written '
+            f'({shown or "fingerprint " + str(saved.get("fingerprint"))}); its checkpoints and '
+            f'results belong to the old configuration. Restore it, or use a new --workdir (or '
+            f'delete {self.directory}) to run this stage again')
+    else:
+      W.write_json(self.config_path, {'fingerprint': self.fingerprint, 'config': config},
+                   indent=1, sort_keys=True, default=repr)
+    W.barrier(f'stage_config:{self.directory}')
 
   def finished(self) -> Optional[dict]:
-    if os.path.exists(self.done_path):
-      return json.loads(open(self.done_path).read())
+    if W.exists(self.done_path):
+      return W.read_json(self.done_path)
     return None
 
   def restore(self, state: TrainState) -> tuple[TrainState, Optional[dict]]:
@@ -416,7 +485,7 @@ class Trainer:
     return restored, meta.get('data')
 
   def _step_dir(self, step: int) -> str:
-    return os.path.join(self.checkpointer.directory, str(step))
+    return W.join(self.checkpointer.directory, str(step))
 
   def _mismatch(self, step: Optional[int], diff: list) -> errors.CheckpointMismatch:
     shown = '; '.join(diff[:4]) + (f'; ... ({len(diff)} differences)' if len(diff) > 4 else '')
@@ -436,6 +505,7 @@ class Trainer:
     start = int(state.step)
     writer = MetricsWriter(self.directory, resume_step=start, tensorboard=self.tensorboard)
     watcher = PreemptionWatcher()
+    stop_at = planned_stop()
     bar = None
     if self.progress and jax.process_index() == 0:
       from tqdm.auto import tqdm
@@ -472,14 +542,15 @@ class Trainer:
           bar.set_postfix({k: f'{v:.3g}' for k, v in scalars.items()
                            if k in ('loss', 'reward', 'accuracy', 'token_accuracy',
                                     'kept_groups')})
-        preempted = watcher.reached(step)
+        preempted = watcher.reached(step) or step == stop_at
         if step % self.save_every == 0 or step == self.num_steps or preempted:
           self.save(step, state, iterator)
         if preempted:
           self.checkpointer.wait()
           if step == self.num_steps:     # the stage is complete: the rerun goes on from here
             self._write_done(step)
-          raise Preempted(f'{self.name}: SIGTERM received; saved step {step} to '
+          why = 'SIGTERM received' if step != stop_at else f'planned_stop.step = {stop_at}'
+          raise Preempted(f'{self.name}: {why}; saved step {step} to '
                           f'{self.checkpointer.directory}; rerun the same command to resume')
       self.checkpointer.wait()
       self._write_done(step)
@@ -499,9 +570,9 @@ class Trainer:
     return state
 
   def _write_done(self, step: int):
-    with open(self.done_path + '.tmp', 'w') as f:
-      json.dump({'step': step, 'time': time.time()}, f)
-    os.replace(self.done_path + '.tmp', self.done_path)
+    W.write_json(self.done_path, {'step': step, 'time': time.time(),
+                                  'fingerprint': self.fingerprint})
+    W.barrier(f'DONE:{self.directory}')
 
   def save(self, step: int, state: TrainState, iterator=None):
     data = iterator.get_state() if hasattr(iterator, 'get_state') else None
@@ -509,6 +580,11 @@ class Trainer:
 
   def close(self):
     self.checkpointer.close()
+
+
+def _short(v, n: int = 40) -> str:
+  t = json.dumps(v, sort_keys=True, default=repr)
+  return t if len(t) <= n else t[:n - 3] + '...'
 
 
 def compile_step(fn: Callable, mesh=None, rules=None, donate_state: bool = True) -> Callable:

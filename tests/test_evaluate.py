@@ -142,10 +142,12 @@ def test_json_round_trip_and_ks(setup):
 
 
 def _fake_rollout(texts_by_prompt, tok, pad_text=''):
-    """A rollout whose response for each prompt row is a fixed text (scored on the host); a
-    row that repeats the previous row's prompt (batch padding) answers ``pad_text``."""
+    """A rollout whose response for each prompt row is a fixed text, scored as the real rollout
+    scores it: by the task's registered device scorer on the response bytes and the batch's
+    reference bytes. A row that repeats the previous row's prompt (batch padding) answers
+    ``pad_text``."""
     def fake(model_config, params, batch, rng, cfg, task, *, detok, mesh=None, rules=None):
-        del model_config, params, rng, task, detok, mesh, rules
+        del model_config, params, rng, detok, mesh, rules
         g = cfg.num_samples
         rows = np.asarray(batch.prompts).shape[0] * g
         m = 64
@@ -160,16 +162,20 @@ def _fake_rollout(texts_by_prompt, tok, pad_text=''):
             resp[r, :len(b)] = np.frombuffer(b, np.uint8)
             n[r] = len(b)
         z = np.zeros(rows, np.int32)
+        ref = np.repeat(np.asarray(batch.ref), g, axis=0)
+        ref_len = np.repeat(np.asarray(batch.ref_len), g, axis=0)
+        score, acc = R.TASKS[task](resp, n, ref, ref_len, z.astype(bool))
         tokens = np.zeros((rows, cfg.max_new_tokens), np.int32)
         return R.Rollout(tokens=tokens, mask=tokens > 0, logprobs=tokens * 0.0,
-                         lengths=np.minimum(n, cfg.max_new_tokens), reward=z * 0.0, score=z,
-                         acc=z, advantage=z * 0.0, truncated=z.astype(bool),
+                         lengths=np.minimum(n, cfg.max_new_tokens), reward=z * 0.0,
+                         score=np.asarray(score), acc=np.asarray(acc), advantage=z * 0.0,
+                         truncated=z.astype(bool),
                          group=np.arange(rows) // g, response_bytes=resp, response_len=n,
                          byte_overflow=z.astype(bool))
     return fake
 
 
-def test_countdown_scored_by_the_verifier():
+def test_countdown_scored_on_device_by_its_registered_scorer():
     tok = tokenizers.CharTokenizer()
     texts = {'p': '<answer>3 + 5</answer>', 'q': '<answer>3 * 5</answer>',
              'r': 'no answer', 't': '<answer>10 - 2</answer>', 's': '<answer>10 + 2</answer>'}
@@ -186,7 +192,7 @@ def test_countdown_scored_by_the_verifier():
     np.testing.assert_array_equal(res.greedy_acc, [1, 0, 1, 0, 0])
     np.testing.assert_array_equal(res.sample_correct, [2, 0, 2, 0, 0])
     assert res.accuracy_by_level('greedy') == pytest.approx({'1': 0.5, '2': 1 / 3})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match='problem 0: bad reference'):
         E.evaluate(None, None, tok, [E.EvalProblem('p', '{"numbers": [3]}', 1)],
                    task='countdown', progress=False, _rollout=_fake_rollout(texts, tok))
 

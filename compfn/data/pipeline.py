@@ -134,9 +134,14 @@ def make_dataset(source: Sequence, batch_size: int, seed: int = 0, shuffle: bool
 # ------------------------------------------------------------------------------------------------
 
 def _open(path, mode: str, gz: bool | None = None):
+    """A text handle on a local or remote (``gs://``, through ``etils.epath``) file."""
+    from compfn import workdir as W
     path = os.fspath(path)
+    raw = W.path(path).open(mode + 'b') if W.is_remote(path) else path
     if path.endswith('.gz') if gz is None else gz:
-        return io.TextIOWrapper(gzip.open(path, mode + 'b'), encoding='utf-8')
+        return io.TextIOWrapper(gzip.open(raw, mode + 'b'), encoding='utf-8')
+    if W.is_remote(path):
+        return io.TextIOWrapper(raw, encoding='utf-8')
     return open(path, mode, encoding='utf-8')
 
 
@@ -156,18 +161,13 @@ def write_jsonl(items: Iterable, path: str | os.PathLike) -> int:
     """Write one JSON object per line (UTF-8, ``.gz`` → gzip) atomically; returns the count.
     Items are ``Problem`` / ``TraceProblem`` (stored with their position as ``index``, the same
     fields as the TFDS example) or record dicts (raw TFDS records are decoded)."""
+    from compfn import workdir as W
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
     n = 0
-    try:
+    with W.local_file(path) as tmp:       # a temporary file, moved into place (or copied up)
         with _open(tmp, 'w', gz=path.endswith('.gz')) as f:
             for n, item in enumerate(items, 1):
                 f.write(json.dumps(as_record(item, n - 1), ensure_ascii=False) + '\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return n
 
 

@@ -150,9 +150,21 @@ def tfds_records(config: str = 'stage2_test_L1to8', data_dir: Optional[str] = No
                      f'tfds {config}')
 
 
+def _prepare_once(mod, config, data_dir, name):
+  """Build a TFDS config once, by the lead process, while the others wait; then each other
+  process finds it prepared (a shared ``data_dir``: a no-op) or, when its ``data_dir`` is a local
+  disk, builds the same deterministic data itself."""
+  from compfn import workdir as W
+  if W.is_lead():
+    mod.prepare(config, data_dir, progress=True)
+  W.barrier(name)
+  if not W.is_lead():
+    mod.prepare(config, data_dir, progress=False)
+
+
 def _tfds(config, data_dir, limit, hidden_prompt_for_training, group):
   from compfn.data import strings_tfds as S
-  S.prepare(config, data_dir, progress=True)
+  _prepare_once(S, config, data_dir, f'tfds:{config}')
   src = S.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
   out = []
@@ -182,7 +194,7 @@ def countdown_records(config: str = 'L3', data_dir: Optional[str] = None,
 
 def _countdown(config, data_dir, limit, group):
   from compfn.data import countdown_tfds as C
-  C.prepare(config, data_dir, progress=True)
+  _prepare_once(C, config, data_dir, f'tfds:countdown/{config}')
   src = C.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
   out = []

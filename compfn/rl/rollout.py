@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compfn import sampling
+from compfn import parallel, sampling
 from compfn.parallel import DEFAULT_RULES, make_mesh, param_shardings  # noqa: F401 (re-exported)
 from compfn import tokenizers
 from compfn.model.config import ModelConfig
@@ -237,8 +237,8 @@ def shard_batch(batch: Any, mesh, rules=None) -> Any:
   axes = dict(rules or DEFAULT_RULES).get("batch")
 
   def put(x):
-    x = jnp.asarray(x)
+    x = np.asarray(x)
     spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    return parallel.put_global(x, jax.sharding.NamedSharding(mesh, spec))
 
   return jax.tree.map(put, batch)
