@@ -48,3 +48,21 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _tool().main(['--input', str(tmp_path / 'nope.gguf'), '--output', str(tmp_path / 'o')])
     assert 'no such file' in capsys.readouterr().err
+
+
+def test_hf_folder_input_keeps_its_tokenizer(tmp_path):
+    """An HF folder's tokenizer and generation config are copied next to the converted weights
+    (compfn's load_model needs tokenizer.json or tokenizer.model there)."""
+    import jax
+    from compfn import model as M
+    config = M.tiny('llama')
+    params = M.init_params(config, jax.random.PRNGKey(0))
+    src = tmp_path / 'hf'
+    M.save_hf_folder(str(src), config, params)
+    (src / 'tokenizer.json').write_text('{"version": "1.0", "model": {}}')
+    (src / 'generation_config.json').write_text('{"temperature": 0.6}')
+    out = tmp_path / 'out'
+    assert _tool().main(['--input', str(src), '--output', str(out), '--dtype', 'float32']) == 0
+    for f in ('tokenizer.json', 'generation_config.json'):
+        assert (out / f).read_bytes() == (src / f).read_bytes()
+    assert not (out / 'tokenizer_config.json').exists()

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 import numpy as np
+
+
+#: The files of an HF folder's tokenizer (and sampling defaults) copied to the output.
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json',
+                   'special_tokens_map.json', 'generation_config.json')
 
 
 def main(argv=None) -> int:
@@ -49,6 +55,13 @@ def main(argv=None) -> int:
     if path.endswith('.gguf'):
         from compfn.tokenizers import tokenizer_from_gguf
         tokenizer_from_gguf(path).save(args.output)
+    elif os.path.isdir(path):       # an HF folder: its tokenizer and generation config come along
+        copied = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))]
+        for f in copied:
+            shutil.copyfile(os.path.join(path, f), os.path.join(args.output, f))
+        if not any(f in copied for f in ('tokenizer.json', 'tokenizer.model')):
+            print(f'warning: {path} has no tokenizer.json or tokenizer.model; copy one into '
+                  f'{args.output} before loading it with compfn', file=sys.stderr)
     # Verify: the written folder loads back to the same parameters.
     _, back = M.load(args.output, device_put=False)
     a, b = jax.tree.leaves(params), jax.tree.leaves(back)
