@@ -81,7 +81,9 @@ def test_optimizer_schedules():
 
 
 def _sharded_equals_unsharded(step_builder, batch, cfg, mesh_shape=(2, 4, 1)):
-  tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0).make(10)
+  # eps = 1e-3: Adam's first step is ~lr * sign(g), so a weight whose gradient is ~0 would move
+  # by +-lr on reduction-order noise alone; a large eps makes its update proportional to g.
+  tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, eps=1e-3).make(10)
   params = T.init_params(cfg, jax.random.PRNGKey(2))
   s0 = train.TrainState.create(params, tx, seed=3)
   fn = step_builder(tx)
@@ -96,11 +98,10 @@ def _sharded_equals_unsharded(step_builder, batch, cfg, mesh_shape=(2, 4, 1)):
   got_state, got_m = train.compile_step(fn, mesh, rules)(s1, jax.tree.map(put, batch))
   for k in ('loss', 'grad_norm'):
     np.testing.assert_allclose(float(got_m[k]), float(ref_m[k]), rtol=1e-4)
-  # One AdamW step moves each weight by ~lr (sign-like): weights whose gradient is ~0 may
-  # differ by reduction-order noise, hence atol = 1% of lr. (Loss and grad norm above catch a
-  # normalisation error, which the first Adam step would hide.)
+  # The weights after one step (eps above keeps near-zero gradients from moving them by +-lr);
+  # loss and grad norm above catch a normalisation error, which Adam's step would hide.
   for a, c in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(got_state.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=2e-5)
   return ref_m, got_m
 
 
@@ -279,8 +280,10 @@ def test_rl_reward_rises():
     rl, m = step(rl, pool)
     assert float(m['nonfinite']) == 0
   after = accuracy(rl.params)
-  # measured here: 0.240 -> 0.412
-  assert after > before + 0.1, (before, after)
+  # measured: 0.240 -> 0.412 on one 2-core machine, 0.223 -> 0.307 on another (the same seeds;
+  # XLA's CPU code differs between processors, so the trajectories do). Chance alone: the same
+  # eval key before and after, 512 samples, sd ~0.02.
+  assert after > before + 0.05, (before, after)
 
 
 def test_skipped_update_keeps_weights_and_optimizer_state():
