@@ -336,7 +336,7 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
   has no reference forward pass. With ``kl_coef > 0`` the reference log-probs are computed per
   micro-batch (no gradient), from ``ref_params`` — pass them as an argument of the jitted step,
   never as a closed-over constant."""
-  from compfn.train import accumulate
+  from compfn.optim import accumulate
   if sampler_cfg is not None:
     cfg.check_sampler(sampler_cfg)
   rows = _flat_rows(buf, cfg)
@@ -389,7 +389,7 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
   constants (the whole reference model!). ``ref_params`` must not share buffers with the donated
   ``state.params`` (copy them once: ``jax.tree.map(jnp.copy, params)``). It is only read when
   ``cfg.kl_coef > 0``; pass None otherwise."""
-  from compfn.train import apply_gradients
+  from compfn.optim import apply_gradients
   cfg.check_sampler(sampler_cfg)
   rng, gen_rng = jax.random.split(state.rng)
   buf, st = generate(model_config, state.params, pool, gen_rng, cfg, sampler_cfg, detok)

@@ -10,7 +10,7 @@ Public API::
     write_records(records, 'rft.jsonl'); records = read_records('rft.jsonl')
 
 Each problem is sampled ``num_samples`` times from ``sample_prompt`` (e.g. with the function
-definitions visible) through the same on-device rollout as :func:`compfn.evaluate.evaluate`
+definitions visible) through the host rollout runner that evaluation uses too (:func:`compfn.rl.host_rollouts.sample_and_score`)
 (sample -> detokenise -> score in one jit; Countdown is scored by its verifier). Correct samples
 (``acc == 1``) become SFT records keyed by ``train_prompt`` (e.g. definitions hidden)::
 
@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from compfn import evaluate as E
+from compfn.rl import host_rollouts as runner
 
 __all__ = ['RFTProblem', 'collect', 'write_records', 'read_records']
 
@@ -59,8 +59,8 @@ def collect(model_config, params, tokenizer, problems: Sequence[RFTProblem], *,
         raise ValueError(f'num_samples must be >= 1, got {num_samples}')
     if max_per_prompt is not None and max_per_prompt < 1:
         raise ValueError(f'max_per_prompt must be >= 1 or None, got {max_per_prompt}')
-    prompt_ids = E._encode_prompts(tokenizer, [p.sample_prompt for p in problems], encode)
-    run = E._run(model_config, params, tokenizer, prompt_ids, [p.ref for p in problems],
+    prompt_ids = runner.encode_prompts(tokenizer, [p.sample_prompt for p in problems], encode)
+    run = runner.sample_and_score(model_config, params, tokenizer, prompt_ids, [p.ref for p in problems],
                  task=task, num_samples=int(num_samples), temperature=temperature,
                  max_new_tokens=max_new_tokens, batch_size=batch_size, rng=rng, mesh=mesh,
                  rules=rules, progress=progress, keep=lambda p, s, a: a == 1,
@@ -80,8 +80,8 @@ def collect(model_config, params, tokenizer, problems: Sequence[RFTProblem], *,
         for s in np.flatnonzero(run.acc[i] == 1):
             if max_per_prompt is not None and kept >= max_per_prompt:
                 break
-            ids = E._strip_stop(tokenizer, run.kept[(i, int(s))])
-            records.append({'prompt': p.train_prompt, 'target': E._decode(tokenizer, ids),
+            ids = runner.strip_stop(tokenizer, run.kept[(i, int(s))])
+            records.append({'prompt': p.train_prompt, 'target': runner.decode_response(tokenizer, ids),
                             'target_ids': ids, 'level': int(p.level)})
             kept += 1
     samples = len(problems) * int(num_samples)

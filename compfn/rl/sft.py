@@ -170,7 +170,7 @@ def sft_loss_fn(model_config: ModelConfig, params: Any, batch: SFTBatch, num_tok
 def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_batches: int = 1):
   """(grads, metrics) of the token-mean NLL over the whole batch, accumulated over
   ``micro_batches`` sequential micro-batches (``lax.scan``); pure, jittable."""
-  from compfn.train import accumulate
+  from compfn.optim import accumulate
   num_tokens = jnp.maximum(batch.loss_mask.sum(), 1.0)
   fn = lambda p, mb: sft_loss_fn(model_config, p, mb, num_tokens)  # noqa: E731
   grads, loss, aux = accumulate(fn, params, batch, micro_batches)
@@ -183,7 +183,7 @@ def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_bat
 
 def sft_step(model_config: ModelConfig, tx, state, batch: SFTBatch, micro_batches: int = 1):
   """One SFT update (pure; jit it with the state donated): (state, metrics)."""
-  from compfn.train import apply_gradients
+  from compfn.optim import apply_gradients
   grads, metrics = sft_grads(model_config, state.params, batch, micro_batches)
   state, upd = apply_gradients(state, grads, tx, metrics['loss'])
   return state, {**metrics, **upd}
