@@ -713,8 +713,10 @@ _CURVE_KEYS = (('loss', 'loss'), ('token_accuracy', 'token accuracy'), ('reward'
                ('groups_trained', 'groups trained'), ('entropy', 'entropy'))
 
 
-def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
-  """``training_curves.png``: one row per training stage, its logged scalars vs step."""
+def plot_training_curves(workdir: str, stages: Sequence[str],
+                         out: Optional[str] = None) -> Optional[str]:
+  """``training_curves.png`` (in ``out``, default ``workdir``): one row per training stage, its
+  logged scalars vs step."""
   from compfn.train import read_metrics
   data = [(s, read_metrics(W.join(workdir, s))) for s in stages]
   data = [(s, rows) for s, rows in data if rows]
@@ -740,7 +742,7 @@ def plot_training_curves(workdir: str, stages: Sequence[str]) -> Optional[str]:
       ax.tick_params(labelsize=7)
       ax.set_xlabel('step', fontsize=7)
   fig.tight_layout()
-  path = W.join(workdir, 'training_curves.png')
+  path = W.join(out or workdir, 'training_curves.png')
   with W.local_file(path) as f:
     fig.savefig(f, dpi=110)
   plt.close(fig)

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Re-plot a finished (or running) pipeline's reports from its files, without JAX work:
+
+    python tools/plot_results.py runs/demo [--out DIR] [--title TEXT]
+
+Reads ``WORKDIR/results.json`` (which stages ran, which were gates), every evaluation's
+``<stage>/eval.json`` and every training stage's ``<stage>/metrics.jsonl``, and writes
+``results.md``, ``results.csv``, ``accuracy_by_level.png``, ``pass_at_k.png`` (when an
+evaluation sampled) and ``training_curves.png`` to ``--out`` (default: the workdir itself), the
+same files :func:`compfn.experiment.pipeline` writes at the end of a run. Works on ``gs://``
+workdirs too (:mod:`compfn.workdir`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def replot(workdir: str, out: str | None = None, title: str | None = None) -> dict:
+  """Rewrite the reports of ``workdir`` into ``out``; returns {kind: path}."""
+  from compfn import evaluate as E
+  from compfn import experiment
+  from compfn import workdir as W
+  out = out or workdir
+  results_path = W.join(workdir, 'results.json')
+  if not W.exists(results_path):
+    raise FileNotFoundError(f'{results_path} does not exist: is {workdir} a pipeline workdir?')
+  results = W.read_json(results_path)
+  stages = results.get('stages', {})
+  evals = {}
+  for name, summary in stages.items():
+    path = W.join(workdir, name, 'eval.json')
+    if summary.get('passed') is None and W.exists(path):       # gates carry 'passed'
+      evals[name] = E.EvalResult.from_json(W.read_json(path)['result'])
+  paths = {}
+  if evals:
+    paths.update(E.write_report(evals, out, title=title or 'compfn'))
+  trained = [name for name, summary in stages.items() if 'steps' in summary]
+  curves = experiment.plot_training_curves(workdir, trained, out=out)
+  if curves:
+    paths['training_curves'] = curves
+  return paths
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  ap.add_argument('workdir', help='a pipeline workdir (holds results.json)')
+  ap.add_argument('--out', default=None, help='where to write (default: the workdir)')
+  ap.add_argument('--title', default=None, help="the reports' title")
+  args = ap.parse_args(argv)
+  try:
+    paths = replot(args.workdir, args.out, args.title)
+  except FileNotFoundError as e:
+    ap.exit(2, f'{ap.prog}: error: {e}\n')
+  for kind, path in paths.items():
+    print(f'{kind}: {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
