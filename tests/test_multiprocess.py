@@ -192,3 +192,38 @@ def test_changed_stage_config_is_refused(one_process_run, tmp_path):
   assert proc.returncode == 5, proc.stderr[-3000:]
   err = proc.stderr.strip().splitlines()[-1]
   assert 'stage configuration changed' in err and 'seq_len: 64 -> 72' in err, err
+
+
+_BURNER = """
+import multiprocessing as mp, time
+def spin(_):
+  t = time.time() + 600
+  x = 0
+  while time.time() < t:
+    x += 1
+if __name__ == '__main__':
+  with mp.Pool(3) as p:
+    p.map(spin, range(3))
+"""
+
+
+def test_same_run_bit_for_bit_under_load(one_process_run, tmp_path):
+  """The same command on a machine whose cores are busy with other work gives the same
+  results.json and bit-for-bit the same per-step metrics (issue #12, determinism under load)."""
+  burner = subprocess.Popen([sys.executable, '-c', _BURNER], start_new_session=True)
+  try:
+    work = tmp_path / 'busy'
+    _run(work, 1)
+  finally:
+    os.killpg(burner.pid, signal.SIGKILL)
+  ra = json.loads((one_process_run / 'results.json').read_text())
+  rb = json.loads((work / 'results.json').read_text())
+  assert _comparable(ra) == _comparable(rb)
+  timing = ('time/', 'tokens_per_s', 'mfu')
+  for stage in TRAIN_STAGES:
+    la, lb = _losses(one_process_run, stage), _losses(work, stage)
+    assert sorted(la) == sorted(lb)
+    for step in la:
+      a = {k: v for k, v in la[step].items() if not k.startswith(timing)}
+      b = {k: v for k, v in lb[step].items() if not k.startswith(timing)}
+      assert a == b, (stage, step, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
