@@ -469,3 +469,45 @@ def test_paper_test_set_at_capacity_4096():
     got = I.execute_batch([p.code for p in problems], [p.input for p in problems], capacity=4096)
     bad = [(p.code, p.input) for p, g in zip(problems, got) if g != p.output]
     assert not bad, f'{len(bad)} mismatches, e.g. {bad[:3]}'
+
+
+def test_step_kernels_one_by_one():
+    """The interpreter's step, kernel by kernel (compfn.tasks.strings.interpreter: _fetch,
+    _index_map, _char_map, _push, _write) on hand-made rows."""
+    import jax.numpy as jnp
+    from compfn.tasks.strings import interpreter as I
+    C, S = 8, 3
+    pos = jnp.arange(C, dtype=jnp.int32)[None, :]
+    # _fetch: a plain CONCAT reads left = second, right = top; the swapped one the other way.
+    ops = jnp.array([[I.OP_CONCAT], [I.OP_CONCAT]], jnp.int32)
+    args = jnp.array([[0], [1]], jnp.int32)
+    ins = I._fetch(ops, args, jnp.zeros_like(ops), 0, jnp.array([2, 2], jnp.int32), S)
+    assert ins.iu.tolist() == [0, 1] and ins.iv.tolist() == [1, 0] and ins.is_bin.all()
+    # _index_map: reverse 'abc' -> idx 2,1,0; concat 'ab' + 'xyz': the tail comes from v.
+    u = jnp.array([[97, 98, 99, 0, 0, 0, 0, 0], [97, 98, 0, 0, 0, 0, 0, 0]], jnp.int32)
+    n, m = jnp.array([3, 2], jnp.int32), jnp.array([0, 3], jnp.int32)
+    op = jnp.array([I.OP_REVERSE, I.OP_CONCAT], jnp.int32)
+    z = jnp.zeros((2, C), jnp.int32)
+    heavy = I._Heavy(z, n, z, n, jnp.zeros(2, bool), z)
+    idx, src, const, new_len = I._index_map(op, jnp.zeros(2, jnp.int32), u, n, m, pos, C, heavy)
+    assert idx[0, :3].tolist() == [2, 1, 0] and new_len.tolist() == [3, 5]
+    assert src[1, :5].tolist() == [0, 0, 1, 1, 1] and idx[1, :5].tolist() == [0, 1, 0, 1, 2]
+    # _char_map: upper-case a row, leave a non-letter alone.
+    val = jnp.array([[97, 49, 122, 0, 0, 0, 0, 0]], jnp.int32)
+    got = I._char_map(jnp.array([I.OP_UPPER]), jnp.zeros(1, jnp.int32), val, pos, val)
+    assert got[0, :3].tolist() == [65, 49, 90]
+    # _push: PUSH_X takes the input and its length.
+    v, ln = I._push(jnp.array([I.OP_PUSH_X]), val, jnp.array([0]), val + 1, jnp.array([3]),
+                    val, jnp.array([0]))
+    assert v[0, 0] == 98 and ln.tolist() == [3]
+    # _write: a value longer than C sets overflow; a push onto a full stack too.
+    ins = I._Instruction(*(jnp.array([x]) for x in (I.OP_DUPLICATE, 0, 0, False, False, False,
+                                                    0, 0)))
+    stack, lens = jnp.zeros((1, S, C), jnp.int32), jnp.zeros((1, S), jnp.int32)
+    _, _, sp, ovf = I._write(ins, stack, lens, jnp.array([1]), jnp.array([False]),
+                             jnp.arange(1), val, jnp.array([C + 1]), pos, S, C)
+    assert sp.tolist() == [1] and ovf.tolist() == [True]
+    push = ins._replace(op=jnp.array([I.OP_PUSH_X]), is_push=jnp.array([True]))
+    _, _, sp, ovf = I._write(push, stack, lens, jnp.array([S]), jnp.array([False]),
+                             jnp.arange(1), val, jnp.array([2]), pos, S, C)
+    assert ovf.tolist() == [True]

@@ -500,6 +500,158 @@ def _on_rows(need, fn, operands, sub_batch: int):
     return lax.fori_loop(0, (count + K - 1) // K, body, zeros)
 
 
+class _Instruction(NamedTuple):
+    """One decoded instruction per row (int32[B] / bool[B])."""
+    op: jax.Array
+    arg: jax.Array
+    lit: jax.Array        # literal index (OP_PUSH_LIT)
+    is_bin: jax.Array     # CONCAT / INTERLACE / JOIN: pops two values
+    is_push: jax.Array    # PUSH_X / PUSH_LIT: pops none
+    halt: jax.Array       # OP_HALT: a no-op (the program has ended)
+    iu: jax.Array         # stack slot of the primary operand (left for binary ops)
+    iv: jax.Array         # stack slot of the secondary operand (right)
+
+
+class _Heavy(NamedTuple):
+    """The expensive kernels' results, computed only on the rows that need them (int32[B, C]
+    index maps / lengths, bool[B], int32[B, C] values)."""
+    filter_idx: jax.Array
+    filter_len: jax.Array
+    words_idx: jax.Array
+    words_len: jax.Array
+    palindrome: jax.Array
+    sorted: jax.Array
+
+
+def _fetch(ops, args, lits, t, sp, S: int) -> _Instruction:
+    """Instruction ``t`` of every program, and where its operands sit on the stack (``sp``:
+    int32[B] stack pointers; binary ops with ``arg = 1`` swap left and right)."""
+    op, arg, li = ops[:, t], args[:, t], lits[:, t]
+    is_bin = (op == OP_CONCAT) | (op == OP_INTERLACE) | (op == OP_JOIN)
+    is_push = (op == OP_PUSH_X) | (op == OP_PUSH_LIT)
+    i_top = jnp.clip(sp - 1, 0, S - 1)
+    i_sec = jnp.clip(sp - 2, 0, S - 1)
+    plain = is_bin & (arg == 0)
+    return _Instruction(op, arg, li, is_bin, is_push, op == OP_HALT,
+                        jnp.where(plain, i_sec, i_top), jnp.where(plain, i_top, i_sec))
+
+
+def _index_map(op, arg, u, n, m, pos, C: int, heavy: _Heavy):
+    """The layout of every op's result as an index map: ``out[p] = (u if src == 0 else v if
+    src == 1 else const)[idx[p]]`` with length ``new_len`` (u: int32[B, C] primary operand of
+    length n, v the secondary of length m; pos = arange(C)[None]). Returns (idx, src, const:
+    int32[B, C], new_len int32[B]); unary ops that rewrite characters in place keep idx = pos."""
+    n2, m2 = n[:, None], m[:, None]
+    n1 = jnp.maximum(n2, 1)
+    a2 = arg[:, None]
+
+    def is_(k):
+        return (op == k)[:, None]
+
+    has_digit = jnp.any((u >= 48) & (u <= 57) & (pos < n2), axis=1)
+    add_one = (arg != 0) & ~has_digit
+    do_mirror = (arg != 0) & ~heavy.palindrome
+    rot = pos + jnp.remainder(a2, n1)
+    rot = jnp.where(rot >= n1, rot - n1, rot)
+    shuffle = _mod(pos * _smallest_odd_coprime(n1), n1)
+    mirror = jnp.where(pos < n2, pos, 2 * n2 - 1 - pos)
+    third = pos // 3
+    k_il = jnp.minimum(n2, m2)
+    front = pos < 2 * k_il
+    blk = m2 + 1
+    j_blk = _floordiv(pos, blk)
+    r_blk = pos - j_blk * blk
+    reps = jnp.minimum(arg, C + 1)
+
+    idx = pos
+    src = jnp.zeros_like(pos)
+    const = jnp.zeros_like(pos)
+    new_len = n
+    for k, k_idx, k_len in (
+            (OP_REVERSE, n2 - 1 - pos, n),
+            (OP_ROTATE, rot, n),
+            (OP_SHUFFLE, shuffle, n),
+            (OP_DUPLICATE, pos >> 1, 2 * n),
+            (OP_MIRROR, mirror, 2 * n),
+            (OP_PALINDROME, mirror, jnp.where(do_mirror, 2 * n, n)),
+            (OP_REPEAT, _mod(pos, n1), n * reps),
+            (OP_EVEN_LEN, pos, n - (n & 1)),
+            (OP_ADD_DIGIT, pos, n + add_one),
+            (OP_BRACKETS, third, 3 * n),
+            (OP_CONCAT, jnp.where(pos < n2, pos, pos - n2), n + m),
+            (OP_INTERLACE, jnp.where(front, pos >> 1, pos - k_il), n + m),
+            (OP_JOIN, jnp.where(r_blk == 0, j_blk, r_blk - 1),
+             jnp.where(n > 0, n + (n - 1) * m, 0)),
+            (OP_REMOVE_VOWELS, heavy.filter_idx, heavy.filter_len),
+            (OP_FILTER_ALPHA, heavy.filter_idx, heavy.filter_len),
+            (OP_COMPRESS, heavy.filter_idx, heavy.filter_len),
+            (OP_REVERSE_WORDS, heavy.words_idx, heavy.words_len)):
+        idx = jnp.where(is_(k), k_idx, idx)
+        new_len = jnp.where(op == k, k_len, new_len)
+    r3 = pos - 3 * third
+    src = jnp.where(is_(OP_BRACKETS), jnp.where(r3 == 1, 0, 2), src)
+    const = jnp.where(is_(OP_BRACKETS), jnp.where(r3 == 0, 171, 187), const)   # « »
+    src = jnp.where(is_(OP_ADD_DIGIT) & (pos == n2), 2, src)
+    const = jnp.where(is_(OP_ADD_DIGIT), 49, const)                              # '1'
+    src = jnp.where(is_(OP_CONCAT) & (pos >= n2), 1, src)
+    src = jnp.where(is_(OP_INTERLACE), jnp.where(front, pos & 1, (n2 <= m2).astype(jnp.int32)),
+                    src)
+    src = jnp.where(is_(OP_JOIN) & (r_blk != 0), 1, src)
+    src = jnp.where(is_(OP_REVERSE_WORDS) & (heavy.words_idx < 0), 2, src)
+    const = jnp.where(is_(OP_REVERSE_WORDS), 32, const)                          # ' '
+    return idx, src, const, new_len
+
+
+def _char_map(op, arg, val, pos, sorted_vals):
+    """The ops that rewrite characters in place (ASCII letters only; see the character domain):
+    case maps, shift, vowel-to-number; sort takes its precomputed values."""
+    def is_(k):
+        return (op == k)[:, None]
+
+    low = (val >= 97) & (val <= 122)
+    upp = (val >= 65) & (val <= 90)
+    odd = (pos & 1) == 1
+    to_up = is_(OP_UPPER) | is_(OP_SWAPCASE) | (is_(OP_CAPITALIZE) & (pos == 0)) | (
+        is_(OP_ALTCASE) & odd)
+    to_low = is_(OP_LOWER) | is_(OP_SWAPCASE) | (is_(OP_CAPITALIZE) & (pos > 0)) | (
+        is_(OP_ALTCASE) & ~odd)
+    val = jnp.where(to_up & low, val - 32, jnp.where(to_low & upp, val + 32, val))
+    sh = val + arg[:, None]
+    sh = jnp.where((low & (sh > 122)) | (upp & (sh > 90)), sh - 26, sh)
+    val = jnp.where(is_(OP_SHIFT) & (low | upp), sh, val)
+    lc = val | 32
+    vnum = jnp.where(lc == 97, 49, jnp.where(lc == 101, 50, jnp.where(
+        lc == 105, 51, jnp.where(lc == 111, 52, 53))))
+    val = jnp.where(is_(OP_VOWEL_NUM) & _is_vowel(val), vnum, val)
+    return jnp.where(is_(OP_SORT), sorted_vals, val)
+
+
+def _push(op, val, new_len, xbuf, x_len, lit_row, lit_len):
+    """PUSH_X / PUSH_LIT: the value pushed is the input / the literal, with its length."""
+    push_x, push_lit = (op == OP_PUSH_X)[:, None], (op == OP_PUSH_LIT)[:, None]
+    val = jnp.where(push_x, xbuf, jnp.where(push_lit, lit_row, val))
+    new_len = jnp.where(op == OP_PUSH_X, x_len, jnp.where(op == OP_PUSH_LIT, lit_len, new_len))
+    return val, new_len
+
+
+def _write(ins: _Instruction, stack, lens, sp, ovf, rows, val, new_len, pos, S: int, C: int):
+    """Pop the operands, push the result: (stack int32[B, S, C], lens int32[B, S], sp int32[B],
+    overflow bool[B]) after the step. A result longer than C, or a push onto a full stack,
+    sets the row's overflow flag; a halted row is left as it is."""
+    too_long = new_len > C
+    new_len = jnp.clip(new_len, 0, C)
+    val = jnp.where(pos < new_len[:, None], val, 0)
+    arity = jnp.where(ins.is_push, 0, jnp.where(ins.is_bin, 2, 1))
+    dst = sp - arity
+    stack_full = ins.is_push & (sp >= S)
+    dst_w = jnp.where(ins.halt | stack_full, S, dst)          # S = out of range: dropped
+    stack = stack.at[rows, dst_w].set(val, mode='drop')
+    lens = lens.at[rows, dst_w].set(new_len, mode='drop')
+    sp = jnp.where(ins.halt, sp, jnp.minimum(dst + 1, S))
+    ovf = ovf | (~ins.halt & (too_long | stack_full))
+    return stack, lens, sp, ovf
+
+
 def execute(enc: EncodedPrograms, x, x_len, capacity: int | None = None,
             stack_depth: int = 8, sub_batch: int | None = None,
             block_rows: int | None = None):
@@ -565,129 +717,28 @@ def execute(enc: EncodedPrograms, x, x_len, capacity: int | None = None,
 
         def step(state):
             t, stack, lens, sp, ovf = state
-            op = ops[:, t]
-            arg = args[:, t]
-            li = lits[:, t]
-            is_bin = (op == OP_CONCAT) | (op == OP_INTERLACE) | (op == OP_JOIN)
-            is_push = (op == OP_PUSH_X) | (op == OP_PUSH_LIT)
-            halt = op == OP_HALT
-            i_top = jnp.clip(sp - 1, 0, S - 1)
-            i_sec = jnp.clip(sp - 2, 0, S - 1)
-            plain = is_bin & (arg == 0)
-            iu = jnp.where(plain, i_sec, i_top)        # primary operand (left for binary ops)
-            iv = jnp.where(plain, i_top, i_sec)        # secondary operand (right)
-            u = stack[rows, iu]
-            n = lens[rows, iu]
-            m = lens[rows, iv]
-            n2, m2 = n[:, None], m[:, None]
-            n1 = jnp.maximum(n2, 1)
-            a2 = arg[:, None]
-
-            def is_(k):
-                return (op == k)[:, None]
-
+            ins = _fetch(ops, args, lits, t, sp, S)
+            u = stack[rows, ins.iu]                    # primary operand (left for binary ops)
+            n = lens[rows, ins.iu]
+            m = lens[rows, ins.iv]                     # secondary operand's length (right)
             # --- expensive ops, computed only on the rows that need them at this step
-            f_idx, f_len = _on_rows(
-                (op == OP_REMOVE_VOWELS) | (op == OP_FILTER_ALPHA) | (op == OP_COMPRESS),
-                _filters, (u, n, op), K)
-            w_idx, w_len = _on_rows(op == OP_REVERSE_WORDS, _reverse_words, (u, n), K)
-            pal = _on_rows(op == OP_PALINDROME, _is_palindrome, (u, n), K)
-            srt = _on_rows(op == OP_SORT, _sorted, (u, n), K)
-
-            # --- index maps: out[p] = (u if src == 0 else v if src == 1 else const)[idx[p]]
-            has_digit = jnp.any((u >= 48) & (u <= 57) & (pos < n2), axis=1)
-            add_one = (arg != 0) & ~has_digit
-            do_mirror = (arg != 0) & ~pal
-            rot = pos + jnp.remainder(a2, n1)
-            rot = jnp.where(rot >= n1, rot - n1, rot)
-            shuffle = _mod(pos * _smallest_odd_coprime(n1), n1)
-            mirror = jnp.where(pos < n2, pos, 2 * n2 - 1 - pos)
-            third = pos // 3
-            k_il = jnp.minimum(n2, m2)
-            front = pos < 2 * k_il
-            blk = m2 + 1
-            j_blk = _floordiv(pos, blk)
-            r_blk = pos - j_blk * blk
-            reps = jnp.minimum(arg, C + 1)
-
-            idx = pos
-            src = jnp.zeros_like(pos)
-            const = jnp.zeros_like(pos)
-            new_len = n
-            for k, k_idx, k_len in (
-                    (OP_REVERSE, n2 - 1 - pos, n),
-                    (OP_ROTATE, rot, n),
-                    (OP_SHUFFLE, shuffle, n),
-                    (OP_DUPLICATE, pos >> 1, 2 * n),
-                    (OP_MIRROR, mirror, 2 * n),
-                    (OP_PALINDROME, mirror, jnp.where(do_mirror, 2 * n, n)),
-                    (OP_REPEAT, _mod(pos, n1), n * reps),
-                    (OP_EVEN_LEN, pos, n - (n & 1)),
-                    (OP_ADD_DIGIT, pos, n + add_one),
-                    (OP_BRACKETS, third, 3 * n),
-                    (OP_CONCAT, jnp.where(pos < n2, pos, pos - n2), n + m),
-                    (OP_INTERLACE, jnp.where(front, pos >> 1, pos - k_il), n + m),
-                    (OP_JOIN, jnp.where(r_blk == 0, j_blk, r_blk - 1),
-                     jnp.where(n > 0, n + (n - 1) * m, 0)),
-                    (OP_REMOVE_VOWELS, f_idx, f_len),
-                    (OP_FILTER_ALPHA, f_idx, f_len),
-                    (OP_COMPRESS, f_idx, f_len),
-                    (OP_REVERSE_WORDS, w_idx, w_len)):
-                idx = jnp.where(is_(k), k_idx, idx)
-                new_len = jnp.where(op == k, k_len, new_len)
-            r3 = pos - 3 * third
-            src = jnp.where(is_(OP_BRACKETS), jnp.where(r3 == 1, 0, 2), src)
-            const = jnp.where(is_(OP_BRACKETS), jnp.where(r3 == 0, 171, 187), const)   # « »
-            src = jnp.where(is_(OP_ADD_DIGIT) & (pos == n2), 2, src)
-            const = jnp.where(is_(OP_ADD_DIGIT), 49, const)                              # '1'
-            src = jnp.where(is_(OP_CONCAT) & (pos >= n2), 1, src)
-            src = jnp.where(is_(OP_INTERLACE), jnp.where(front, pos & 1, (n2 <= m2).astype(jnp.int32)),
-                            src)
-            src = jnp.where(is_(OP_JOIN) & (r_blk != 0), 1, src)
-            src = jnp.where(is_(OP_REVERSE_WORDS) & (w_idx < 0), 2, src)
-            const = jnp.where(is_(OP_REVERSE_WORDS), 32, const)                          # ' '
-
+            op = ins.op
+            heavy = _Heavy(
+                *_on_rows((op == OP_REMOVE_VOWELS) | (op == OP_FILTER_ALPHA) |
+                          (op == OP_COMPRESS), _filters, (u, n, op), K),
+                *_on_rows(op == OP_REVERSE_WORDS, _reverse_words, (u, n), K),
+                _on_rows(op == OP_PALINDROME, _is_palindrome, (u, n), K),
+                _on_rows(op == OP_SORT, _sorted, (u, n), K))
+            idx, src, const, new_len = _index_map(op, ins.arg, u, n, m, pos, C, heavy)
             out_u = _row_gather(u, idx, C)
-            out_v = _gated(jnp.any(is_bin), lambda: stack[rows[:, None], iv[:, None],
-                                                          jnp.clip(idx, 0, C - 1)], u)
+            out_v = _gated(jnp.any(ins.is_bin), lambda: stack[rows[:, None], ins.iv[:, None],
+                                                              jnp.clip(idx, 0, C - 1)], u)
             val = jnp.where(src == 0, out_u, jnp.where(src == 1, out_v, const))
-
-            # --- character maps (ASCII letters only; see the character domain)
-            low = (val >= 97) & (val <= 122)
-            upp = (val >= 65) & (val <= 90)
-            odd = (pos & 1) == 1
-            to_up = is_(OP_UPPER) | is_(OP_SWAPCASE) | (is_(OP_CAPITALIZE) & (pos == 0)) | (
-                is_(OP_ALTCASE) & odd)
-            to_low = is_(OP_LOWER) | is_(OP_SWAPCASE) | (is_(OP_CAPITALIZE) & (pos > 0)) | (
-                is_(OP_ALTCASE) & ~odd)
-            val = jnp.where(to_up & low, val - 32, jnp.where(to_low & upp, val + 32, val))
-            sh = val + a2
-            sh = jnp.where((low & (sh > 122)) | (upp & (sh > 90)), sh - 26, sh)
-            val = jnp.where(is_(OP_SHIFT) & (low | upp), sh, val)
-            lc = val | 32
-            vnum = jnp.where(lc == 97, 49, jnp.where(lc == 101, 50, jnp.where(
-                lc == 105, 51, jnp.where(lc == 111, 52, 53))))
-            val = jnp.where(is_(OP_VOWEL_NUM) & _is_vowel(val), vnum, val)
-            val = jnp.where(is_(OP_SORT), srt, val)
-
-            # --- pushes
-            lit_row = _gated(jnp.any(op == OP_PUSH_LIT), lambda: lit_table[rows, li], u)
-            val = jnp.where(is_(OP_PUSH_X), xbuf, jnp.where(is_(OP_PUSH_LIT), lit_row, val))
-            new_len = jnp.where(op == OP_PUSH_X, x_len,
-                                jnp.where(op == OP_PUSH_LIT, lit_lens[rows, li], new_len))
-
-            too_long = new_len > C
-            new_len = jnp.clip(new_len, 0, C)
-            val = jnp.where(pos < new_len[:, None], val, 0)
-            arity = jnp.where(is_push, 0, jnp.where(is_bin, 2, 1))
-            dst = sp - arity
-            stack_full = is_push & (sp >= S)
-            dst_w = jnp.where(halt | stack_full, S, dst)          # S = out of range: dropped
-            stack = stack.at[rows, dst_w].set(val, mode='drop')
-            lens = lens.at[rows, dst_w].set(new_len, mode='drop')
-            sp = jnp.where(halt, sp, jnp.minimum(dst + 1, S))
-            ovf = ovf | (~halt & (too_long | stack_full))
-            return t + 1, stack, lens, sp, ovf
+            val = _char_map(op, ins.arg, val, pos, heavy.sorted)
+            lit_row = _gated(jnp.any(op == OP_PUSH_LIT), lambda: lit_table[rows, ins.lit], u)
+            val, new_len = _push(op, val, new_len, xbuf, x_len, lit_row,
+                                 lit_lens[rows, ins.lit])
+            return (t + 1,) + _write(ins, stack, lens, sp, ovf, rows, val, new_len, pos, S, C)
 
         state = (jnp.int32(0), jnp.zeros((B, S, C), jnp.int32), jnp.zeros((B, S), jnp.int32),
                  jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool))
