@@ -502,7 +502,8 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
                                 max_new_tokens=max_new_tokens,
                                 drop_all_correct=drop_all_correct,
                                 max_per_prompt=max_per_prompt, batch_size=sample_batch_size,
-                                encode=run.encode, rng=seed + k)
+                                encode=run.encode, rng=seed + k, mesh=run.mesh,
+                                rules=run.rules)
       rft.write_records(kept, path)
       pathlib.Path(stats_path + '.tmp').write_text(json.dumps(stats, indent=1))
       os.replace(stats_path + '.tmp', stats_path)
