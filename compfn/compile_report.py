@@ -19,7 +19,7 @@ rl_stage        ``grpo_step`` (the whole GRPO step: the dynamic-sampling loop of
 eval_stage      ``rollout_greedy`` and/or ``rollout_sampled`` (prefill + decode + detokenise +
                 score: the one program ``compfn.evaluate`` calls per batch)
 gate_stage      ``rollout_sampled``
-rft_stage       ``collect_rollout`` (sampled; like ``rft.collect``, not mesh-constrained) and
+rft_stage       ``collect_rollout`` (sampled, on the mesh, like ``rft.collect``) and
                 the ``sft_step`` of its SFT (``<name>/iter_0/sft``)
 branch          the programs of its stages (``<name>/...``)
 export_stage    none (host only)
@@ -542,12 +542,12 @@ def _plan(stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: 
       b = stage_bindings('rft_stage', X.rft_stage, sc,
                          ['num_samples', 'temperature', 'max_new_tokens', 'task',
                           'sample_batch_size', 'train'])
-      # rft.collect samples without the mesh (rows not rounded, no logical constraints).
+      # rft.collect samples on the run's mesh, as the evaluation does (rows rounded up).
       programs.append(_rollout_program(
-          s.name, 'collect_rollout', ab, tk, rows=int(b['sample_batch_size']),
+          s.name, 'collect_rollout', ab, tk, rows=_eval_rows(b['sample_batch_size'], ab),
           g=_sample_chunks(b['num_samples']), temperature=b['temperature'],
           max_new_tokens=b['max_new_tokens'], task=b['task'], prompt_len=prompt_len,
-          ref_len=ref_len, sharded=False))
+          ref_len=ref_len))
       if b['train']:
         sb = stage_bindings('sft_stage', X.sft_stage, sc,
                             ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed',
@@ -585,6 +585,7 @@ def _grpo_program(stage: str, b: dict, ab: _Abstract, tk: TokenizerInfo, scope,
   rows = cfg.batch_prompts * cfg.num_generations
   return Program(stage, 'grpo_step', lower, {
       'pool': n, 'rounds': cfg.rounds, 'round_rows': cfg.round_prompts * cfg.num_generations,
+      'gen_chunks': cfg.gen_chunks,
       'train_rows': rows, 'micro_batches': cfg.micro_batches,
       'rows_per_micro_batch': rows // cfg.micro_batches, 'prompt_len': plen, 'ref_len': rlen,
       'max_new_tokens': cfg.max_new_tokens, 'kl': cfg.kl_coef > 0,

@@ -512,7 +512,8 @@ def rft_stage(run: Run, name: str = 'rft', records=gin.REQUIRED, iterations: int
                                 max_new_tokens=max_new_tokens,
                                 drop_all_correct=drop_all_correct,
                                 max_per_prompt=max_per_prompt, batch_size=sample_batch_size,
-                                encode=run.encode, rng=seed + k)
+                                encode=run.encode, rng=seed + k, mesh=run.mesh,
+                                rules=run.rules)
       if W.is_lead():
         rft.write_records(kept, path)
       W.write_json(stats_path, stats, indent=1)     # after the records: it marks them complete

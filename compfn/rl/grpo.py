@@ -117,6 +117,8 @@ class GRPOConfig:
   filter_on: str = 'reward'         # dynamic sampling keeps groups whose 'reward' | 'acc' differ
   min_groups: int = 0               # skip the update when fewer groups were kept
   logits_chunk: int = 0             # response positions per LM-head chunk (0: <= 64 MiB f32)
+  gen_chunks: int = 1               # sub-batches a generation round is sampled in (one after
+                                    # another: the KV cache holds round_prompts / gen_chunks x G)
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
@@ -128,7 +130,7 @@ class GRPOConfig:
       raise ValueError("GRPOConfig.old_logprobs must be 'recompute' or 'sampler', got "
                        f'{self.old_logprobs!r}')
     for name in ('num_generations', 'batch_prompts', 'gen_prompts', 'max_rounds',
-                 'micro_batches', 'max_new_tokens'):
+                 'micro_batches', 'max_new_tokens', 'gen_chunks'):
       if getattr(self, name) < 1:
         raise ValueError(f'GRPOConfig.{name} must be >= 1, got {getattr(self, name)}')
     if self.logits_chunk < 0:
@@ -154,6 +156,10 @@ class GRPOConfig:
       raise ValueError(f'GRPOConfig: batch_prompts * num_generations = '
                        f'{self.batch_prompts * self.num_generations} rows is not divisible by '
                        f'micro_batches={self.micro_batches}')
+    if self.round_prompts % self.gen_chunks:
+      raise ValueError(f'GRPOConfig: a generation round of {self.round_prompts} prompts '
+                       f'({"gen_prompts" if self.dynamic_sampling else "batch_prompts"}) is not '
+                       f'divisible by gen_chunks={self.gen_chunks}')
 
   @property
   def rounds(self) -> int:
@@ -230,10 +236,37 @@ def group_filter(reward: Array, acc: Array, group_size: int, filter_on: str = 'r
   return mixed_groups(reward if filter_on == 'reward' else acc, group_size)
 
 
+def _round_rollout(model_config: ModelConfig, params: Any, sub: RolloutBatch, rng: Array,
+                   cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig, detok: DetokTables):
+  """One generation round's Rollout (``round_prompts`` x G rows). With ``cfg.gen_chunks`` =
+  k > 1 the round is sampled as k consecutive sub-batches of ``round_prompts / k`` prompts
+  (``lax.map``: one sub-batch's KV cache and decode state live at a time), sub-batch i with
+  ``fold_in(rng, i)``, and the results are concatenated in prompt order (groups never straddle
+  sub-batches, so advantages and the group filter are unchanged). Greedy rounds are identical
+  for every k; sampled ones draw different (equally distributed) tokens."""
+  k = cfg.gen_chunks
+  if k == 1:
+    return rollout_fn(model_config, params, sub, rng, sampler_cfg, cfg.task, detok=detok,
+                      max_bytes=cfg.max_bytes)
+  per = cfg.round_prompts // k
+  chunks = jax.tree.map(lambda x: x.reshape((k, per) + x.shape[1:]), sub)
+
+  def one(args):
+    i, part = args
+    return rollout_fn(model_config, params, part, jax.random.fold_in(rng, i), sampler_cfg,
+                      cfg.task, detok=detok, max_bytes=cfg.max_bytes)
+
+  ro = jax.lax.map(one, (jnp.arange(k, dtype=jnp.int32), chunks))
+  # Group ids are per sub-batch; offset them to the round's prompt index.
+  ro = ro.replace(group=ro.group + (jnp.arange(k, dtype=jnp.int32) * per)[:, None])
+  return jax.tree.map(lambda x: x.reshape((k * x.shape[1],) + x.shape[2:]), ro)
+
+
 def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Array,
              cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig,
              detok: DetokTables) -> tuple[Buffer, dict]:
-  """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics)."""
+  """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics).
+  Each round is sampled in ``cfg.gen_chunks`` sub-batches (:func:`_round_rollout`)."""
   cfg.check_sampler(sampler_cfg)
   p, g, n = cfg.batch_prompts, cfg.num_generations, cfg.max_new_tokens
   gen, rounds = cfg.round_prompts, cfg.rounds
@@ -250,8 +283,8 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
   def body(c):
     r, buf, st = c
     sub = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * gen, gen, 0), pool)
-    ro = rollout_fn(model_config, params, sub, jax.random.fold_in(rng, r), sampler_cfg,
-                    cfg.task, detok=detok, max_bytes=cfg.max_bytes)
+    ro = _round_rollout(model_config, params, sub, jax.random.fold_in(rng, r), cfg,
+                        sampler_cfg, detok)
     keep = (group_filter(ro.reward, ro.acc, g, cfg.filter_on) if cfg.dynamic_sampling
             else jnp.ones((gen,), bool))
     dest = jnp.where(keep, buf.filled + jnp.cumsum(keep) - 1, p)   # p = out of bounds: dropped
