@@ -77,9 +77,12 @@ Worked example (ragged prompts, greedy, EOS id 2)::
 Cost notes: the decode body is one forward pass of a [B*G, 1] token batch over a cache of
 ``P + N`` slots; done rows still run (static shapes) but the loop stops when all are done.
 The prefill computes logits only at each row's last prompt position (``model.apply``'s
-``logits_index``), so the LM head never materialises [B, P, V] f32. A decode step writes only
-the new token's keys/values into the cache (in place: the cache is the layer scan's carry and
-the donated while_loop state), so its cost does not include a copy of the whole cache.
+``logits_index``), so the LM head never materialises [B, P, V] f32. The decode loop runs
+``model.transformer.decode_step`` (the same computation as ``apply`` for one valid token per
+row): layers unrolled over per-layer weights sliced once before the loop, and the cache held
+per layer in the attention dots' layout (keys ``[B, K, Dh, S]``, values ``[B, K, S, Dh]``;
+converted from / back to ``KVCache`` once per call). A step writes only the new token's
+keys/values (in place in the while_loop carry): no per-step copy of weights or cache.
 """
 from __future__ import annotations
 
@@ -263,18 +266,24 @@ def decode_fn(model_config: ModelConfig, state: DecodeState, params: Any,
               cfg: SamplerConfig) -> DecodeState:
   """Run the decode ``lax.while_loop`` to the end (not jitted)."""
   n = cfg.max_new_tokens
+  # Per-layer weights sliced once here (loop invariants) and the cache in the attention's
+  # layout for the whole loop (``T.decode_step``): no per-step copy of weights or cache.
+  layers = T.unstack_layers(model_config, params)
 
-  def cond(s: DecodeState):
+  def cond(carry):
+    s, _ = carry
     return (s.step < n) & ~jnp.all(s.done)
 
-  def body(s: DecodeState):
-    logits, cache = T.apply(model_config, params, s.last[:, None], s.positions[:, None],
-                            cache=s.cache)
-    s = s.replace(cache=cache, positions=s.positions + 1)
-    tok, lp = _choose(logits[:, 0], jax.random.fold_in(s.rng, s.step), cfg)
-    return _record(s, tok, lp, cfg)
+  def body(carry):
+    s, dc = carry
+    logits, dc = T.decode_step(model_config, params, layers, s.last, s.positions, dc)
+    s = s.replace(positions=s.positions + 1)
+    tok, lp = _choose(logits, jax.random.fold_in(s.rng, s.step), cfg)
+    return _record(s, tok, lp, cfg), dc
 
-  return jax.lax.while_loop(cond, body, state)
+  s, dc = jax.lax.while_loop(cond, body, (state.replace(cache=None),
+                                          T.to_decode_cache(state.cache)))
+  return s.replace(cache=T.from_decode_cache(dc))
 
 
 def samples_from_state(state: DecodeState, cfg: SamplerConfig) -> Samples:

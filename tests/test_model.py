@@ -520,3 +520,33 @@ def test_logits_index_and_layer_indexed_cache_decode():
     logits, cache = apply(config, params, tok, p[:, None], cache=cache)
     np.testing.assert_allclose(np.asarray(logits)[:, 0], full[np.arange(2), p], atol=1e-5)
   np.testing.assert_array_equal(np.asarray(cache.index), lengths + 4)
+
+
+@pytest.mark.parametrize("kind,overrides", [("llama", {}), ("qwen2", {}), ("gemma2", {}),
+                                            ("llama", {"out_bias": True, "qkv_bias": True})])
+def test_decode_step_equals_cached_apply(kind, overrides):
+  """The sampler's unrolled one-token step (per-layer weights, decode cache layout) equals
+  ``apply`` with a cache: logits, and the cache after converting back, over ragged rows and
+  past the sliding window."""
+  from compfn.model import transformer as T
+  config = M.tiny(kind, **overrides)
+  params = M.init_params(config, jax.random.key(1))
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 1 else x + 0.1, params)
+  tokens = jnp.array([[5, 6, 7, 8, 9, 10], [9, 4, 0, 0, 0, 0]], jnp.int32)
+  seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+  _, cache = M.apply(config, params, tokens, pos, segment_ids=seg,
+                     cache=M.init_cache(config, batch=2, max_len=12))
+  layers = T.unstack_layers(config, params)
+  dc = T.to_decode_cache(cache)
+  nxt, positions = jnp.array([3, 11], jnp.int32), jnp.array([6, 2], jnp.int32)
+  for _ in range(4):
+    ref, cache = M.apply(config, params, nxt[:, None], positions[:, None], cache=cache)
+    got, dc = jax.jit(T.decode_step, static_argnums=0)(config, params, layers, nxt,
+                                                        positions, dc)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-5, atol=2e-5)
+    back = T.from_decode_cache(dc)
+    for a, b in zip((back.k, back.v, back.pos, back.index),
+                    (cache.k, cache.v, cache.pos, cache.index)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    nxt, positions = jnp.argmax(ref[:, 0], -1).astype(jnp.int32), positions + 1

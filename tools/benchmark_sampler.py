@@ -624,6 +624,10 @@ def main(argv=None):
                 cfg['results'][sysname] = r
             cfg['ratios'] = _ratios(cfg['results'])
             out['configs'].append(cfg)
+            if args.out:   # partial results survive an interrupted run
+                path = pathlib.Path(args.out)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(dict(out, partial=True), indent=2))
 
     if args.greedy_tokens and {'compfn', 'transformers'} <= set(systems):
         out['greedy_check'] = []

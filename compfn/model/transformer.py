@@ -461,3 +461,146 @@ def _logits(config, params, tokens):
 def logits(config: ModelConfig, params: Any, tokens: Array) -> Array:
   """Causal logits f32[B, T, vocab] for unpadded ``tokens[B, T]`` at positions 0..T-1."""
   return _logits(config, params, jnp.asarray(tokens, jnp.int32))
+
+
+# ------------------------------------------------------------ one-token decode (sampler loop)
+#
+# ``apply`` with a cache is general (any T, padding, packing) and runs the layers under
+# ``nn.scan``. Inside a decode ``while_loop`` that costs, every step and every layer, a copy of
+# the layer's weights out of the stacked ``[L, ...]`` params (the scan's dynamic slice) and a
+# transposed copy of the layer's whole cache slice into the layout of the attention dots. The
+# functions below are the same computation for T = 1 with every token valid (what
+# ``compfn.sampling`` decodes): layers unrolled over per-layer weights sliced ONCE outside the
+# loop (``unstack_layers``), and a per-layer cache in the attention's own layout
+# (``DecodeCache``: keys ``[B, kv_heads, head_dim, S]``, values ``[B, kv_heads, S, head_dim]``,
+# so both attention dots read their operand as a plain batched [M, K] x [K, N] matmul).
+
+
+@flax.struct.dataclass
+class DecodeCache:
+  """Per-layer KV cache in the decode layout (convert with ``to_decode_cache`` /
+  ``from_decode_cache``): keys ``k[i]`` ``[B, kv_heads, head_dim, max_len]`` (transposed),
+  values ``v[i]`` ``[B, kv_heads, max_len, head_dim]``; ``pos`` and ``index`` as in
+  :class:`KVCache`."""
+  k: tuple
+  v: tuple
+  pos: Array
+  index: Array
+
+
+DECODE_K_AXES = (BATCH, KV_HEADS, HEAD_DIM, LENGTH)
+DECODE_V_AXES = (BATCH, KV_HEADS, LENGTH, HEAD_DIM)
+_K_PERM, _V_PERM = (0, 2, 3, 1), (0, 2, 1, 3)     # [B, S, K, Dh] -> decode layout
+_K_INV, _V_INV = (0, 3, 1, 2), (0, 2, 1, 3)       # decode layout -> [B, S, K, Dh]
+
+
+def to_decode_cache(cache: KVCache) -> DecodeCache:
+  """``KVCache`` ``[L, B, S, K, Dh]`` -> the per-layer decode layout (one copy, outside the
+  decode loop)."""
+  split = lambda buf, perm, axes: tuple(  # noqa: E731
+      nn.with_logical_constraint(jnp.transpose(buf[i], perm), axes)
+      for i in range(buf.shape[0]))
+  return DecodeCache(k=split(cache.k, _K_PERM, DECODE_K_AXES),
+                     v=split(cache.v, _V_PERM, DECODE_V_AXES), pos=cache.pos, index=cache.index)
+
+
+def from_decode_cache(dc: DecodeCache) -> KVCache:
+  """Inverse of :func:`to_decode_cache`."""
+  stack = lambda bufs, perm: nn.with_logical_constraint(  # noqa: E731
+      jnp.stack([jnp.transpose(b, perm) for b in bufs]), CACHE_AXES)
+  return KVCache(k=stack(dc.k, _K_INV), v=stack(dc.v, _V_INV), pos=dc.pos, index=dc.index)
+
+
+def unstack_layers(config: ModelConfig, params: Any) -> tuple:
+  """Per-layer params (``params['layers']`` sliced along its leading axis), for
+  :func:`decode_step`; call it outside the decode loop so the slices are made once."""
+  return tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"])
+               for i in range(config.num_layers))
+
+
+def decode_step(config: ModelConfig, params: Any, layers: tuple, tokens: Array,
+                positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+  """One cached decode step for ``tokens[B]`` at ``positions[B]`` (every token valid):
+  ``(logits f32[B, V], new cache)``, the same computation as ``apply(config, params,
+  tokens[:, None], positions[:, None], cache=...)`` (logits ``[:, 0]``). ``layers`` is
+  ``unstack_layers(config, params)``."""
+  c = config
+  dt = jnp.dtype(c.dtype)
+  b = tokens.shape[0]
+  h, kh, hd = c.num_heads, c.num_kv_heads, c.head_dim
+  s_len = cache.pos.shape[1]
+  tokens = jnp.asarray(tokens, jnp.int32)
+  positions = jnp.asarray(positions, jnp.int32)
+  rows = jnp.arange(b, dtype=jnp.int32)
+  # The slot of the new token (``apply``'s dynamic_update_slice clamp for T = 1).
+  slot = jnp.clip(cache.index, 0, s_len - 1)
+  key_pos = cache.pos.at[rows, slot].set(positions, indices_are_sorted=True,
+                                         unique_indices=True, mode="promise_in_bounds")
+  dist = positions[:, None] - key_pos                                   # [B, S]
+  mask = (key_pos >= 0) & (dist >= 0)
+  inv_freq = rope_inv_freq(c)
+  row_axes = (BATCH, HEADS, HEAD_DIM)
+
+  def rope(x):   # [B, N, Dh]
+    return apply_rope(x[:, None], positions[:, None], inv_freq)[:, 0]
+
+  embedding = params["token_embed"]
+  x = jnp.take(embedding, tokens, axis=0).astype(dt)
+  if c.scale_embeddings:
+    x = x * jnp.asarray(math.sqrt(c.d_model), dt)
+  x = nn.with_logical_constraint(x, (BATCH, EMBED))
+  new_k, new_v = [], []
+  for i, lp in enumerate(layers):
+    a = lp["attn"]
+    hn = _rms_norm(c, lp["pre_attn_norm"]["scale"], x)
+    q = jnp.einsum("bd,dnh->bnh", hn, a["wq"].astype(dt))
+    k = jnp.einsum("bd,dnh->bnh", hn, a["wk"].astype(dt))
+    v = jnp.einsum("bd,dnh->bnh", hn, a["wv"].astype(dt))
+    if c.qkv_bias:
+      q, k, v = q + a["bq"].astype(dt), k + a["bk"].astype(dt), v + a["bv"].astype(dt)
+    q = rope(nn.with_logical_constraint(q, row_axes))
+    k = rope(nn.with_logical_constraint(k, (BATCH, KV_HEADS, HEAD_DIM)))
+    v = nn.with_logical_constraint(v, (BATCH, KV_HEADS, HEAD_DIM))
+    # In place (the while_loop carry): keys at [b, :, :, slot[b]], values at [b, :, slot[b]].
+    kc = nn.with_logical_constraint(cache.k[i].at[rows, :, :, slot].set(
+        k.astype(cache.k[i].dtype), indices_are_sorted=True, unique_indices=True,
+        mode="promise_in_bounds"), DECODE_K_AXES)
+    vc = nn.with_logical_constraint(cache.v[i].at[rows, :, slot].set(
+        v.astype(cache.v[i].dtype), indices_are_sorted=True, unique_indices=True,
+        mode="promise_in_bounds"), DECODE_V_AXES)
+    new_k.append(kc)
+    new_v.append(vc)
+    qg = q.reshape(b, kh, h // kh, hd)
+    scores = jnp.einsum("bkgd,bkds->bkgs", qg, kc.astype(dt),
+                        preferred_element_type=jnp.float32) * c.attn_scale
+    if c.attn_logit_softcap:
+      scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+    m = mask
+    if c.sliding_window and c.sliding_layers[i]:
+      m = m & (dist < c.sliding_window)
+    scores = jnp.where(m[:, None, None, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs, vc.astype(dt)).reshape(b, h, hd)
+    out = nn.with_logical_constraint(out, row_axes)
+    y = jnp.einsum("bnh,nhd->bd", out, a["wo"].astype(dt))
+    if c.out_bias:
+      y = y + a["bo"].astype(dt)
+    if c.post_norms:
+      y = _rms_norm(c, lp["post_attn_norm"]["scale"], y)
+    x = x + y
+    hn = _rms_norm(c, lp["pre_mlp_norm"]["scale"], x)
+    mp = lp["mlp"]
+    gate = jnp.einsum("bd,df->bf", hn, mp["wi_gate"].astype(dt))
+    up = jnp.einsum("bd,df->bf", hn, mp["wi_up"].astype(dt))
+    act = jax.nn.silu(gate) if c.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    hid = nn.with_logical_constraint(act * up, (BATCH, MLP))
+    y = jnp.einsum("bf,fd->bd", hid, mp["wo"].astype(dt))
+    if c.post_norms:
+      y = _rms_norm(c, lp["post_mlp_norm"]["scale"], y)
+    x = nn.with_logical_constraint(x + y, (BATCH, EMBED))
+  x = _rms_norm(c, params["final_norm"]["scale"], x)
+  head = embedding if c.tie_word_embeddings else params["lm_head"]
+  logits = _head_logits(c, x[:, None], head)[:, 0]
+  new_cache = DecodeCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos,
+                          index=cache.index + 1)
+  return logits, new_cache
