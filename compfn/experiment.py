@@ -412,10 +412,12 @@ def rl_stage(run: Run, name: str = 'rl', records=gin.REQUIRED, grpo=None,
     print(f'[{run.key(name)}] reference responses up to {longest} tokens (with EOS); '
           f'{too_long:,} prompts whose reference exceeds max_new_tokens={cfg.max_new_tokens} '
           'dropped', flush=True)
-  # The step-credit trace reward scores against the whole reference trace, not the answer.
-  ref_key = 'target' if cfg.task == 'strings_trace_steps' else 'ref'
-  if cfg.task == 'strings_trace_steps' and any(r.get('target') is None for r in records):
-    raise ValueError(f"[{name}] task 'strings_trace_steps' needs trace records with a target")
+  # The step-credit and shape-aware trace rewards score against the whole reference trace,
+  # not the answer.
+  whole_trace = cfg.task in ('strings_trace_steps', 'strings_trace_shape')
+  ref_key = 'target' if whole_trace else 'ref'
+  if whole_trace and any(r.get('target') is None for r in records):
+    raise ValueError(f"[{name}] task {cfg.task!r} needs trace records with a target")
   enc = [(run.encode(r['prompt']), r[ref_key]) for r in records]
   if not enc:
     raise ValueError(f'[{name}] no prompt left: every reference response is longer than '

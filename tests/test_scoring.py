@@ -791,3 +791,147 @@ def test_score_batch_inputs():
         D.score_batch(['a'], ['a'], min_bucket=0)
     with pytest.raises(TypeError):
         S.score('x', 3)
+
+
+# ================================================================================================
+# Shape-aware trace reward (strings_trace_shape): Python reference == device, bit for bit.
+# ================================================================================================
+_SHAPE_T = ";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq"
+# (response, overlong, expected (score, acc)) for the L2 reference above: n = 2 steps.
+SHAPE_CASES = [
+    (_SHAPE_T, False, (1.0, 1)),                                              # correct
+    (_SHAPE_T, True, (0.5, 0)),                                               # correct, cut
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfgin;dfgin", False, (0.375, 0)),  # step 2
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfgin;dfginq", False, (0.875, 1)),
+    (";func_7('fgi','dnq')=fdgniq;fdgniq", False, (0.25, 0)),                # one step, inner
+    (";func_3(func_7('fgi','dnq'))=dfginq;dfginq", False, (0.5, 1)),        # one step, right ans
+    (";func_3(func_7('fgi','dnq'))=dfgin;dfgin", False, (0.0, 0)),          # one step, outer
+    (";func_3('fgi')=fgi;func_7('fgi','dnq')=fdgniq;fdgniq", False, (0.0, 0)),  # wrong order
+    (";func_31('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq", False, (0.75, 1)),  # id
+    (";func_7('fgi','dnq')=fdgniq;func_31('fdgniq')=dfginq;dfginq", False, (0.75, 1)),
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgnq')=dfgnq;dfgnq", False, (0.375, 0)),  # hand-over
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;func_3('dfginq')=dfginq;dfginq",
+     False, (0.8333333730697632, 1)),                                         # an extra step
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdg", True, (0.25, 0)),            # truncated
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdg", False, (0.25, 0)),
+    (";func_7('fgi','dnq')=fdgn", True, (0.0, 0)),                            # cut in step 1
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq", True, (0.5, 0)),
+    ("func_7('fgi','dnq')=fdgniq", False, (-1.0, 0)),                         # no ';'
+    ("", False, (-1.0, 0)),
+    ("", True, (-1.0, 0)),
+    (";dfginq", False, (0.5, 1)),                                             # answer only
+    (";;;dfginq", False, (0.5, 1)),                                           # empty steps
+    ("junk;func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq", False, (1.0, 1)),
+    (";func_7=fdgniq;func_3=dfginq;dfginq", False, (0.5, 1)),                 # no '(' at all
+    (";func_7 ('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq", False, (0.75, 1)),
+    (";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=dfginq;dfginq;", False,
+     (0.3333333432674408, 0)),                                                # trailing ';'
+    (b";func_7('fgi','dnq')=fdgniq;func_3('fdgniq')=df\xffinq;df\xffinq", False, (0.375, 0)),
+]
+
+
+def _shape_rows(items):
+  width = max(8, max(len(b) for b in items))
+  arr = np.zeros((len(items), width), np.int32)
+  lens = np.zeros(len(items), np.int32)
+  for i, b in enumerate(items):
+    arr[i, :len(b)] = np.frombuffer(b, np.uint8)
+    lens[i] = len(b)
+  return arr, lens
+
+
+def _shape_device(resps, targets, overlong, **kw):
+  resp, rl = _shape_rows([r if isinstance(r, bytes) else r.encode() for r in resps])
+  ref, fl = _shape_rows([t.encode() for t in targets])
+  fn = jax.jit(lambda *a: D.score_trace_shape(*a, **kw))
+  args = (resp, rl, ref, fl, np.asarray(overlong, bool))
+  assert 'callback' not in str(jax.make_jaxpr(fn)(*args))
+  s, a = fn(*args)
+  assert s.dtype == jnp.float32 and a.dtype == jnp.int32
+  return np.asarray(s), np.asarray(a)
+
+
+def test_trace_shape_hand_cases():
+  resps = [c[0] for c in SHAPE_CASES]
+  over = [c[1] for c in SHAPE_CASES]
+  for r, o, want in SHAPE_CASES:
+    assert S.score_trace_shape(r, _SHAPE_T, overlong=o) == want, r
+  s, a = _shape_device(resps, [_SHAPE_T] * len(resps), over)
+  for i, (r, o, want) in enumerate(SHAPE_CASES):
+    got = S.score_trace_shape(r, _SHAPE_T, overlong=o)
+    assert np.float32(s[i]).tobytes() == np.float32(got[0]).tobytes() and a[i] == got[1], r
+  # The paper's truncation rule on request; other dyadic weights.
+  kw = dict(shape_credit=0.5, step_credit=0.125, answer_credit=1.0, overlong_penalty=True)
+  s, a = _shape_device(resps, [_SHAPE_T] * len(resps), over, **kw)
+  for i, (r, o, _) in enumerate(SHAPE_CASES):
+    got = S.score_trace_shape(r, _SHAPE_T, overlong=o, **kw)
+    assert (float(s[i]), int(a[i])) == got, r
+    if o:
+      assert got == (-1.0, 0)
+  # A one-step answer now earns less than a full trace with a wrong second value (the flaw
+  # of the step-credit reward, which gives both 0.25).
+  one, two = SHAPE_CASES[4][0], SHAPE_CASES[2][0]
+  assert S.score_trace_steps(one, _SHAPE_T) == S.score_trace_steps(two, _SHAPE_T) == (0.25, 0)
+  assert S.score_trace_shape(one, _SHAPE_T)[0] < S.score_trace_shape(two, _SHAPE_T)[0]
+
+
+def test_trace_shape_counts():
+  c = S.trace_shape_counts(SHAPE_CASES[7][0], _SHAPE_T)
+  assert c == dict(format_ok=True, ref_steps=2, steps=2, id_hits=0, step_hits=0,
+                   answer_ok=False)
+  c = S.trace_shape_counts(SHAPE_CASES[2][0], _SHAPE_T)
+  assert (c['id_hits'], c['step_hits']) == (2, 1)
+  with pytest.raises(TypeError):
+    S.score_trace_shape(1, _SHAPE_T)
+  with pytest.raises(TypeError):
+    S.score_trace_shape('x', None)
+
+
+def _shape_variants(p, other, rng):
+  """Generated responses for trace problem p: correct, cut, one-step, wrong order, wrong ids,
+  wrong values, extra and missing steps, and steps of another problem."""
+  t = p.target
+  pieces = t.split(';')
+  steps, ans = pieces[1:-1], pieces[-1]
+  join = lambda ss, a: ';' + ';'.join(ss) + ';' + a  # noqa: E731
+  out = [t, t[:rng.randrange(1, len(t))], t[:-1], t + 'x', ';' + ans, 'no separator',
+         join(steps[:1], steps[0].rpartition('=')[2]), join(steps[::-1], ans),
+         join([s.replace('func_', 'func_1', 1) for s in steps], ans),
+         join([s.replace('(', ' (', 1) for s in steps], ans),
+         join(steps[:-1] + [steps[-1] + 'q'], ans + 'q'),
+         join(steps + steps[-1:], ans), join(steps[1:], ans), other.target,
+         join(steps[:1] + other.target.split(';')[1:-1], ans),
+         join([steps[0].replace("'", '', 1)] + steps[1:], ans)]
+  if len(steps) > 1:
+    out.append(join([steps[0], steps[1].replace(steps[0].rpartition('=')[2], 'ab', 1)]
+                    + steps[2:], ans))
+  return out
+
+
+def test_trace_shape_device_equals_reference_on_generated_traces():
+  from compfn.tasks.strings import functions as F
+  from compfn.tasks.strings.generator import generate_trace
+  rng = random.Random(7)
+  problems = (generate_trace(F.TRAIN_FUNCTIONS, 1, 3, 120, seed=5)
+              + generate_trace(F.TEST_FUNCTIONS, 1, 4, 80, seed=6))
+  resps, targets, over = [], [], []
+  for i, p in enumerate(problems):
+    for v in _shape_variants(p, problems[(i + 1) % len(problems)], rng):
+      resps.append(v)
+      targets.append(p.target)
+      over.append(rng.random() < 0.15)
+  s, a = _shape_device(resps, targets, over)
+  bad = []
+  for i, (r, t, o) in enumerate(zip(resps, targets, over)):
+    want = S.score_trace_shape(r, t, overlong=o)
+    if np.float32(s[i]).tobytes() != np.float32(want[0]).tobytes() or int(a[i]) != want[1]:
+      bad.append((r, t, o, float(s[i]), int(a[i]), want))
+  assert not bad, bad[:5]
+  assert len({float(x) for x in s}) >= 12          # many distinct credit levels occur
+  assert {-1.0, 0.0, 1.0} <= {float(x) for x in s}
+  # The registered task uses these scorers.
+  from compfn.tasks import registry
+  task = registry.get('strings_trace_shape')
+  assert task.score is S.score_trace_shape
+  assert task.device_score.resolve() is D.score_trace_shape
+  assert task.reference(problems[0]) == problems[0].target

@@ -36,7 +36,8 @@ from compfn.tasks.countdown import verifier as CV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / 'compfn' / 'tasks'
-BUILTIN = ('strings_json', 'strings_trace', 'strings_trace_steps', 'countdown')
+BUILTIN = ('strings_json', 'strings_trace', 'strings_trace_steps', 'strings_trace_shape',
+           'countdown')
 SIGNATURE = ['resp', 'resp_len', 'ref', 'ref_len', 'overlong']
 
 

@@ -27,7 +27,10 @@ Public API::
 (``device_scoring.score_json``), ``'strings_trace'`` = the trace rule (``score_trace``),
 ``'strings_trace_steps'`` = the trace rule with credit for correct leading steps
 (``score_trace_steps``; its ``ref`` is the whole reference trace, not the answer; a documented
-departure from the paper's final-answer reward, for small models), ``'countdown'`` = the
+departure from the paper's final-answer reward, for small models), ``'strings_trace_shape'`` =
+the shape-aware trace reward (``score_trace_shape``: credit for the right calls in the right
+order, for right steps and for the answer; ``ref`` is the whole reference trace; also a
+departure from the paper), ``'countdown'`` = the
 Countdown verifier (``compfn.tasks.countdown.verifier.score_refs``; ``ref`` is the problem's
 JSON, ``{"numbers": [..], "target": N}``, read on device). The
 scorer's ``overlong`` flag is ``truncated | byte_overflow``: a response that hit

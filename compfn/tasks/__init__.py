@@ -10,6 +10,8 @@ strings_json           the expected output string (paper's rule)   ``device_scor
 strings_trace          the answer after the trace's last ``;``     ``device_scoring.score_trace``
 strings_trace_steps    the whole reference trace (step credit)     ``device_scoring.
                                                                    score_trace_steps``
+strings_trace_shape    the whole reference trace (shape-aware)     ``device_scoring.
+                                                                   score_trace_shape``
 countdown              ``{"numbers": [..], "target": N}`` JSON     ``countdown.verifier.
                                                                    score_refs``
 =====================  ==========================================  ================================
@@ -50,6 +52,13 @@ def _register_builtin():
       registry.Lazy(_STRINGS_DEVICE + 'score_trace_steps'),
       description='Trace format with credit for correct leading steps (ref = the whole '
                   "reference trace; a departure from the paper's final-answer reward)."))
+  registry.register(task(
+      'strings_trace_shape', _strings_generator.generate_trace, _PROMPT,
+      operator.attrgetter('target'), _strings_scoring.score_trace_shape,
+      registry.Lazy(_STRINGS_DEVICE + 'score_trace_shape'),
+      description='Trace format, shape-aware: credit for the right calls in the right order, '
+                  'for right steps and for the right answer; overlong keeps its step credit '
+                  "(ref = the whole reference trace; a departure from the paper's reward)."))
   registry.register(task(
       'countdown', _countdown.generate, _PROMPT, operator.attrgetter('reference'),
       _countdown_scoring.score, registry.Lazy('compfn.tasks.countdown.verifier:score_refs'),

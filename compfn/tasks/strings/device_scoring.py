@@ -76,9 +76,11 @@ import numpy as np
 from jax import lax
 
 from compfn.tasks.response_bytes import encode_responses
-from compfn.tasks.strings.scoring import MAX_INT_DIGITS, MAX_JSON_DEPTH
+from compfn.tasks.strings.scoring import (ANSWER_CREDIT, MAX_INT_DIGITS, MAX_JSON_DEPTH,
+                                          SHAPE_CREDIT, STEP_CREDIT)
 
-__all__ = ['score_json', 'score_trace', 'score_batch', 'benchmark_fn', 'MAX_JSON_DEPTH']
+__all__ = ['score_json', 'score_trace', 'score_trace_steps', 'score_trace_shape', 'score_batch',
+           'benchmark_fn', 'MAX_JSON_DEPTH']
 
 # ------------------------------------------------------------------------------------------------
 # Byte constants.
@@ -736,6 +738,95 @@ def score_trace_steps(resp, resp_len, ref, ref_len, overlong, step_credit: float
     """
     return jax.vmap(_score_trace_steps_one, in_axes=(0, 0, 0, 0, 0, None))(
         resp, resp_len, ref, ref_len, overlong, step_credit)
+
+
+def _segment(values, seg, k: int, op: str, init):
+    """Per-segment reduction of ``values`` into ``k`` slots (``seg`` outside [0, k) is dropped)."""
+    idx = jnp.where((seg >= 0) & (seg < k), seg, k)
+    out = jnp.full((k + 1,), init, values.dtype)
+    out = out.at[idx].add(values) if op == 'add' else out.at[idx].min(values)
+    return out[:k]
+
+
+def _score_trace_shape_one(resp, resp_len, target, target_len, overlong, shape_credit,
+                           step_credit, answer_credit, overlong_penalty):
+    t, r = resp.shape[0], target.shape[0]
+    n = jnp.clip(resp_len, 0, t).astype(jnp.int32)
+    tl = jnp.clip(target_len, 0, r).astype(jnp.int32)
+    pos, k = jnp.arange(t), jnp.arange(r)
+    rsemi = (resp == _SEMI) & (pos < n)
+    tsemi = (target == _SEMI) & (k < tl)
+    rc, tc = jnp.sum(rsemi), jnp.sum(tsemi)
+    m, nref = jnp.maximum(rc - 1, 0), jnp.maximum(tc - 1, 0)   # steps (between first/last ';')
+    # Positions of the ';' (sorted; padded with the text length).
+    rsp = jnp.nonzero(rsemi, size=t + 1, fill_value=n)[0].astype(jnp.int32)
+    tsp = jnp.nonzero(tsemi, size=r + 1, fill_value=tl)[0].astype(jnp.int32)
+    kk = min(t, r)                               # more steps than this cannot be in both
+    big = jnp.int32(t + r + 1)
+    # Every response byte: its step j (the ';' before it is the (j+1)-th), its offset in the
+    # step, and the reference byte at the same offset of reference step j.
+    rj = jnp.cumsum(rsemi) - 1
+    r_in = ~rsemi & (pos < n) & (rj >= 0) & (rj < m) & (rj < nref)
+    rjc = jnp.clip(rj, 0, r)
+    off = pos - rsp[rjc] - 1
+    q = tsp[rjc] + 1 + off
+    byte_ok = r_in & (q < tsp[jnp.clip(rj + 1, 0, r)]) & (target[jnp.clip(q, 0, r - 1)] == resp)
+    # Every reference byte: its step and offset; the first '(' of each step.
+    tj = jnp.cumsum(tsemi) - 1
+    t_in = ~tsemi & (k < tl) & (tj >= 0) & (tj < nref)
+    toff = k - tsp[jnp.clip(tj, 0, r)] - 1
+    paren_t = _segment(jnp.where(t_in & (target == ord('(')), toff, big).astype(jnp.int32),
+                       jnp.where(t_in, tj, -1), kk, 'min', big)
+    paren_r = _segment(jnp.where(r_in & (resp == ord('(')), off, big).astype(jnp.int32),
+                       jnp.where(r_in, rj, -1), kk, 'min', big)
+    seg = jnp.where(r_in, rj, -1)
+    bad = _segment((r_in & ~byte_ok).astype(jnp.int32), seg, kk, 'add', 0)
+    pt_of_byte = paren_t[jnp.clip(rj, 0, kk - 1)]
+    bad_id = _segment((r_in & ~byte_ok & (off < pt_of_byte)).astype(jnp.int32), seg, kk, 'add',
+                      0)
+    j = jnp.arange(kk)
+    live = (j < m) & (j < nref)
+    has_paren = paren_t < big
+    id_eq = live & has_paren & (paren_r == paren_t) & (bad_id == 0)
+    len_eq = (rsp[j + 1] - rsp[j]) == (tsp[j + 1] - tsp[j])
+    step_eq = live & has_paren & len_eq & (bad == 0)
+    id_hits = jnp.sum(id_eq).astype(jnp.float32)
+    step_hits = jnp.sum(step_eq).astype(jnp.float32)
+    # The final answer, as the trace rule compares it.
+    last_r, last_t = _last(rsemi, pos), _last(tsemi, k)
+    ans_len = tl - last_t - 1
+    got = resp[jnp.clip(last_r + 1 + k, 0, t - 1)]
+    want = target[jnp.clip(last_t + 1 + k, 0, r - 1)]
+    match = (n - last_r - 1 == ans_len) & jnp.all((got == want) | (k >= ans_len))
+    hit = match & ~overlong & (rc > 0)
+    f32 = jnp.float32
+    denom = jnp.maximum(jnp.maximum(nref, m), 1).astype(f32)
+    part = f32(shape_credit) * id_hits + f32(step_credit) * step_hits
+    sc = part / denom + f32(answer_credit) * hit.astype(f32)
+    fail = (rc == 0) | (overlong & overlong_penalty)
+    return jnp.where(fail, f32(-1.0), sc).astype(f32), (hit & ~fail).astype(jnp.int32)
+
+
+def score_trace_shape(resp, resp_len, ref, ref_len, overlong,
+                      shape_credit: float = SHAPE_CREDIT, step_credit: float = STEP_CREDIT,
+                      answer_credit: float = ANSWER_CREDIT, overlong_penalty: bool = False):
+    """The shape-aware trace reward on bytes (a departure from the paper, whose reward is the
+    final answer only; :func:`compfn.tasks.strings.scoring.score_trace_shape` is the Python
+    reference and states the rule). ``ref`` is the whole reference *trace*. Returns
+    (score float32[B], acc int32[B]), equal to the reference bit for bit (dyadic weights).
+
+    Per example, O(T + R) with static shapes: the ``;`` positions of both texts
+    (``jnp.nonzero`` with a static size), every response byte mapped to (step, offset) and
+    compared with the reference byte at the same offset of the same step, then per-step
+    reductions (scatter-add / scatter-min into min(T, R) slots): mismatching bytes, mismatching
+    bytes before the reference step's first ``(`` (the function id), and each step's first ``(``.
+
+    Example: reference ``;f('ab')=ba;g('ba')=BA;BA``, response ``;f('ab')=ba;ba`` (one step,
+    the inner call right) -> (0.25, 0); ``;f('ab')=ba;g('ba')=Ba;Ba`` -> (0.375, 0).
+    """
+    return jax.vmap(_score_trace_shape_one, in_axes=(0, 0, 0, 0, 0, None, None, None, None))(
+        resp, resp_len, ref, ref_len, jnp.asarray(overlong, bool), shape_credit, step_credit,
+        answer_credit, overlong_penalty)
 
 
 # ------------------------------------------------------------------------------------------------

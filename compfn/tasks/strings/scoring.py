@@ -69,7 +69,8 @@ import json
 from typing import Optional, Union
 
 __all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'score', 'extract_answer', 'parse_trace',
-           'score_trace', 'score_trace_steps']
+           'score_trace', 'score_trace_steps', 'score_trace_shape',
+           'trace_shape_counts', 'SHAPE_CREDIT', 'STEP_CREDIT', 'ANSWER_CREDIT']
 
 #: A parse that opens a JSON container at a nesting depth greater than this (top level = 1)
 #: before any syntax error aborts the whole score (stands in for Python's ``RecursionError``).
@@ -310,3 +311,95 @@ def score_trace_steps(response: Union[str, bytes], target: str, overlong: bool =
         prefix += 1
     done = tb[1:prefix].count(b';')
     return step_credit * min(done, steps) / max(steps, 1), 0
+
+
+#: Default weights of :func:`score_trace_shape`: the right calls in the right order, the right
+#: steps (byte for byte), the right final answer. Dyadic, so the float32 arithmetic is exact
+#: up to the one division (the device scorer gives the same float32 bit for bit).
+SHAPE_CREDIT, STEP_CREDIT, ANSWER_CREDIT = 0.25, 0.25, 0.5
+
+
+def _call_id(piece: bytes) -> Optional[bytes]:
+    """The function id of a trace step: the bytes before its first ``(`` (None: no ``(``)."""
+    cut = piece.find(b'(')
+    return None if cut < 0 else piece[:cut]
+
+
+def trace_shape_counts(response: Union[str, bytes], target: str) -> dict:
+    """The counts :func:`score_trace_shape` is made of (for analysis and tests).
+
+    Returns a dict: ``format_ok`` (the response has a ``;``), ``ref_steps`` n, ``steps`` m (the
+    response's ``;``-separated pieces between its first and last ``;``, as :func:`parse_trace`),
+    ``id_hits`` (positions i < min(n, m) where the response's step i calls the reference step i's
+    function: same bytes before the first ``(``), ``step_hits`` (positions i < min(n, m) whose
+    step is byte-identical to the reference step i: same call, same arguments, same value) and
+    ``answer_ok`` (the text after the last ``;`` equals the reference answer).
+    """
+    if not isinstance(target, str):
+        raise TypeError(f'target must be str, got {type(target).__name__}')
+    if isinstance(response, (bytes, bytearray)):
+        text = bytes(response)
+    elif isinstance(response, str):
+        text = response.encode('utf-8')
+    else:
+        raise TypeError(f'response must be str or bytes, got {type(response).__name__}')
+    tb = target.encode('utf-8')
+    rp, tp = text.split(b';'), tb.split(b';')
+    rsteps, tsteps = rp[1:-1], tp[1:-1]
+    both = min(len(rsteps), len(tsteps))
+    id_hits = sum(1 for a, b in zip(rsteps[:both], tsteps[:both])
+                  if _call_id(a) is not None and _call_id(a) == _call_id(b))
+    step_hits = sum(1 for a, b in zip(rsteps[:both], tsteps[:both])
+                    if a == b and _call_id(a) is not None)
+    return dict(format_ok=len(rp) > 1, ref_steps=len(tsteps), steps=len(rsteps), id_hits=id_hits,
+                step_hits=step_hits, answer_ok=len(rp) > 1 and rp[-1] == tp[-1])
+
+
+def score_trace_shape(response: Union[str, bytes], target: str, overlong: bool = False,
+                      shape_credit: float = SHAPE_CREDIT, step_credit: float = STEP_CREDIT,
+                      answer_credit: float = ANSWER_CREDIT,
+                      overlong_penalty: bool = False) -> tuple[float, int]:
+    """Shape-aware trace reward (a departure from the paper, whose reward is the final answer
+    only: compfn's optional shaped reward for small models). ``target`` is the reference trace
+    ``;c_1=v_1;...;c_n=v_n;answer``.
+
+    With n reference steps, m response steps (see :func:`trace_shape_counts`) and
+    D = max(n, m, 1)::
+
+        score = (shape_credit * id_hits + step_credit * step_hits) / D
+                + answer_credit * [answer after the last ';' == reference answer]
+
+    * ``id_hits``: steps that call the right function at the right position (innermost first),
+      whatever the values; ``step_hits``: steps byte-identical to the reference step. Dividing
+      by max(n, m) charges both missing steps and extra ones, so at level 2 a one-step answer
+      whose call is the inner one earns (0.25 + 0.25) / 2 = 0.25 while a two-step trace with the
+      right calls and a wrong second value earns (0.5 + 0.25) / 2 = 0.375 (unlike
+      :func:`score_trace_steps`, where both earn 0.25), and a right-answer full trace earns 1.
+      A one-step answer that names the outer call first earns only the answer credit.
+    * ``-1`` when the response has no ``;`` (nothing parsable).
+    * **Overlong** (maximum length reached without EOS): the answer credit is 0 (the text after
+      the last ``;`` was cut) but the completed steps still count, so a well-formed trace that
+      runs long is not scored below a wrong short one. ``overlong_penalty=True`` restores the
+      paper's ``-1`` instead.
+    * ``acc`` is the final-answer match (as :func:`score_trace`), 0 when overlong.
+
+    Returns ``(score, acc)``; the score is a float32 value (as a Python float) computed in the
+    order above, which :func:`compfn.tasks.strings.device_scoring.score_trace_shape` reproduces
+    bit for bit (exactly so for dyadic weights, such as the defaults).
+
+        >>> t = ";f('ab')=ba;g('ba')=BA;BA"
+        >>> score_trace_shape(t, t), score_trace_shape(";f('ab')=ba;g('ba')=Ba;Ba", t)
+        ((1.0, 1), (0.375, 0))
+        >>> score_trace_shape(";f('ab')=ba;ba", t), score_trace_shape(";g(f('ab'))=BA;BA", t)
+        ((0.25, 0), (0.5, 1))
+    """
+    import numpy as np
+    c = trace_shape_counts(response, target)
+    if not c['format_ok'] or (overlong and overlong_penalty):
+        return -1.0, 0
+    f32 = np.float32
+    denom = f32(max(c['ref_steps'], c['steps'], 1))
+    part = f32(shape_credit) * f32(c['id_hits']) + f32(step_credit) * f32(c['step_hits'])
+    hit = bool(c['answer_ok'] and not overlong)
+    sc = part / denom + f32(answer_credit) * f32(hit)
+    return float(f32(sc)), int(hit)
