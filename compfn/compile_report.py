@@ -68,6 +68,7 @@ rejects for memory (``RESOURCE_EXHAUSTED``) does not fit; the report keeps the c
 numbers. Unless every program fits, :func:`compile_report` raises :class:`DoesNotFit` (exit
 code 6) naming each stage, program and shortfall.
 """
+
 from __future__ import annotations
 
 import copy
@@ -91,22 +92,35 @@ from jax.sharding import NamedSharding, PartitionSpec
 from compfn import errors, parallel, train
 from compfn.model.config import ModelConfig
 
-__all__ = ['DoesNotFit', 'DEVICE_MEMORY', 'compile_report', 'pipeline_stages', 'stage_bindings',
-           'model_from_gin', 'topology_devices', 'device_memory', 'format_bytes']
+__all__ = [
+    'DoesNotFit',
+    'DEVICE_MEMORY',
+    'compile_report',
+    'pipeline_stages',
+    'stage_bindings',
+    'model_from_gin',
+    'topology_devices',
+    'device_memory',
+    'format_bytes',
+]
 
 GiB = 1 << 30
 
 #: HBM per chip (one JAX device; megacore) by ``device_kind``.
 DEVICE_MEMORY = {
-    'TPU v5': 95 * GiB, 'TPU v5p': 95 * GiB,
-    'TPU v5 lite': 16 * GiB, 'TPU v5e': 16 * GiB,
+    'TPU v5': 95 * GiB,
+    'TPU v5p': 95 * GiB,
+    'TPU v5 lite': 16 * GiB,
+    'TPU v5e': 16 * GiB,
     'TPU v4': 32 * GiB,
-    'TPU v6 lite': 32 * GiB, 'TPU v6e': 32 * GiB,
+    'TPU v6 lite': 32 * GiB,
+    'TPU v6e': 32 * GiB,
 }
 
 
 class DoesNotFit(errors.CompfnError):
   """A compiled program needs more memory per device than the device has (``--compile_only``)."""
+
   exit_code = 6
 
 
@@ -127,8 +141,9 @@ def _signature_default(fn: Callable, name: str):
   return p.default
 
 
-def stage_bindings(selector: str, fn: Callable, scope: Sequence[str], names: Sequence[str],
-                   raw: Sequence[str] = ()) -> dict:
+def stage_bindings(
+    selector: str, fn: Callable, scope: Sequence[str], names: Sequence[str], raw: Sequence[str] = ()
+) -> dict:
   """``{name: value}`` for the parameters ``names`` of the configurable ``selector`` called in
   ``scope``: the bound value (gin's scope inheritance: '', 'a', 'a/b', ... the most specific
   wins), evaluated in ``scope``, else ``fn``'s default. Names in ``raw`` are returned
@@ -147,16 +162,17 @@ def stage_bindings(selector: str, fn: Callable, scope: Sequence[str], names: Seq
 
 @dataclasses.dataclass
 class StageRef:
-  kind: str                 # 'sft_stage', 'rl_stage', ...
-  scope: tuple              # the gin scope the stage runs in
-  name: str                 # its key in the pipeline (branch prefix + name)
+  kind: str  # 'sft_stage', 'rl_stage', ...
+  scope: tuple  # the gin scope the stage runs in
+  name: str  # its key in the pipeline (branch prefix + name)
 
 
 def _ref_parts(ref, parent_scope):
   """(selector, scope) of a non-evaluated stage reference (``@scope/sft_stage``)."""
   if not isinstance(ref, gin.config.ConfigurableReference):
-    raise errors.ConfigError(f'--compile_only: pipeline stage {ref!r} is not a gin reference '
-                             '(@name or @scope/name)')
+    raise errors.ConfigError(
+        f'--compile_only: pipeline stage {ref!r} is not a gin reference ' '(@name or @scope/name)'
+    )
   selector = ref.configurable.name
   scope = tuple(ref.scopes) if ref.scopes else tuple(parent_scope)
   return selector, scope
@@ -166,28 +182,40 @@ def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> l
   """The stages ``pipeline.stages`` runs, in order, with their scopes and names (``branch``
   stages expanded, their names prefixed ``<branch>/``). Nothing is evaluated."""
   from compfn import experiment as X
+
   if refs is None:
     bound = gin.get_bindings('pipeline', resolve_references=False)
     if 'stages' not in bound:
-      raise errors.ConfigError('--compile_only: pipeline.stages is not bound (run.job = '
-                               '@pipeline and a list of stages)')
+      raise errors.ConfigError(
+          '--compile_only: pipeline.stages is not bound (run.job = '
+          '@pipeline and a list of stages)'
+      )
     refs = bound['stages']
-  fns = {'sft_stage': X.sft_stage, 'rl_stage': X.rl_stage, 'eval_stage': X.eval_stage,
-         'gate_stage': X.gate_stage, 'rft_stage': X.rft_stage, 'export_stage': X.export_stage,
-         'branch': X.branch}
+  fns = {
+      'sft_stage': X.sft_stage,
+      'rl_stage': X.rl_stage,
+      'eval_stage': X.eval_stage,
+      'gate_stage': X.gate_stage,
+      'rft_stage': X.rft_stage,
+      'export_stage': X.export_stage,
+      'branch': X.branch,
+  }
   out = []
   for ref in refs:
     selector, sc = _ref_parts(ref, scope)
     if selector not in fns:
-      raise errors.ConfigError(f'--compile_only: unknown stage @{ref.scoped_selector} (known: '
-                               f'{", ".join(sorted(fns))})')
+      raise errors.ConfigError(
+          f'--compile_only: unknown stage @{ref.scoped_selector} (known: '
+          f'{", ".join(sorted(fns))})'
+      )
     if selector == 'branch':
       with gin.config_scope(list(sc)):
         b = gin.get_bindings('branch', resolve_references=False)
       name = _evaluate(b.get('name'), sc)
       if name is None or 'stages' not in b:
-        raise errors.ConfigError(f'--compile_only: @{ref.scoped_selector} needs branch.name and '
-                                 'branch.stages')
+        raise errors.ConfigError(
+            f'--compile_only: @{ref.scoped_selector} needs branch.name and ' 'branch.stages'
+        )
       out += pipeline_stages(b['stages'], sc, f'{prefix}{name}/')
       continue
     name = stage_bindings(selector, fns[selector], sc, ['name'])['name']
@@ -202,7 +230,7 @@ def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> l
 class TokenizerInfo:
   stop_ids: tuple
   pad_id: int
-  detok: Any                # DetokTables of numpy arrays or of ShapeDtypeStructs
+  detok: Any  # DetokTables of numpy arrays or of ShapeDtypeStructs
   source: str
 
 
@@ -212,8 +240,10 @@ def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str
   from compfn import experiment as X
   from compfn import model as M
   from compfn import tokenizers
-  b = stage_bindings('load_model', X.load_model, (),
-                     ['checkpoint', 'tokenizer', 'overrides'], raw=['config'])
+
+  b = stage_bindings(
+      'load_model', X.load_model, (), ['checkpoint', 'tokenizer', 'overrides'], raw=['config']
+  )
   ckpt, tok_path = b['checkpoint'], b['tokenizer']
   if model_preset:
     config, origin = M.preset(model_preset), f'preset:{model_preset}'
@@ -224,14 +254,17 @@ def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str
       raise errors.ConfigError(
           f'--compile_only: load_model.checkpoint={path!r} has no config.json here; '
           '--compile_only reads only that file. Pass --model_preset=NAME (one of '
-          f'{", ".join(sorted(M.PRESETS))}) to compile the model without its checkpoint')
+          f'{", ".join(sorted(M.PRESETS))}) to compile the model without its checkpoint'
+      )
     from compfn.model import hf_io
+
     config, origin = ModelConfig.from_hf(hf_io.read_hf_config(path)), f'checkpoint:{path}'
   elif b['config'] is not None:
     config, origin = _evaluate(b['config'], ()), 'config'
   else:
-    raise errors.ConfigError('--compile_only: set load_model.checkpoint, load_model.config or '
-                             '--model_preset')
+    raise errors.ConfigError(
+        '--compile_only: set load_model.checkpoint, load_model.config or ' '--model_preset'
+    )
   overrides = b['overrides']
   if overrides:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
@@ -256,15 +289,27 @@ def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str
 
 def tokenizer_info(config: ModelConfig, tok, token_bytes: int) -> TokenizerInfo:
   from compfn.rl.rollout import DetokTables
+
   if tok is not None:
-    return TokenizerInfo(tuple(int(i) for i in (tok.stop_ids or ())), int(tok.pad_id or 0),
-                         DetokTables.from_tokenizer(tok), type(tok).__name__)
+    return TokenizerInfo(
+        tuple(int(i) for i in (tok.stop_ids or ())),
+        int(tok.pad_id or 0),
+        DetokTables.from_tokenizer(tok),
+        type(tok).__name__,
+    )
   v = config.vocab_size
   S = jax.ShapeDtypeStruct
-  detok = DetokTables(table=S((v, int(token_bytes)), jnp.uint8), lengths=S((v,), jnp.int32),
-                      first_skip=S((v,), jnp.int32))
-  return TokenizerInfo(tuple(config.eos_token_ids), int(config.pad_token_id or 0), detok,
-                       f'synthesised (vocab {v}, {token_bytes} bytes per token)')
+  detok = DetokTables(
+      table=S((v, int(token_bytes)), jnp.uint8),
+      lengths=S((v,), jnp.int32),
+      first_skip=S((v,), jnp.int32),
+  )
+  return TokenizerInfo(
+      tuple(config.eos_token_ids),
+      int(config.pad_token_id or 0),
+      detok,
+      f'synthesised (vocab {v}, {token_bytes} bytes per token)',
+  )
 
 
 # --------------------------------------------------------------------------------- devices
@@ -284,10 +329,14 @@ def topology_devices(topology: Optional[str]) -> tuple[list, str]:
     desc = topologies.get_topology_desc(topology, 'tpu')
   except Exception as e:  # noqa: BLE001  (no libtpu, or an unknown topology name)
     msg = ' '.join(str(e).split())[:300]
-    hint = ('' if _have_libtpu() else
-            " (libtpu is not installed: pip install 'jax[tpu]' — no TPU is needed to compile)")
-    raise errors.ConfigError(f'--topology={topology}: cannot make its devices: '
-                             f'{type(e).__name__}: {msg}{hint}') from e
+    hint = (
+        ''
+        if _have_libtpu()
+        else " (libtpu is not installed: pip install 'jax[tpu]' — no TPU is needed to compile)"
+    )
+    raise errors.ConfigError(
+        f'--topology={topology}: cannot make its devices: ' f'{type(e).__name__}: {msg}{hint}'
+    ) from e
   return list(desc.devices), topology
 
 
@@ -301,27 +350,35 @@ def _mesh(shape: tuple, devices: list, topo: str, allow_split_physical_axes: boo
       msg = ' '.join(str(e).split('\n')[0].split())
       hint = ''
       if isinstance(e, NotImplementedError):
-        hint = (' — the run would fail the same way (compfn.parallel.make_mesh uses '
-                'jax.make_mesh): choose mesh axes that are products of the physical torus axes '
-                '(e.g. (4, 16, 1) on 4x4x4), or bind '
-                'compile_report.allow_split_physical_axes=True to measure this shape anyway')
-      raise errors.ConfigError(f'--compile_only: pipeline.mesh_shape={shape} on {topo} '
-                               f'({len(devices)} devices): {msg}{hint}') from e
+        hint = (
+            ' — the run would fail the same way (compfn.parallel.make_mesh uses '
+            'jax.make_mesh): choose mesh axes that are products of the physical torus axes '
+            '(e.g. (4, 16, 1) on 4x4x4), or bind '
+            'compile_report.allow_split_physical_axes=True to measure this shape anyway'
+        )
+      raise errors.ConfigError(
+          f'--compile_only: pipeline.mesh_shape={shape} on {topo} '
+          f'({len(devices)} devices): {msg}{hint}'
+      ) from e
   from jax.experimental import mesh_utils
   from jax.sharding import AxisType, Mesh
-  shape = tuple(len(devices) // int(np.prod([s for s in shape if s != -1])) if s == -1 else s
-                for s in shape)
+
+  shape = tuple(
+      len(devices) // int(np.prod([s for s in shape if s != -1])) if s == -1 else s for s in shape
+  )
   grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   return Mesh(grid, parallel.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def _have_libtpu() -> bool:
   import importlib.util
+
   return importlib.util.find_spec('libtpu') is not None
 
 
-def device_memory(device, override: Optional[int] = None, num_local: int = 1
-                  ) -> tuple[Optional[int], str]:
+def device_memory(
+    device, override: Optional[int] = None, num_local: int = 1
+) -> tuple[Optional[int], str]:
   """(bytes per device, source) — see the module docstring for the order."""
   if override:
     return int(override), '--device_memory_bytes'
@@ -347,8 +404,9 @@ def device_memory(device, override: Optional[int] = None, num_local: int = 1
 
 
 def _S(shape, dtype, sharding):
-  return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype) if not _is_key(dtype) else dtype,
-                              sharding=sharding)
+  return jax.ShapeDtypeStruct(
+      tuple(shape), jnp.dtype(dtype) if not _is_key(dtype) else dtype, sharding=sharding
+  )
 
 
 def _is_key(dtype) -> bool:
@@ -364,14 +422,16 @@ class _Abstract:
 
   def __init__(self, config: ModelConfig, mesh, rules):
     from compfn.model import transformer as T
+
     self.config, self.mesh, self.rules = config, mesh, rules
     self.repl = NamedSharding(mesh, PartitionSpec())
     self.param_sh = parallel.param_shardings(config, mesh, rules)
     shapes = jax.eval_shape(lambda: T.init_params(config, jax.random.PRNGKey(0)))
     pdt = jnp.dtype(config.param_dtype)
     self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, pdt), shapes)
-    self.params = jax.tree.map(lambda x, s: _S(x.shape, x.dtype, s), self.param_shapes,
-                               self.param_sh)
+    self.params = jax.tree.map(
+        lambda x, s: _S(x.shape, x.dtype, s), self.param_shapes, self.param_sh
+    )
     self.batch_axes = dict(rules).get('batch')
 
   def state(self, tx, seed: int) -> train.TrainState:
@@ -379,10 +439,14 @@ class _Abstract:
     pstruct = jax.tree.structure(self.param_shapes)
     like = lambda x: jax.tree.structure(x) == pstruct  # noqa: E731
     put = lambda x, s: _S(x.shape, x.dtype, s)  # noqa: E731
-    opt = jax.tree.map(lambda x: (jax.tree.map(put, x, self.param_sh) if like(x)
-                                  else put(x, self.repl)), st.opt_state, is_leaf=like)
-    return st.replace(step=put(st.step, self.repl), params=self.params, opt_state=opt,
-                      rng=put(st.rng, self.repl))
+    opt = jax.tree.map(
+        lambda x: (jax.tree.map(put, x, self.param_sh) if like(x) else put(x, self.repl)),
+        st.opt_state,
+        is_leaf=like,
+    )
+    return st.replace(
+        step=put(st.step, self.repl), params=self.params, opt_state=opt, rng=put(st.rng, self.repl)
+    )
 
   def batched(self, shape, dtype):
     spec = PartitionSpec(self.batch_axes, *([None] * (len(shape) - 1)))
@@ -410,8 +474,8 @@ class _Abstract:
 class Program:
   stage: str
   program: str
-  lower: Callable[[], Any]          # () -> jax.stages.Lowered
-  shapes: dict                      # what it was compiled for (recorded in the report)
+  lower: Callable[[], Any]  # () -> jax.stages.Lowered
+  shapes: dict  # what it was compiled for (recorded in the report)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -420,6 +484,7 @@ def _round_up(n: int, m: int) -> int:
 
 def _sft_programs(stage: str, b: dict, ab: _Abstract, scope) -> list[Program]:
   from compfn.rl import sft
+
   opt = b['optimizer'] or _in_scope(scope, train.OptimizerConfig)
   steps = b['num_steps'] or 1
   tx, tx_lr = opt.make(steps), opt.lr_schedule(steps)
@@ -428,12 +493,13 @@ def _sft_programs(stage: str, b: dict, ab: _Abstract, scope) -> list[Program]:
   if b['packing']:
     ndev = jax.device_count() if ab.mesh is None else ab.mesh.devices.size
     rows = _round_up(rows, 8 * ndev // math.gcd(8, ndev))
-  batch = sft.SFTBatch(inputs=ab.batched((rows, length), jnp.int32),
-                       targets=ab.batched((rows, length), jnp.int32),
-                       loss_mask=ab.batched((rows, length), jnp.float32),
-                       segment_ids=ab.batched((rows, length), jnp.int32),
-                       positions=(ab.batched((rows, length), jnp.int32) if b['packing']
-                                  else None))
+  batch = sft.SFTBatch(
+      inputs=ab.batched((rows, length), jnp.int32),
+      targets=ab.batched((rows, length), jnp.int32),
+      loss_mask=ab.batched((rows, length), jnp.float32),
+      segment_ids=ab.batched((rows, length), jnp.int32),
+      positions=(ab.batched((rows, length), jnp.int32) if b['packing'] else None),
+  )
   state = ab.state(tx, int(b['seed']))
 
   def step(state, batch):
@@ -443,27 +509,55 @@ def _sft_programs(stage: str, b: dict, ab: _Abstract, scope) -> list[Program]:
   def lower():
     with parallel.use_mesh(ab.mesh, ab.rules):
       return jax.jit(step, donate_argnums=(0,)).lower(state, batch)
-  return [Program(stage, 'sft_step', lower, {'batch': [rows, length], 'micro_batches': mb,
-                                             'packing': bool(b['packing'])})]
+
+  return [
+      Program(
+          stage,
+          'sft_step',
+          lower,
+          {'batch': [rows, length], 'micro_batches': mb, 'packing': bool(b['packing'])},
+      )
+  ]
 
 
-def _rollout_program(stage: str, program: str, ab: _Abstract, tk: TokenizerInfo, *,
-                     rows: int, g: int, temperature: float, max_new_tokens: int, task: str,
-                     prompt_len: int, ref_len: int, sharded: bool = True,
-                     logprobs: str = 'raw') -> Program:
+def _rollout_program(
+    stage: str,
+    program: str,
+    ab: _Abstract,
+    tk: TokenizerInfo,
+    *,
+    rows: int,
+    g: int,
+    temperature: float,
+    max_new_tokens: int,
+    task: str,
+    prompt_len: int,
+    ref_len: int,
+    sharded: bool = True,
+    logprobs: str = 'raw',
+) -> Program:
   """The evaluation's rollout (``compfn.rl.rollout.rollout``: prefill, the decode loop,
   detokenise, score) for ``rows`` prompts x ``g`` samples."""
   from compfn import sampling
   from compfn.rl import rollout as R
-  if task == 'countdown':                      # compfn.evaluate: scored on the host
+
+  if task == 'countdown':  # compfn.evaluate: scored on the host
     task, ref_len = 'strings_trace', 16
-  cfg = sampling.SamplerConfig(int(max_new_tokens), temperature=float(temperature),
-                               stop_ids=tk.stop_ids, num_samples=int(g), pad_id=tk.pad_id,
-                               logprobs=logprobs)
+  cfg = sampling.SamplerConfig(
+      int(max_new_tokens),
+      temperature=float(temperature),
+      stop_ids=tk.stop_ids,
+      num_samples=int(g),
+      pad_id=tk.pad_id,
+      logprobs=logprobs,
+  )
   put = ab.batched if sharded else ab.replicated
-  batch = R.RolloutBatch(prompts=put((rows, prompt_len), jnp.int32),
-                         prompt_lens=put((rows,), jnp.int32),
-                         ref=put((rows, ref_len), jnp.int32), ref_len=put((rows,), jnp.int32))
+  batch = R.RolloutBatch(
+      prompts=put((rows, prompt_len), jnp.int32),
+      prompt_lens=put((rows,), jnp.int32),
+      ref=put((rows, ref_len), jnp.int32),
+      ref_len=put((rows,), jnp.int32),
+  )
   rng = ab.replicated((), _key_dtype())
   detok = ab.replicate_tree(tk.detok)
   mesh, rules = (ab.mesh, ab.rules) if sharded else (None, None)
@@ -471,13 +565,25 @@ def _rollout_program(stage: str, program: str, ab: _Abstract, tk: TokenizerInfo,
 
   def lower():
     with sampling._MeshContext(mesh, rules):
-      return R._rollout_jit.lower(ab.config, ab.params, batch, rng, cfg, task, detok,
-                                  max_bytes=None, mesh=mesh, rules=rules)
-  return Program(stage, program, lower, {'prompts': rows, 'samples_per_prompt': g,
-                                         'prompt_len': prompt_len, 'ref_len': ref_len,
-                                         'max_new_tokens': int(max_new_tokens),
-                                         'temperature': float(temperature), 'task': task,
-                                         'mesh_constrained': sharded})
+      return R._rollout_jit.lower(
+          ab.config, ab.params, batch, rng, cfg, task, detok, max_bytes=None, mesh=mesh, rules=rules
+      )
+
+  return Program(
+      stage,
+      program,
+      lower,
+      {
+          'prompts': rows,
+          'samples_per_prompt': g,
+          'prompt_len': prompt_len,
+          'ref_len': ref_len,
+          'max_new_tokens': int(max_new_tokens),
+          'temperature': float(temperature),
+          'task': task,
+          'mesh_constrained': sharded,
+      },
+  )
 
 
 def _eval_rows(batch_size: int, ab: _Abstract) -> int:
@@ -494,86 +600,183 @@ def _in_scope(scope, fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def _plan(stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: int,
-          ref_len: int) -> tuple[list[Program], list[dict]]:
+def _plan(
+    stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: int, ref_len: int
+) -> tuple[list[Program], list[dict]]:
   from compfn import experiment as X
   from compfn.rl import grpo as R
+
   programs, notes = [], []
   for s in stages:
     sc = s.scope
     if s.kind == 'sft_stage':
-      b = stage_bindings('sft_stage', X.sft_stage, sc,
-                         ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed',
-                          'num_steps', 'packing', 'eval_every', 'eval_task',
-                          'eval_max_new_tokens'], raw=['eval_records'])
+      b = stage_bindings(
+          'sft_stage',
+          X.sft_stage,
+          sc,
+          [
+              'batch_size',
+              'seq_len',
+              'micro_batches',
+              'optimizer',
+              'seed',
+              'num_steps',
+              'packing',
+              'eval_every',
+              'eval_task',
+              'eval_max_new_tokens',
+          ],
+          raw=['eval_records'],
+      )
       programs += _sft_programs(s.name, b, ab, sc)
       if b['eval_records'] is not None and b['eval_every']:
-        programs.append(_rollout_program(
-            s.name, 'eval_hook', ab, tk, rows=_eval_rows(128, ab), g=1, temperature=0.0,
-            max_new_tokens=b['eval_max_new_tokens'], task=b['eval_task'],
-            prompt_len=prompt_len, ref_len=ref_len))
+        programs.append(
+            _rollout_program(
+                s.name,
+                'eval_hook',
+                ab,
+                tk,
+                rows=_eval_rows(128, ab),
+                g=1,
+                temperature=0.0,
+                max_new_tokens=b['eval_max_new_tokens'],
+                task=b['eval_task'],
+                prompt_len=prompt_len,
+                ref_len=ref_len,
+            )
+        )
     elif s.kind == 'rl_stage':
-      b = stage_bindings('rl_stage', X.rl_stage, sc,
-                         ['grpo', 'optimizer', 'num_steps', 'prompt_len', 'ref_len', 'seed',
-                          'eval_every', 'eval_max_new_tokens'], raw=['eval_records'])
+      b = stage_bindings(
+          'rl_stage',
+          X.rl_stage,
+          sc,
+          [
+              'grpo',
+              'optimizer',
+              'num_steps',
+              'prompt_len',
+              'ref_len',
+              'seed',
+              'eval_every',
+              'eval_max_new_tokens',
+          ],
+          raw=['eval_records'],
+      )
       programs.append(_grpo_program(s.name, b, ab, tk, sc, prompt_len, ref_len))
       cfg = b['grpo'] or _in_scope(sc, R.GRPOConfig)
       if b['eval_records'] is not None and b['eval_every']:
-        programs.append(_rollout_program(
-            s.name, 'eval_hook', ab, tk, rows=_eval_rows(128, ab), g=1, temperature=0.0,
-            max_new_tokens=b['eval_max_new_tokens'] or cfg.max_new_tokens, task=cfg.task,
-            prompt_len=prompt_len, ref_len=ref_len))
+        programs.append(
+            _rollout_program(
+                s.name,
+                'eval_hook',
+                ab,
+                tk,
+                rows=_eval_rows(128, ab),
+                g=1,
+                temperature=0.0,
+                max_new_tokens=b['eval_max_new_tokens'] or cfg.max_new_tokens,
+                task=cfg.task,
+                prompt_len=prompt_len,
+                ref_len=ref_len,
+            )
+        )
     elif s.kind in ('eval_stage', 'gate_stage'):
       fn = X.eval_stage if s.kind == 'eval_stage' else X.gate_stage
       names = ['task', 'num_samples', 'temperature', 'max_new_tokens', 'batch_size']
       b = stage_bindings(s.kind, fn, sc, names + (['greedy'] if s.kind == 'eval_stage' else []))
       greedy = b.get('greedy', False)
       rows = _eval_rows(b['batch_size'], ab)
-      common = dict(max_new_tokens=b['max_new_tokens'], task=b['task'], prompt_len=prompt_len,
-                    ref_len=ref_len, rows=rows)
+      common = dict(
+          max_new_tokens=b['max_new_tokens'],
+          task=b['task'],
+          prompt_len=prompt_len,
+          ref_len=ref_len,
+          rows=rows,
+      )
       if greedy:
-        programs.append(_rollout_program(s.name, 'rollout_greedy', ab, tk, g=1,
-                                         temperature=0.0, **common))
+        programs.append(
+            _rollout_program(s.name, 'rollout_greedy', ab, tk, g=1, temperature=0.0, **common)
+        )
       if b['num_samples'] and int(b['num_samples']) > 0:
-        programs.append(_rollout_program(s.name, 'rollout_sampled', ab, tk,
-                                         g=_sample_chunks(b['num_samples']),
-                                         temperature=b['temperature'], **common))
+        programs.append(
+            _rollout_program(
+                s.name,
+                'rollout_sampled',
+                ab,
+                tk,
+                g=_sample_chunks(b['num_samples']),
+                temperature=b['temperature'],
+                **common,
+            )
+        )
     elif s.kind == 'rft_stage':
-      b = stage_bindings('rft_stage', X.rft_stage, sc,
-                         ['num_samples', 'temperature', 'max_new_tokens', 'task',
-                          'sample_batch_size', 'train'])
+      b = stage_bindings(
+          'rft_stage',
+          X.rft_stage,
+          sc,
+          ['num_samples', 'temperature', 'max_new_tokens', 'task', 'sample_batch_size', 'train'],
+      )
       # rft.collect samples on the run's mesh, as the evaluation does (rows rounded up).
-      programs.append(_rollout_program(
-          s.name, 'collect_rollout', ab, tk, rows=_eval_rows(b['sample_batch_size'], ab),
-          g=_sample_chunks(b['num_samples']), temperature=b['temperature'],
-          max_new_tokens=b['max_new_tokens'], task=b['task'], prompt_len=prompt_len,
-          ref_len=ref_len))
+      programs.append(
+          _rollout_program(
+              s.name,
+              'collect_rollout',
+              ab,
+              tk,
+              rows=_eval_rows(b['sample_batch_size'], ab),
+              g=_sample_chunks(b['num_samples']),
+              temperature=b['temperature'],
+              max_new_tokens=b['max_new_tokens'],
+              task=b['task'],
+              prompt_len=prompt_len,
+              ref_len=ref_len,
+          )
+      )
       if b['train']:
-        sb = stage_bindings('sft_stage', X.sft_stage, sc,
-                            ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed',
-                             'num_steps', 'packing'])
+        sb = stage_bindings(
+            'sft_stage',
+            X.sft_stage,
+            sc,
+            ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed', 'num_steps', 'packing'],
+        )
         programs += _sft_programs(f'{s.name}/iter_0/sft', sb, ab, sc)
     else:
       notes.append({'stage': s.name, 'kind': s.kind, 'note': 'no device program'})
   return programs, notes
 
 
-def _grpo_program(stage: str, b: dict, ab: _Abstract, tk: TokenizerInfo, scope,
-                  default_prompt_len: int, default_ref_len: int) -> Program:
+def _grpo_program(
+    stage: str,
+    b: dict,
+    ab: _Abstract,
+    tk: TokenizerInfo,
+    scope,
+    default_prompt_len: int,
+    default_ref_len: int,
+) -> Program:
   from compfn.rl import grpo as R
   from compfn.rl.rollout import RolloutBatch
+
   cfg = b['grpo'] or _in_scope(scope, R.GRPOConfig)
-  opt = b['optimizer'] or _in_scope(scope, train.OptimizerConfig, learning_rate=1e-6,
-                                    schedule='constant', warmup_ratio=0.0, b2=0.999)
+  opt = b['optimizer'] or _in_scope(
+      scope,
+      train.OptimizerConfig,
+      learning_rate=1e-6,
+      schedule='constant',
+      warmup_ratio=0.0,
+      b2=0.999,
+  )
   tx = opt.make(int(b['num_steps']))
   sampler_cfg = cfg.sampler_config(tk.stop_ids, tk.pad_id)
   plen = int(b['prompt_len'] or default_prompt_len)
   rlen = int(b['ref_len'] or default_ref_len)
   n = cfg.pool_size
-  pool = RolloutBatch(prompts=ab.replicated((n, plen), jnp.int32),
-                      prompt_lens=ab.replicated((n,), jnp.int32),
-                      ref=ab.replicated((n, rlen), jnp.int32),
-                      ref_len=ab.replicated((n,), jnp.int32))
+  pool = RolloutBatch(
+      prompts=ab.replicated((n, plen), jnp.int32),
+      prompt_lens=ab.replicated((n,), jnp.int32),
+      ref=ab.replicated((n, rlen), jnp.int32),
+      ref_len=ab.replicated((n,), jnp.int32),
+  )
   detok = ab.replicate_tree(tk.detok)
   ref_params = ab.params if cfg.kl_coef > 0 else None
   state = ab.state(tx, int(b['seed']))
@@ -582,22 +785,48 @@ def _grpo_program(stage: str, b: dict, ab: _Abstract, tk: TokenizerInfo, scope,
   def lower():
     with parallel.use_mesh(ab.mesh, ab.rules):
       return jax.jit(step, donate_argnums=(0,)).lower(state, pool, detok, ref_params)
+
   rows = cfg.batch_prompts * cfg.num_generations
-  return Program(stage, 'grpo_step', lower, {
-      'pool': n, 'rounds': cfg.rounds, 'round_rows': cfg.round_prompts * cfg.num_generations,
-      'gen_chunks': cfg.gen_chunks,
-      'train_rows': rows, 'micro_batches': cfg.micro_batches,
-      'rows_per_micro_batch': rows // cfg.micro_batches, 'prompt_len': plen, 'ref_len': rlen,
-      'max_new_tokens': cfg.max_new_tokens, 'kl': cfg.kl_coef > 0,
-      'dynamic_sampling': cfg.dynamic_sampling})
+  return Program(
+      stage,
+      'grpo_step',
+      lower,
+      {
+          'pool': n,
+          'rounds': cfg.rounds,
+          'round_rows': cfg.round_prompts * cfg.num_generations,
+          'gen_chunks': cfg.gen_chunks,
+          'train_rows': rows,
+          'micro_batches': cfg.micro_batches,
+          'rows_per_micro_batch': rows // cfg.micro_batches,
+          'prompt_len': plen,
+          'ref_len': rlen,
+          'max_new_tokens': cfg.max_new_tokens,
+          'kl': cfg.kl_coef > 0,
+          'dynamic_sampling': cfg.dynamic_sampling,
+      },
+  )
 
 
 # ----------------------------------------------------------------------------- compiling
 
 
-_UNITS = {'': 1, 'B': 1, 'K': 1 << 10, 'KB': 1 << 10, 'KIB': 1 << 10, 'M': 1 << 20,
-          'MB': 1 << 20, 'MIB': 1 << 20, 'G': 1 << 30, 'GB': 1 << 30, 'GIB': 1 << 30,
-          'T': 1 << 40, 'TB': 1 << 40, 'TIB': 1 << 40}
+_UNITS = {
+    '': 1,
+    'B': 1,
+    'K': 1 << 10,
+    'KB': 1 << 10,
+    'KIB': 1 << 10,
+    'M': 1 << 20,
+    'MB': 1 << 20,
+    'MIB': 1 << 20,
+    'G': 1 << 30,
+    'GB': 1 << 30,
+    'GIB': 1 << 30,
+    'T': 1 << 40,
+    'TB': 1 << 40,
+    'TIB': 1 << 40,
+}
 _SIZE = r'([\d.]+)\s*([KMGT]i?B?|B)?'
 
 
@@ -608,12 +837,17 @@ def _size(num: str, unit: Optional[str]) -> int:
 def _oom_numbers(msg: str) -> dict:
   """The TPU compiler's out-of-memory figures: {'required_bytes', 'available_bytes'} when it
   names them ('Used 120.5G of 95.74G hbm', '... (64.00G) exceeds available HBM (15.75G)')."""
-  for pat in (rf'Used {_SIZE} of {_SIZE} hbm', rf'\({_SIZE}\) exceeds available HBM \({_SIZE}\)',
-              rf'requires {_SIZE}.*?(?:has|available|capacity)[^\d]*{_SIZE}'):
+  for pat in (
+      rf'Used {_SIZE} of {_SIZE} hbm',
+      rf'\({_SIZE}\) exceeds available HBM \({_SIZE}\)',
+      rf'requires {_SIZE}.*?(?:has|available|capacity)[^\d]*{_SIZE}',
+  ):
     m = re.search(pat, msg, re.IGNORECASE | re.DOTALL)
     if m:
-      return {'required_bytes': _size(m.group(1), m.group(2)),
-              'available_bytes': _size(m.group(3), m.group(4))}
+      return {
+          'required_bytes': _size(m.group(1), m.group(2)),
+          'available_bytes': _size(m.group(3), m.group(4)),
+      }
   return {}
 
 
@@ -626,9 +860,12 @@ def _measure(prog: Program, cache: dict) -> dict:
   t0 = time.perf_counter()
   lowered = prog.lower()
   key = hashlib.sha1(lowered.as_text().encode()).hexdigest()
-  if key in cache:             # the same program (e.g. two evaluations with equal settings)
-    return dict(cache[key], same_program_as=cache[key]['_first'],
-                compile_seconds=round(time.perf_counter() - t0, 2))
+  if key in cache:  # the same program (e.g. two evaluations with equal settings)
+    return dict(
+        cache[key],
+        same_program_as=cache[key]['_first'],
+        compile_seconds=round(time.perf_counter() - t0, 2),
+    )
   try:
     compiled = lowered.compile()
   except Exception as e:  # noqa: BLE001  (only out-of-memory is a result; the rest re-raise)
@@ -639,13 +876,16 @@ def _measure(prog: Program, cache: dict) -> dict:
   else:
     m = compiled.memory_analysis()
     get = lambda k: int(getattr(m, k, 0) or 0) if m is not None else 0  # noqa: E731
-    res = {'compiled': True, 'argument_bytes': get('argument_size_in_bytes'),
-           'output_bytes': get('output_size_in_bytes'), 'alias_bytes': get('alias_size_in_bytes'),
-           'temp_bytes': get('temp_size_in_bytes'),
-           'generated_code_bytes': get('generated_code_size_in_bytes'),
-           'peak_memory_bytes': get('peak_memory_in_bytes')}
-    total = (res['argument_bytes'] + res['output_bytes'] - res['alias_bytes']
-             + res['temp_bytes'])
+    res = {
+        'compiled': True,
+        'argument_bytes': get('argument_size_in_bytes'),
+        'output_bytes': get('output_size_in_bytes'),
+        'alias_bytes': get('alias_size_in_bytes'),
+        'temp_bytes': get('temp_size_in_bytes'),
+        'generated_code_bytes': get('generated_code_size_in_bytes'),
+        'peak_memory_bytes': get('peak_memory_in_bytes'),
+    }
+    total = res['argument_bytes'] + res['output_bytes'] - res['alias_bytes'] + res['temp_bytes']
     res['peak_bytes'] = res['peak_memory_bytes'] or total
     res['required_bytes'] = max(res['peak_bytes'], total)
   res['compile_seconds'] = round(time.perf_counter() - t0, 2)
@@ -664,28 +904,45 @@ def format_bytes(n: Optional[float]) -> str:
 
 
 def _table(rows: list[dict]) -> str:
-  head = ['stage', 'program', 'argument', 'output', 'temp', 'peak', 'required', 'device',
-          'fits']
+  head = ['stage', 'program', 'argument', 'output', 'temp', 'peak', 'required', 'device', 'fits']
   body = []
   for r in rows:
-    body.append([r['stage'], r['program'], format_bytes(r.get('argument_bytes')),
-                 format_bytes(r.get('output_bytes')), format_bytes(r.get('temp_bytes')),
-                 format_bytes(r.get('peak_bytes')), format_bytes(r.get('required_bytes')),
-                 format_bytes(r.get('device_memory_bytes')),
-                 'yes' if r['fits'] else f'NO (short {format_bytes(r.get("shortfall_bytes"))})'
-                 if r.get('shortfall_bytes') is not None else 'NO'])
+    body.append(
+        [
+            r['stage'],
+            r['program'],
+            format_bytes(r.get('argument_bytes')),
+            format_bytes(r.get('output_bytes')),
+            format_bytes(r.get('temp_bytes')),
+            format_bytes(r.get('peak_bytes')),
+            format_bytes(r.get('required_bytes')),
+            format_bytes(r.get('device_memory_bytes')),
+            'yes'
+            if r['fits']
+            else f'NO (short {format_bytes(r.get("shortfall_bytes"))})'
+            if r.get('shortfall_bytes') is not None
+            else 'NO',
+        ]
+    )
   widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
   fmt = lambda cells: '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(cells, widths)) + ' |'  # noqa
-  return '\n'.join([fmt(head), '|' + '|'.join('-' * (w + 2) for w in widths) + '|']
-                   + [fmt(r) for r in body])
+  return '\n'.join(
+      [fmt(head), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] + [fmt(r) for r in body]
+  )
 
 
 @gin.configurable
-def compile_report(workdir: str, topology: Optional[str] = None,
-                   device_memory_bytes: Optional[int] = None,
-                   model_preset: Optional[str] = None, prompt_len: Optional[int] = None,
-                   ref_len: int = 64, token_bytes: int = 16,
-                   allow_split_physical_axes: bool = False, verbose: bool = True) -> dict:
+def compile_report(
+    workdir: str,
+    topology: Optional[str] = None,
+    device_memory_bytes: Optional[int] = None,
+    model_preset: Optional[str] = None,
+    prompt_len: Optional[int] = None,
+    ref_len: int = 64,
+    token_bytes: int = 16,
+    allow_split_physical_axes: bool = False,
+    verbose: bool = True,
+) -> dict:
   """Compile every step program of the configured pipeline for ``topology`` (or the local
   devices) and write ``workdir/compile_report.json`` (module docstring). Raises
   :class:`DoesNotFit` (exit code 6) unless every program fits the device memory.
@@ -698,6 +955,7 @@ def compile_report(workdir: str, topology: Optional[str] = None,
     refuses on this torus by splitting physical axes — what the run would NOT do (it fails);
     only to measure such a mesh's memory. Recorded in the report."""
   from compfn import experiment as X
+
   t0 = time.time()
   mesh_shape = stage_bindings('pipeline', X.pipeline, (), ['mesh_shape'])['mesh_shape']
   devices, topo = topology_devices(topology)
@@ -707,59 +965,94 @@ def compile_report(workdir: str, topology: Optional[str] = None,
   tk = tokenizer_info(config, tok, token_bytes)
   stages = pipeline_stages()
   if prompt_len is None:
-    bound = [stage_bindings('rl_stage', X.rl_stage, s.scope, ['prompt_len'])['prompt_len']
-             for s in stages if s.kind == 'rl_stage']
+    bound = [
+        stage_bindings('rl_stage', X.rl_stage, s.scope, ['prompt_len'])['prompt_len']
+        for s in stages
+        if s.kind == 'rl_stage'
+    ]
     bound = [int(p) for p in bound if p]
     prompt_len = max(bound) if bound else 256
   ab = _Abstract(config, mesh, rules)
   programs, notes = _plan(stages, ab, tk, int(prompt_len), int(ref_len))
-  mem, mem_src = device_memory(devices[0], device_memory_bytes,
-                               num_local=len(devices) if not topology else 1)
+  mem, mem_src = device_memory(
+      devices[0], device_memory_bytes, num_local=len(devices) if not topology else 1
+  )
   if mem is None:
-    raise errors.ConfigError(f'--compile_only: the memory of a {devices[0].device_kind} device '
-                             'is not known here; pass --device_memory_bytes')
+    raise errors.ConfigError(
+        f'--compile_only: the memory of a {devices[0].device_kind} device '
+        'is not known here; pass --device_memory_bytes'
+    )
   mesh_desc = {k: int(v) for k, v in mesh.shape.items()}
   if verbose:
-    print(f'compile_only: {len(programs)} programs of {len(stages)} stages on {topo} '
-          f'({devices[0].device_kind}, {len(devices)} devices, mesh {mesh_desc}); model '
-          f'{config.family} {config.num_params():,} parameters ({origin}, param '
-          f'{config.param_dtype}, compute {config.dtype}, remat {config.remat}); device '
-          f'memory {format_bytes(mem)} ({mem_src})', flush=True)
+    print(
+        f'compile_only: {len(programs)} programs of {len(stages)} stages on {topo} '
+        f'({devices[0].device_kind}, {len(devices)} devices, mesh {mesh_desc}); model '
+        f'{config.family} {config.num_params():,} parameters ({origin}, param '
+        f'{config.param_dtype}, compute {config.dtype}, remat {config.remat}); device '
+        f'memory {format_bytes(mem)} ({mem_src})',
+        flush=True,
+    )
   cache, rows = {}, []
   for prog in programs:
     if verbose:
-      print(f'  compiling [{prog.stage}] {prog.program} {json.dumps(prog.shapes)} ...',
-            flush=True)
+      print(f'  compiling [{prog.stage}] {prog.program} {json.dumps(prog.shapes)} ...', flush=True)
     res = _measure(prog, cache)
     need = res.get('required_bytes')
     fits = bool(res.get('compiled')) and need <= mem
     short = None
     if not fits and need is not None:
       short = need - (mem if res.get('compiled') else res.get('available_bytes', mem))
-    row = {'stage': prog.stage, 'program': prog.program, 'topology': topo, 'mesh': mesh_desc,
-           'device_kind': devices[0].device_kind, 'shapes': prog.shapes, **res,
-           'device_memory_bytes': mem, 'device_memory_source': mem_src, 'fits': fits,
-           'shortfall_bytes': short}
+    row = {
+        'stage': prog.stage,
+        'program': prog.program,
+        'topology': topo,
+        'mesh': mesh_desc,
+        'device_kind': devices[0].device_kind,
+        'shapes': prog.shapes,
+        **res,
+        'device_memory_bytes': mem,
+        'device_memory_source': mem_src,
+        'fits': fits,
+        'shortfall_bytes': short,
+    }
     rows.append(row)
     if verbose:
-      print(f'    {"compiled" if res.get("compiled") else "rejected by the compiler"} in '
-            f'{res["compile_seconds"]} s: required {format_bytes(need)} per device'
-            f'{"" if fits else " — DOES NOT FIT"}', flush=True)
-  report = {'topology': topo, 'platform': devices[0].platform,
-            'device_kind': devices[0].device_kind, 'num_devices': len(devices),
-            'mesh': mesh_desc, 'rules': [list(r) for r in rules],
-            'allow_split_physical_axes': bool(allow_split_physical_axes),
-            'device_memory_bytes': mem, 'device_memory_source': mem_src,
-            'model': {'origin': origin, 'family': config.family,
-                      'num_params': config.num_params(), 'param_dtype': config.param_dtype,
-                      'dtype': config.dtype, 'remat': config.remat},
-            'tokenizer': tk.source,
-            'assumptions': {'prompt_len': int(prompt_len), 'ref_len': int(ref_len),
-                            'eval_rows': 'batch_size rounded up to the batch devices',
-                            'sft_packed_rows': 'batch_size'},
-            'programs': [{k: v for k, v in r.items() if k != '_first'} for r in rows],
-            'no_program': notes, 'fits': all(r['fits'] for r in rows),
-            'seconds': round(time.time() - t0, 1)}
+      print(
+          f'    {"compiled" if res.get("compiled") else "rejected by the compiler"} in '
+          f'{res["compile_seconds"]} s: required {format_bytes(need)} per device'
+          f'{"" if fits else " — DOES NOT FIT"}',
+          flush=True,
+      )
+  report = {
+      'topology': topo,
+      'platform': devices[0].platform,
+      'device_kind': devices[0].device_kind,
+      'num_devices': len(devices),
+      'mesh': mesh_desc,
+      'rules': [list(r) for r in rules],
+      'allow_split_physical_axes': bool(allow_split_physical_axes),
+      'device_memory_bytes': mem,
+      'device_memory_source': mem_src,
+      'model': {
+          'origin': origin,
+          'family': config.family,
+          'num_params': config.num_params(),
+          'param_dtype': config.param_dtype,
+          'dtype': config.dtype,
+          'remat': config.remat,
+      },
+      'tokenizer': tk.source,
+      'assumptions': {
+          'prompt_len': int(prompt_len),
+          'ref_len': int(ref_len),
+          'eval_rows': 'batch_size rounded up to the batch devices',
+          'sft_packed_rows': 'batch_size',
+      },
+      'programs': [{k: v for k, v in r.items() if k != '_first'} for r in rows],
+      'no_program': notes,
+      'fits': all(r['fits'] for r in rows),
+      'seconds': round(time.time() - t0, 1),
+  }
   out = pathlib.Path(workdir, 'compile_report.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1))
@@ -771,13 +1064,22 @@ def compile_report(workdir: str, topology: Optional[str] = None,
     parts = []
     for r in bad:
       if r.get('shortfall_bytes') is not None:
-        parts.append(f'[{r["stage"]}] {r["program"]} needs {format_bytes(r["required_bytes"])} '
-                     f'per device, short by {format_bytes(r["shortfall_bytes"])}')
+        parts.append(
+            f'[{r["stage"]}] {r["program"]} needs {format_bytes(r["required_bytes"])} '
+            f'per device, short by {format_bytes(r["shortfall_bytes"])}'
+        )
       else:
         got = r.get('required_bytes')
-        parts.append(f'[{r["stage"]}] {r["program"]} rejected by the compiler for memory'
-                     + (f' (needs {format_bytes(got)}, has '
-                        f'{format_bytes(r.get("available_bytes"))})' if got else ''))
-    raise DoesNotFit(f'does not fit device memory ({format_bytes(mem)} per device, {mem_src}) '
-                     f'on {topo}, mesh {mesh_desc}: ' + '; '.join(parts) + f' (see {out})')
+        parts.append(
+            f'[{r["stage"]}] {r["program"]} rejected by the compiler for memory'
+            + (
+                f' (needs {format_bytes(got)}, has ' f'{format_bytes(r.get("available_bytes"))})'
+                if got
+                else ''
+            )
+        )
+    raise DoesNotFit(
+        f'does not fit device memory ({format_bytes(mem)} per device, {mem_src}) '
+        f'on {topo}, mesh {mesh_desc}: ' + '; '.join(parts) + f' (see {out})'
+    )
   return report

@@ -27,14 +27,23 @@ class                       code  meaning (raised by)
 
 This module imports nothing heavy (no JAX), so the CLI can use it before initialising JAX.
 """
+
 from __future__ import annotations
 
-__all__ = ['CompfnError', 'ConfigError', 'GateNotMet', 'NonFiniteLoss', 'CheckpointMismatch',
-           'Preempted', 'EXIT_CODES']
+__all__ = [
+    'CompfnError',
+    'ConfigError',
+    'GateNotMet',
+    'NonFiniteLoss',
+    'CheckpointMismatch',
+    'Preempted',
+    'EXIT_CODES',
+]
 
 
 class CompfnError(RuntimeError):
   """A known failure: reported as one line, exits with :attr:`exit_code`."""
+
   exit_code = 1
 
   def __init__(self, message: str = '', *args):
@@ -47,30 +56,36 @@ class CompfnError(RuntimeError):
 class ConfigError(CompfnError, ValueError):
   """A gin / command-line configuration error (unknown binding, parse error, missing file,
   inconsistent flags). Also a ValueError, which is what gin raises for most of these."""
+
   exit_code = 2
 
 
 class GateNotMet(CompfnError):
   """An enforced gate (e.g. the pre-RL pass@k gate) was not met."""
+
   exit_code = 3
 
 
 class NonFiniteLoss(CompfnError, FloatingPointError):
   """A training step produced a non-finite loss or gradient; the update was not applied and the
   message names the last good checkpoint."""
+
   exit_code = 4
 
 
 class CheckpointMismatch(CompfnError):
   """A checkpoint's tree structure or array shapes do not match the configured state."""
+
   exit_code = 5
 
 
 class Preempted(CompfnError):
   """SIGTERM received: the run saved a checkpoint and stopped; rerun to resume."""
-  exit_code = 75        # EX_TEMPFAIL (sysexits.h): temporary failure, retry
+
+  exit_code = 75  # EX_TEMPFAIL (sysexits.h): temporary failure, retry
 
 
 #: exit code -> class, for documentation and tests.
-EXIT_CODES = {c.exit_code: c for c in (ConfigError, GateNotMet, NonFiniteLoss,
-                                       CheckpointMismatch, Preempted)}
+EXIT_CODES = {
+    c.exit_code: c for c in (ConfigError, GateNotMet, NonFiniteLoss, CheckpointMismatch, Preempted)
+}

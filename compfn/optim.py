@@ -9,6 +9,7 @@ Nothing here does I/O or knows about stages: the step functions of :mod:`compfn.
 GRPO) are built from these, and the loop (:class:`compfn.train.Trainer`), the stages and the
 pipeline sit above them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,15 +31,19 @@ __all__ = ['TrainState', 'OptimizerConfig', 'accumulate', 'apply_gradients']
 
 @flax.struct.dataclass
 class TrainState:
-  step: Array          # int32[]
+  step: Array  # int32[]
   params: Any
   opt_state: Any
-  rng: Array           # uint32[2] (a raw PRNG key: checkpointable as a plain array)
+  rng: Array  # uint32[2] (a raw PRNG key: checkpointable as a plain array)
 
   @classmethod
   def create(cls, params: Any, tx: optax.GradientTransformation, seed: int = 0) -> 'TrainState':
-    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               rng=jax.random.PRNGKey(seed))
+    return cls(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(seed),
+    )
 
 
 @gin.configurable
@@ -49,10 +54,11 @@ class OptimizerConfig:
   Defaults are veRL's SFT defaults (PAPER §2.2): betas (0.9, 0.95), weight decay 0.01,
   10% warmup then cosine to 0, clip 1.0. The paper's RL stage: ``schedule='constant'``,
   ``warmup_ratio=0``, ``b2=0.999``, ``learning_rate=1e-6``."""
+
   learning_rate: float = 2e-5
-  schedule: str = 'cosine'         # 'cosine' (to final_lr_ratio * lr) | 'constant'
+  schedule: str = 'cosine'  # 'cosine' (to final_lr_ratio * lr) | 'constant'
   warmup_steps: Optional[int] = None
-  warmup_ratio: float = 0.1        # used when warmup_steps is None
+  warmup_ratio: float = 0.1  # used when warmup_steps is None
   final_lr_ratio: float = 0.0
   b1: float = 0.9
   b2: float = 0.95
@@ -62,31 +68,44 @@ class OptimizerConfig:
 
   def __post_init__(self):
     if self.schedule not in ('cosine', 'constant'):
-      raise ValueError(f"OptimizerConfig.schedule must be 'cosine' or 'constant', "
-                       f"got {self.schedule!r}")
+      raise ValueError(
+          f"OptimizerConfig.schedule must be 'cosine' or 'constant', " f'got {self.schedule!r}'
+      )
     if not self.learning_rate > 0:
       raise ValueError(f'OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}')
 
   def lr_schedule(self, total_steps: int) -> optax.Schedule:
     total = max(int(total_steps), 1)
-    warm = (self.warmup_steps if self.warmup_steps is not None
-            else int(round(self.warmup_ratio * total)))
+    warm = (
+        self.warmup_steps
+        if self.warmup_steps is not None
+        else int(round(self.warmup_ratio * total))
+    )
     warm = min(max(warm, 0), total)
     lr = self.learning_rate
     if self.schedule == 'constant':
       if warm == 0:
         return optax.constant_schedule(lr)
-      return optax.join_schedules([optax.linear_schedule(0.0, lr, warm),
-                                   optax.constant_schedule(lr)], [warm])
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(total, warm + 1),
-                                              lr * self.final_lr_ratio)
+      return optax.join_schedules(
+          [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm]
+      )
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warm, max(total, warm + 1), lr * self.final_lr_ratio
+    )
 
   def make(self, total_steps: int) -> optax.GradientTransformation:
     chain = []
     if self.clip_norm:
       chain.append(optax.clip_by_global_norm(self.clip_norm))
-    chain.append(optax.adamw(self.lr_schedule(total_steps), b1=self.b1, b2=self.b2,
-                             eps=self.eps, weight_decay=self.weight_decay))
+    chain.append(
+        optax.adamw(
+            self.lr_schedule(total_steps),
+            b1=self.b1,
+            b2=self.b2,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )
+    )
     return optax.chain(*chain)
 
 
@@ -106,8 +125,9 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 
   lead = jax.tree.leaves(batch)[0].shape[0]
   if lead % micro_batches:
     raise ValueError(f'batch of {lead} rows is not divisible by micro_batches={micro_batches}')
-  mbs = jax.tree.map(lambda x: x.reshape((micro_batches, lead // micro_batches) + x.shape[1:]),
-                     batch)
+  mbs = jax.tree.map(
+      lambda x: x.reshape((micro_batches, lead // micro_batches) + x.shape[1:]), batch
+  )
   zeros = jax.tree.map(jnp.zeros_like, params)
   (_, aux_shape), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], mbs))
   aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
@@ -121,8 +141,13 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 
   return grads, loss, aux
 
 
-def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
-                    loss: Array, skip: Optional[Array] = None) -> tuple[TrainState, dict]:
+def apply_gradients(
+    state: TrainState,
+    grads: Any,
+    tx: optax.GradientTransformation,
+    loss: Array,
+    skip: Optional[Array] = None,
+) -> tuple[TrainState, dict]:
   """One optimizer update.
 
   A non-finite loss or gradient norm leaves ``state`` unchanged (the step does not advance)
@@ -136,8 +161,11 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa
-  new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
-                      opt_state=keep(opt_state, state.opt_state))
+  new = state.replace(
+      step=state.step + ok.astype(jnp.int32),
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+  )
   metrics = {'grad_norm': gnorm, 'nonfinite': (~ok).astype(jnp.float32)}
   if skip is not None:
     metrics['skipped_update'] = skip.astype(jnp.float32)

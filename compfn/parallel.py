@@ -17,6 +17,7 @@ Multi-host: call :func:`initialize_distributed` first on every host (``compfn-tr
 its ``--coordinator_address/--num_processes/--process_id`` flags when given); each host then
 feeds its slice of the global batch (:func:`host_batch_slice`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,134 +50,156 @@ DEFAULT_RULES = (
 
 @gin.configurable
 def logical_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
-    """The rules table in force (bind ``logical_rules.rules`` in gin to change it)."""
-    out = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
-    names = [k for k, _ in out]
-    dup = sorted({k for k in names if names.count(k) > 1})
-    if dup:
-        raise ValueError(f'logical axis rules name {dup} more than once')
-    for k, v in out:
-        for ax in (v if isinstance(v, tuple) else (v,)):
-            if ax is not None and ax not in MESH_AXES:
-                raise ValueError(f'rule {k!r} -> {v!r}: {ax!r} is not a mesh axis {MESH_AXES}')
-    return out
+  """The rules table in force (bind ``logical_rules.rules`` in gin to change it)."""
+  out = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
+  names = [k for k, _ in out]
+  dup = sorted({k for k in names if names.count(k) > 1})
+  if dup:
+    raise ValueError(f'logical axis rules name {dup} more than once')
+  for k, v in out:
+    for ax in v if isinstance(v, tuple) else (v,):
+      if ax is not None and ax not in MESH_AXES:
+        raise ValueError(f'rule {k!r} -> {v!r}: {ax!r} is not a mesh axis {MESH_AXES}')
+  return out
 
 
 @gin.configurable
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh with Auto axis types. One entry of ``shape`` may be -1
-    (all remaining devices)."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
-    if len(shape) != 3:
-        raise ValueError(f'mesh shape must have 3 entries (data, fsdp, tensor), got {shape}')
-    if shape.count(-1) > 1:
-        raise ValueError(f'at most one mesh dimension may be -1, got {shape}')
-    known = int(np.prod([s for s in shape if s != -1]))
-    if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f'{len(devices)} devices do not divide into mesh {shape}')
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
-                         f'{len(devices)} available')
-    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                         devices=devices)
+  """A ('data', 'fsdp', 'tensor') mesh with Auto axis types. One entry of ``shape`` may be -1
+  (all remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f'mesh shape must have 3 entries (data, fsdp, tensor), got {shape}')
+  if shape.count(-1) > 1:
+    raise ValueError(f'at most one mesh dimension may be -1, got {shape}')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f'{len(devices)} devices do not divide into mesh {shape}')
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(
+        f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, ' f'{len(devices)} available'
+    )
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=None):
-    """A pytree of logical ``PartitionSpec`` -> the same pytree of ``NamedSharding``."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_rules())
+  """A pytree of logical ``PartitionSpec`` -> the same pytree of ``NamedSharding``."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_rules())
 
 
 def param_shardings(config, mesh: Mesh, rules=None):
-    """``NamedSharding`` for every parameter of the model described by ``config``."""
-    from compfn.model import param_logical_axes
-    return logical_to_sharding(param_logical_axes(config), mesh, rules)
+  """``NamedSharding`` for every parameter of the model described by ``config``."""
+  from compfn.model import param_logical_axes
+
+  return logical_to_sharding(param_logical_axes(config), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules=None) -> NamedSharding:
-    """Sharding of a ``[batch, ...]`` array: batch over the rule's mesh axes, rest replicated."""
-    spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), rules or logical_rules())
-    return NamedSharding(mesh, spec)
+  """Sharding of a ``[batch, ...]`` array: batch over the rule's mesh axes, rest replicated."""
+  spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), rules or logical_rules())
+  return NamedSharding(mesh, spec)
 
 
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules=None):
-    """Make ``mesh`` current and the logical rules active (for ``with_logical_constraint``)."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules or logical_rules()):
-        yield mesh
+  """Make ``mesh`` current and the logical rules active (for ``with_logical_constraint``)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules or logical_rules()):
+    yield mesh
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, **kwargs) -> bool:
-    """Start ``jax.distributed`` when this is one process of a multi-process job; returns whether
-    it is initialised. Must run before any other JAX call; a second call is a no-op.
+def initialize_distributed(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    **kwargs,
+) -> bool:
+  """Start ``jax.distributed`` when this is one process of a multi-process job; returns whether
+  it is initialised. Must run before any other JAX call; a second call is a no-op.
 
-    With ``coordinator_address`` (``HOST:PORT`` of process 0), ``num_processes`` and
-    ``process_id`` (``compfn-train --coordinator_address=... --num_processes=N --process_id=I``):
-    ``jax.distributed.initialize`` with them (all three or none, ``0 <= process_id < N``, else
-    :class:`compfn.errors.ConfigError`); on CPU the cross-process collectives are gloo
-    (``jax_cpu_collectives_implementation``). Without them: ``jax.distributed.initialize()`` with
-    no arguments (TPU pod slices, Slurm, ... detect their own topology) when this looks like a
-    multi-host job (several ``TPU_WORKER_HOSTNAMES``, ``JAX_COORDINATOR_ADDRESS`` or
-    ``COMPFN_MULTIHOST=1`` set); otherwise a no-op (one host)."""
-    from compfn.errors import ConfigError
-    if jax.distributed.is_initialized():
-        return True
-    flags = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
-             '--process_id': process_id}
-    given = [k for k, v in flags.items() if v is not None]
-    if given:
-        if len(given) != 3:
-            missing = [k for k in flags if k not in given]
-            raise ConfigError(f'{", ".join(given)} given without {", ".join(missing)}: a '
-                              'multi-process run needs all three of --coordinator_address, '
-                              '--num_processes and --process_id (or none of them on a TPU VM)')
-        host, _, port = str(coordinator_address).rpartition(':')
-        if not host or not port.isdigit():
-            raise ConfigError(f'--coordinator_address={coordinator_address!r} is not HOST:PORT')
-        if int(num_processes) < 1:
-            raise ConfigError(f'--num_processes={num_processes} must be >= 1')
-        if not 0 <= int(process_id) < int(num_processes):
-            raise ConfigError(f'--process_id={process_id} is not in [0, {num_processes}) '
-                              f'(--num_processes={num_processes})')
-        if _cpu_platform() and 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
-            jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-        # A peer that dies is noticed within this many seconds (JAX's default is 100): the
-        # others then exit non-zero instead of waiting in a collective.
-        kwargs.setdefault('heartbeat_timeout_seconds',
-                          int(os.environ.get('COMPFN_HEARTBEAT_TIMEOUT_S', '20')))
-        jax.distributed.initialize(coordinator_address=str(coordinator_address),
-                                   num_processes=int(num_processes),
-                                   process_id=int(process_id), **kwargs)
-        return True
-    multi = (os.environ.get('COMPFN_MULTIHOST') == '1' or 'JAX_COORDINATOR_ADDRESS' in os.environ
-             or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
-    if multi:
-        jax.distributed.initialize(**kwargs)
-    return multi
+  With ``coordinator_address`` (``HOST:PORT`` of process 0), ``num_processes`` and
+  ``process_id`` (``compfn-train --coordinator_address=... --num_processes=N --process_id=I``):
+  ``jax.distributed.initialize`` with them (all three or none, ``0 <= process_id < N``, else
+  :class:`compfn.errors.ConfigError`); on CPU the cross-process collectives are gloo
+  (``jax_cpu_collectives_implementation``). Without them: ``jax.distributed.initialize()`` with
+  no arguments (TPU pod slices, Slurm, ... detect their own topology) when this looks like a
+  multi-host job (several ``TPU_WORKER_HOSTNAMES``, ``JAX_COORDINATOR_ADDRESS`` or
+  ``COMPFN_MULTIHOST=1`` set); otherwise a no-op (one host)."""
+  from compfn.errors import ConfigError
+
+  if jax.distributed.is_initialized():
+    return True
+  flags = {
+      '--coordinator_address': coordinator_address,
+      '--num_processes': num_processes,
+      '--process_id': process_id,
+  }
+  given = [k for k, v in flags.items() if v is not None]
+  if given:
+    if len(given) != 3:
+      missing = [k for k in flags if k not in given]
+      raise ConfigError(
+          f'{", ".join(given)} given without {", ".join(missing)}: a '
+          'multi-process run needs all three of --coordinator_address, '
+          '--num_processes and --process_id (or none of them on a TPU VM)'
+      )
+    host, _, port = str(coordinator_address).rpartition(':')
+    if not host or not port.isdigit():
+      raise ConfigError(f'--coordinator_address={coordinator_address!r} is not HOST:PORT')
+    if int(num_processes) < 1:
+      raise ConfigError(f'--num_processes={num_processes} must be >= 1')
+    if not 0 <= int(process_id) < int(num_processes):
+      raise ConfigError(
+          f'--process_id={process_id} is not in [0, {num_processes}) '
+          f'(--num_processes={num_processes})'
+      )
+    if _cpu_platform() and 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # A peer that dies is noticed within this many seconds (JAX's default is 100): the
+    # others then exit non-zero instead of waiting in a collective.
+    kwargs.setdefault(
+        'heartbeat_timeout_seconds', int(os.environ.get('COMPFN_HEARTBEAT_TIMEOUT_S', '20'))
+    )
+    jax.distributed.initialize(
+        coordinator_address=str(coordinator_address),
+        num_processes=int(num_processes),
+        process_id=int(process_id),
+        **kwargs,
+    )
+    return True
+  multi = (
+      os.environ.get('COMPFN_MULTIHOST') == '1'
+      or 'JAX_COORDINATOR_ADDRESS' in os.environ
+      or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0
+  )
+  if multi:
+    jax.distributed.initialize(**kwargs)
+  return multi
 
 
 def _cpu_platform() -> bool:
-    """Whether JAX will run on CPU, judged without initialising a backend: ``jax_platforms`` /
-    ``JAX_PLATFORMS`` when set, else no TPU and no NVIDIA device on this machine."""
-    platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or ''
-    if platforms:
-        return platforms.split(',')[0].strip().lower() == 'cpu'
-    tpu = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')
-               or os.environ.get('TPU_ACCELERATOR_TYPE'))
-    return not (tpu or glob.glob('/dev/nvidia[0-9]*'))
+  """Whether JAX will run on CPU, judged without initialising a backend: ``jax_platforms`` /
+  ``JAX_PLATFORMS`` when set, else no TPU and no NVIDIA device on this machine."""
+  platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS') or ''
+  if platforms:
+    return platforms.split(',')[0].strip().lower() == 'cpu'
+  tpu = bool(
+      glob.glob('/dev/accel*')
+      or glob.glob('/dev/vfio/[0-9]*')
+      or os.environ.get('TPU_ACCELERATOR_TYPE')
+  )
+  return not (tpu or glob.glob('/dev/nvidia[0-9]*'))
 
 
 def host_batch_slice(global_batch: int) -> slice:
-    """The rows of a global batch that this host feeds (contiguous, equal per host)."""
-    n, i = jax.process_count(), jax.process_index()
-    if global_batch % n:
-        raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
-    per = global_batch // n
-    return slice(i * per, (i + 1) * per)
+  """The rows of a global batch that this host feeds (contiguous, equal per host)."""
+  n, i = jax.process_count(), jax.process_index()
+  if global_batch % n:
+    raise ValueError(f'global batch {global_batch} is not divisible by {n} hosts')
+  per = global_batch // n
+  return slice(i * per, (i + 1) * per)
 
 
 def put_global(x, sharding: NamedSharding):
@@ -195,9 +218,12 @@ def to_host(x) -> np.ndarray:
   process: ``multihost_utils.process_allgather(x, tiled=True)`` when some of its shards live on
   other processes (a collective: every process must call it, in the same order), else
   ``np.asarray``. Pytrees are mapped leaf by leaf."""
+
   def one(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
       from jax.experimental import multihost_utils
+
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return np.asarray(a)
+
   return jax.tree.map(one, x)

@@ -84,6 +84,7 @@ per layer in the attention dots' layout (keys ``[B, K, Dh, S]``, values ``[B, K,
 converted from / back to ``KVCache`` once per call). A step writes only the new token's
 keys/values (in place in the while_loop carry): no per-step copy of weights or cache.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,10 +102,24 @@ from compfn.model.config import ModelConfig
 
 Array = jax.Array
 
-__all__ = ["SamplerConfig", "Samples", "DecodeState", "sample", "sample_fn", "prefill",
-           "prefill_fn", "decode_fn",
-           "decode", "samples_from_state", "Sampler", "SamplerOutput", "bucket_length",
-           "teacher_forced_logprobs", "full_sequences", "response_logit_positions"]
+__all__ = [
+    "SamplerConfig",
+    "Samples",
+    "DecodeState",
+    "sample",
+    "sample_fn",
+    "prefill",
+    "prefill_fn",
+    "decode_fn",
+    "decode",
+    "samples_from_state",
+    "Sampler",
+    "SamplerOutput",
+    "bucket_length",
+    "teacher_forced_logprobs",
+    "full_sequences",
+    "response_logit_positions",
+]
 
 LOGPROB_MODES = ("raw", "temperature")
 
@@ -112,14 +127,15 @@ LOGPROB_MODES = ("raw", "temperature")
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Static sampling configuration (hashable: a static argument of ``jax.jit``)."""
+
   max_new_tokens: int
-  temperature: float = 1.0      # 0 = greedy
-  top_k: int = 0                # 0 = off
-  top_p: float = 1.0            # 1 = off
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
   stop_ids: tuple[int, ...] = ()
-  num_samples: int = 1          # G samples per prompt (share one prefill)
-  pad_id: int = 0               # written after a row's end
-  logprobs: str = "raw"         # 'raw' | 'temperature' (see the module docstring)
+  num_samples: int = 1  # G samples per prompt (share one prefill)
+  pad_id: int = 0  # written after a row's end
+  logprobs: str = "raw"  # 'raw' | 'temperature' (see the module docstring)
 
   def __post_init__(self):
     object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
@@ -143,26 +159,27 @@ class SamplerConfig:
 
 @flax.struct.dataclass
 class Samples:
-  tokens: Array      # int32[B*G, N]  generated tokens, pad_id after the end
-  lengths: Array     # int32[B*G]     generated tokens including the stop token
-  logprobs: Array    # f32[B*G, N]    log-prob of each generated token (0 after the end)
-  mask: Array        # bool[B*G, N]   position < length
-  truncated: Array   # bool[B*G]      N tokens without a stop token
-  group: Array       # int32[B*G]     prompt index (row // G)
+  tokens: Array  # int32[B*G, N]  generated tokens, pad_id after the end
+  lengths: Array  # int32[B*G]     generated tokens including the stop token
+  logprobs: Array  # f32[B*G, N]    log-prob of each generated token (0 after the end)
+  mask: Array  # bool[B*G, N]   position < length
+  truncated: Array  # bool[B*G]      N tokens without a stop token
+  group: Array  # int32[B*G]     prompt index (row // G)
 
 
 @flax.struct.dataclass
 class DecodeState:
   """The while_loop carry; donated between ``prefill`` and ``decode``."""
-  step: Array        # int32[]        tokens generated so far (all rows)
-  tokens: Array      # int32[B*G, N]
-  logprobs: Array    # f32[B*G, N]
-  cache: T.KVCache   # batch B*G, max_len P + N
-  last: Array        # int32[B*G]     the latest token (the next decode input)
-  positions: Array   # int32[B*G]     RoPE position of ``last``
-  done: Array        # bool[B*G]      a stop token was produced
-  lengths: Array     # int32[B*G]
-  rng: Array         # PRNG key
+
+  step: Array  # int32[]        tokens generated so far (all rows)
+  tokens: Array  # int32[B*G, N]
+  logprobs: Array  # f32[B*G, N]
+  cache: T.KVCache  # batch B*G, max_len P + N
+  last: Array  # int32[B*G]     the latest token (the next decode input)
+  positions: Array  # int32[B*G]     RoPE position of ``last``
+  done: Array  # bool[B*G]      a stop token was produced
+  lengths: Array  # int32[B*G]
+  rng: Array  # PRNG key
 
 
 def bucket_length(n: int, min_bucket: int = 16) -> int:
@@ -191,7 +208,7 @@ def _choose(logits: Array, key: Array, cfg: SamplerConfig) -> tuple[Array, Array
     if cfg.top_p < 1.0:
       srt = jnp.sort(scaled, axis=-1)[:, ::-1]
       probs = jax.nn.softmax(srt, axis=-1)
-      before = jnp.cumsum(probs, axis=-1) - probs           # mass strictly before each token
+      before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
       keep = before < jnp.float32(cfg.top_p)
       keep = keep.at[:, 0].set(True)
       thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
@@ -221,13 +238,24 @@ def _record(state: DecodeState, tok: Array, lp: Array, cfg: SamplerConfig) -> De
   tokens = jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, col))
   logprobs = jax.lax.dynamic_update_slice(state.logprobs, lp[:, None], (0, col))
   done = state.done | (live & _is_stop(tok, cfg))
-  return state.replace(step=state.step + 1, tokens=_constrain_rows(tokens),
-                       logprobs=_constrain_rows(logprobs), last=tok, done=done,
-                       lengths=state.lengths + live.astype(jnp.int32))
+  return state.replace(
+      step=state.step + 1,
+      tokens=_constrain_rows(tokens),
+      logprobs=_constrain_rows(logprobs),
+      last=tok,
+      done=done,
+      lengths=state.lengths + live.astype(jnp.int32),
+  )
 
 
-def prefill_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
-               rng: Array, cfg: SamplerConfig) -> DecodeState:
+def prefill_fn(
+    model_config: ModelConfig,
+    params: Any,
+    prompts: Array,
+    prompt_lens: Array,
+    rng: Array,
+    cfg: SamplerConfig,
+) -> DecodeState:
   """Prefill B prompts, repeat the cache G times, sample the first token (not jitted)."""
   prompts = jnp.asarray(prompts, jnp.int32)
   prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
@@ -238,32 +266,51 @@ def prefill_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_le
   cache = T.init_cache(model_config, batch=b, max_len=p + n)
   last = jnp.clip(prompt_lens - 1, 0, p - 1)
   # Logits only at each row's last prompt position: [B, 1, V], never [B, P, V].
-  logits, cache = T.apply(model_config, params, prompts, positions,
-                          segment_ids=valid.astype(jnp.int32), cache=cache, logits_index=last)
+  logits, cache = T.apply(
+      model_config,
+      params,
+      prompts,
+      positions,
+      segment_ids=valid.astype(jnp.int32),
+      cache=cache,
+      logits_index=last,
+  )
   last_logits = logits[:, 0]
   if g > 1:  # one prefill, G decodes: repeat along the batch (sample-major within a prompt)
     rep = functools.partial(jnp.repeat, repeats=g, total_repeat_length=b * g)
-    cache = T.KVCache(k=rep(cache.k, axis=1), v=rep(cache.v, axis=1),
-                      pos=rep(cache.pos, axis=0), index=rep(cache.index, axis=0))
+    cache = T.KVCache(
+        k=rep(cache.k, axis=1),
+        v=rep(cache.v, axis=1),
+        pos=rep(cache.pos, axis=0),
+        index=rep(cache.index, axis=0),
+    )
     last_logits = rep(last_logits, axis=0)
     prompt_lens = rep(prompt_lens, axis=0)
   cache = cache.replace(
       k=nn.with_logical_constraint(cache.k, T.CACHE_AXES),
       v=nn.with_logical_constraint(cache.v, T.CACHE_AXES),
-      pos=_constrain_rows(cache.pos), index=_constrain_rows(cache.index))
+      pos=_constrain_rows(cache.pos),
+      index=_constrain_rows(cache.index),
+  )
   rows = b * g
   state = DecodeState(
       step=jnp.int32(0),
       tokens=_constrain_rows(jnp.full((rows, n), cfg.pad_id, jnp.int32)),
       logprobs=_constrain_rows(jnp.zeros((rows, n), jnp.float32)),
-      cache=cache, last=jnp.zeros((rows,), jnp.int32), positions=prompt_lens,
-      done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), rng=rng)
+      cache=cache,
+      last=jnp.zeros((rows,), jnp.int32),
+      positions=prompt_lens,
+      done=jnp.zeros((rows,), bool),
+      lengths=jnp.zeros((rows,), jnp.int32),
+      rng=rng,
+  )
   tok, lp = _choose(last_logits, jax.random.fold_in(rng, 0), cfg)
   return _record(state, tok, lp, cfg)
 
 
-def decode_fn(model_config: ModelConfig, state: DecodeState, params: Any,
-              cfg: SamplerConfig) -> DecodeState:
+def decode_fn(
+    model_config: ModelConfig, state: DecodeState, params: Any, cfg: SamplerConfig
+) -> DecodeState:
   """Run the decode ``lax.while_loop`` to the end (not jitted)."""
   n = cfg.max_new_tokens
   # Per-layer weights sliced once here (loop invariants) and the cache in the attention's
@@ -281,21 +328,33 @@ def decode_fn(model_config: ModelConfig, state: DecodeState, params: Any,
     tok, lp = _choose(logits, jax.random.fold_in(s.rng, s.step), cfg)
     return _record(s, tok, lp, cfg), dc
 
-  s, dc = jax.lax.while_loop(cond, body, (state.replace(cache=None),
-                                          T.to_decode_cache(state.cache)))
+  s, dc = jax.lax.while_loop(
+      cond, body, (state.replace(cache=None), T.to_decode_cache(state.cache))
+  )
   return s.replace(cache=T.from_decode_cache(dc))
 
 
 def samples_from_state(state: DecodeState, cfg: SamplerConfig) -> Samples:
   rows, n = state.tokens.shape
   mask = jnp.arange(n, dtype=jnp.int32)[None, :] < state.lengths[:, None]
-  return Samples(tokens=state.tokens, lengths=state.lengths, logprobs=state.logprobs,
-                 mask=mask, truncated=~state.done,
-                 group=jnp.arange(rows, dtype=jnp.int32) // cfg.num_samples)
+  return Samples(
+      tokens=state.tokens,
+      lengths=state.lengths,
+      logprobs=state.logprobs,
+      mask=mask,
+      truncated=~state.done,
+      group=jnp.arange(rows, dtype=jnp.int32) // cfg.num_samples,
+  )
 
 
-def sample_fn(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
-              rng: Array, cfg: SamplerConfig) -> Samples:
+def sample_fn(
+    model_config: ModelConfig,
+    params: Any,
+    prompts: Array,
+    prompt_lens: Array,
+    rng: Array,
+    cfg: SamplerConfig,
+) -> Samples:
   """Prefill + decode as one pure function (not jitted; embed it in a larger jit)."""
   state = prefill_fn(model_config, params, prompts, prompt_lens, rng, cfg)
   return samples_from_state(decode_fn(model_config, state, params, cfg), cfg)
@@ -309,6 +368,7 @@ class _MeshContext:
 
   def __enter__(self):
     import contextlib
+
     self._stack = contextlib.ExitStack()
     if self.mesh is not None:
       self._stack.enter_context(jax.set_mesh(self.mesh))
@@ -333,8 +393,9 @@ def _prefill_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=None
   return prefill_fn(model_config, params, prompts, prompt_lens, rng, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"),
-                   donate_argnames=("state",))
+@functools.partial(
+    jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"), donate_argnames=("state",)
+)
 def _decode_jit(model_config, state, params, cfg, mesh=None, rules=None):
   del mesh, rules
   return decode_fn(model_config, state, params, cfg)
@@ -346,38 +407,64 @@ def _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=None,
   return sample_fn(model_config, params, prompts, prompt_lens, rng, cfg)
 
 
-def prefill(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
-            rng: Array, cfg: SamplerConfig, *, mesh=None, rules=None) -> DecodeState:
+def prefill(
+    model_config: ModelConfig,
+    params: Any,
+    prompts: Array,
+    prompt_lens: Array,
+    rng: Array,
+    cfg: SamplerConfig,
+    *,
+    mesh=None,
+    rules=None,
+) -> DecodeState:
   """Jitted prefill: the DecodeState after the first sampled token."""
   mesh, rules = _check_rules(mesh, rules)
   with _MeshContext(mesh, rules):
-    return _prefill_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh,
-                        rules=rules)
+    return _prefill_jit(
+        model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh, rules=rules
+    )
 
 
-def decode(model_config: ModelConfig, state: DecodeState, params: Any, cfg: SamplerConfig,
-           *, mesh=None, rules=None) -> DecodeState:
+def decode(
+    model_config: ModelConfig,
+    state: DecodeState,
+    params: Any,
+    cfg: SamplerConfig,
+    *,
+    mesh=None,
+    rules=None,
+) -> DecodeState:
   """Jitted decode loop; ``state`` is donated (do not reuse it)."""
   mesh, rules = _check_rules(mesh, rules)
   with _MeshContext(mesh, rules):
     return _decode_jit(model_config, state, params, cfg, mesh=mesh, rules=rules)
 
 
-def sample(model_config: ModelConfig, params: Any, prompts: Array, prompt_lens: Array,
-           rng: Array, cfg: SamplerConfig, *, mesh=None, rules=None) -> Samples:
+def sample(
+    model_config: ModelConfig,
+    params: Any,
+    prompts: Array,
+    prompt_lens: Array,
+    rng: Array,
+    cfg: SamplerConfig,
+    *,
+    mesh=None,
+    rules=None,
+) -> Samples:
   """Sample ``cfg.num_samples`` continuations of each prompt: one jitted call (prefill and
   the decode while_loop in one XLA program). See the module docstring."""
   mesh, rules = _check_rules(mesh, rules)
   with _MeshContext(mesh, rules):
-    return _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh,
-                       rules=rules)
+    return _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh, rules=rules)
 
 
 # --------------------------------------------------------------------- teacher forcing check
 
 
-def full_sequences(prompts: Array, prompt_lens: Array, samples: Samples,
-                   num_samples: int) -> tuple[Array, Array, Array]:
+def full_sequences(
+    prompts: Array, prompt_lens: Array, samples: Samples, num_samples: int
+) -> tuple[Array, Array, Array]:
   """``[prompt | response]`` rows for one full forward pass: (tokens int32[B*G, P+N],
   positions, segment_ids). The prompt keeps its right padding (segment 0); the response
   continues at position ``prompt_len`` (positions define attention, so the gap is harmless)."""
@@ -400,14 +487,23 @@ def response_logit_positions(prompt_lens: Array, p: int, n: int) -> Array:
   tokens), the position whose logits predict response token j — the prompt's last valid token
   for j = 0, response token j - 1 (at ``p + j - 1``) otherwise."""
   rows = prompt_lens.shape[0]
-  return jnp.concatenate([(prompt_lens - 1)[:, None],
-                          jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32),
-                                           (rows, n - 1))], axis=1)
+  return jnp.concatenate(
+      [
+          (prompt_lens - 1)[:, None],
+          jnp.broadcast_to(p + jnp.arange(n - 1, dtype=jnp.int32), (rows, n - 1)),
+      ],
+      axis=1,
+  )
 
 
-def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Array,
-                            prompt_lens: Array, samples: Samples,
-                            cfg: SamplerConfig) -> Array:
+def teacher_forced_logprobs(
+    model_config: ModelConfig,
+    params: Any,
+    prompts: Array,
+    prompt_lens: Array,
+    samples: Samples,
+    cfg: SamplerConfig,
+) -> Array:
   """Log-probabilities of ``samples.tokens`` under one full causal forward pass
   (``log_softmax(raw logits)``, or of logits / T for ``cfg.logprobs == 'temperature'``);
   0 where ``mask`` is False. f32[B*G, N]."""
@@ -415,8 +511,9 @@ def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Arr
   p = jnp.asarray(prompts).shape[1]
   n = samples.tokens.shape[1]
   logits, _ = T.apply(model_config, params, tokens, positions, segment_ids=seg)
-  src = response_logit_positions(jnp.repeat(jnp.asarray(prompt_lens, jnp.int32),
-                                            cfg.num_samples), p, n)
+  src = response_logit_positions(
+      jnp.repeat(jnp.asarray(prompt_lens, jnp.int32), cfg.num_samples), p, n
+  )
   lg = jnp.take_along_axis(logits, src[:, :, None], axis=1)
   if cfg.logprobs == "temperature" and not cfg.greedy:
     lg = lg / cfg.temperature
@@ -430,8 +527,8 @@ def teacher_forced_logprobs(model_config: ModelConfig, params: Any, prompts: Arr
 
 @dataclasses.dataclass
 class SamplerOutput:
-  texts: list[str]          # decoded responses (special tokens dropped), row-major [B*G]
-  samples: Samples          # numpy arrays, padding rows removed
+  texts: list[str]  # decoded responses (special tokens dropped), row-major [B*G]
+  samples: Samples  # numpy arrays, padding rows removed
   prompt_ids: list[list[int]]
 
 
@@ -449,15 +546,27 @@ class Sampler:
   vocabulary rows) are left out of ``texts`` (``samples.tokens`` keeps them).
   """
 
-  def __init__(self, model_config: ModelConfig, params: Any, tokenizer, cfg: SamplerConfig,
-               *, min_bucket: int = 16, mesh=None, rules=None):
-    self.model_config, self.params, self.tokenizer, self.cfg = (model_config, params,
-                                                                tokenizer, cfg)
+  def __init__(
+      self,
+      model_config: ModelConfig,
+      params: Any,
+      tokenizer,
+      cfg: SamplerConfig,
+      *,
+      min_bucket: int = 16,
+      mesh=None,
+      rules=None,
+  ):
+    self.model_config, self.params, self.tokenizer, self.cfg = (
+        model_config,
+        params,
+        tokenizer,
+        cfg,
+    )
     self.min_bucket, self.mesh, self.rules = min_bucket, mesh, rules
 
   def encode(self, prompts: Sequence[Union[str, Sequence[int]]]) -> list[list[int]]:
-    ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p]
-           for p in prompts]
+    ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     for i, x in enumerate(ids):
       if not x:
         raise ValueError(f"prompt {i} is empty")
@@ -472,7 +581,7 @@ class Sampler:
     lens = np.zeros(rows, np.int32)
     for i in range(rows):
       x = ids[min(i, b - 1)]
-      arr[i, :len(x)] = x
+      arr[i, : len(x)] = x
       lens[i] = len(x)
     return arr, lens
 
@@ -481,11 +590,14 @@ class Sampler:
       raise ValueError("prompts must be a list of strings or token lists, not a string")
     ids = self.encode(prompts)
     arr, lens = self.pad(ids)
-    s = sample(self.model_config, self.params, arr, lens, rng, self.cfg, mesh=self.mesh,
-               rules=self.rules)
+    s = sample(
+        self.model_config, self.params, arr, lens, rng, self.cfg, mesh=self.mesh, rules=self.rules
+    )
     keep = len(ids) * self.cfg.num_samples
     s = jax.tree.map(lambda x: np.asarray(x)[:keep], s)
-    v = self.tokenizer.vocab_size   # a model's padded vocab rows beyond it decode to nothing
-    texts = [self.tokenizer.decode([t for t in s.tokens[i, :s.lengths[i]].tolist() if t < v])
-             for i in range(keep)]
+    v = self.tokenizer.vocab_size  # a model's padded vocab rows beyond it decode to nothing
+    texts = [
+        self.tokenizer.decode([t for t in s.tokens[i, : s.lengths[i]].tolist() if t < v])
+        for i in range(keep)
+    ]
     return SamplerOutput(texts=texts, samples=s, prompt_ids=ids)

@@ -25,6 +25,7 @@ Everything runs under one mesh (``compfn.parallel``): parameters are sharded by 
 axes and the gin-bound rules table, batches over ('data', 'fsdp'), and losses are normalised by
 global counts, so a step on a (2, 4) mesh equals the unsharded step (``tests/test_train.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,14 +45,27 @@ from compfn import workdir as W
 
 Array = jax.Array
 
-__all__ = ['TrainState', 'OptimizerConfig', 'accumulate', 'apply_gradients', 'Trainer',
-           'MetricsWriter', 'PreemptionWatcher', 'Preempted', 'NonFiniteStepError']
+__all__ = [
+    'TrainState',
+    'OptimizerConfig',
+    'accumulate',
+    'apply_gradients',
+    'Trainer',
+    'MetricsWriter',
+    'PreemptionWatcher',
+    'Preempted',
+    'NonFiniteStepError',
+]
 
 
 # The pure helpers live below compfn.rl (compfn/optim.py); re-exported here for callers of the
 # trainer.
-from compfn.optim import (OptimizerConfig, TrainState, accumulate,  # noqa: E402,F401
-                          apply_gradients)
+from compfn.optim import (
+    OptimizerConfig,
+    TrainState,
+    accumulate,  # noqa: E402,F401
+    apply_gradients,
+)
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -66,8 +80,9 @@ class MetricsWriter:
   workdir (``gs://``, which cannot append) the file is rewritten at most every ``flush_s``
   seconds and on :meth:`close`."""
 
-  def __init__(self, directory: str, resume_step: int = 0, tensorboard: bool = True,
-               flush_s: float = 30.0):
+  def __init__(
+      self, directory: str, resume_step: int = 0, tensorboard: bool = True, flush_s: float = 30.0
+  ):
     self.path = W.join(directory, 'metrics.jsonl')
     self._lead = W.is_lead()
     self._f = self._tb = None
@@ -85,6 +100,7 @@ class MetricsWriter:
     self._f = W.open_append(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(W.join(directory, 'tensorboard'))
 
   def write(self, step: int, scalars: dict):
@@ -127,6 +143,7 @@ def read_metrics(directory: str) -> list[dict]:
 def config_fingerprint(config: dict) -> str:
   """A short stable hash of a stage's configuration (JSON with ``repr`` for the rest)."""
   import hashlib
+
   text = json.dumps(config, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]
 
@@ -152,14 +169,14 @@ class PreemptionWatcher:
     self._old = None
     self._installed = False
     self._sync = jax.process_count() > 1 and _preemption_sync_manager() is not None
-    if not self._sync:          # the sync manager owns SIGTERM; a Python handler would hide it
+    if not self._sync:  # the sync manager owns SIGTERM; a Python handler would hide it
       self._install()
 
   def _install(self):
     try:
       self._old = signal.signal(signal.SIGTERM, self._handler)
       self._installed = True
-    except ValueError:       # not the main thread
+    except ValueError:  # not the main thread
       self._old = None
 
   def _handler(self, signum, frame):
@@ -171,12 +188,16 @@ class PreemptionWatcher:
     if jax.process_count() == 1:
       return self.flag
     from jax.experimental import multihost_utils
+
     if self._sync and step is not None:
       try:
         return bool(multihost_utils.reached_preemption_sync_point(int(step)))
       except Exception as e:  # noqa: BLE001  (no coordination service: fall back)
-        print(f'warning: preemption sync point unavailable ({type(e).__name__}: {e}); '
-              'falling back to a per-step allgather of the SIGTERM flag', flush=True)
+        print(
+            f'warning: preemption sync point unavailable ({type(e).__name__}: {e}); '
+            'falling back to a per-step allgather of the SIGTERM flag',
+            flush=True,
+        )
         self._sync = False
         self._install()
     return bool(multihost_utils.process_allgather(np.array([self.flag])).any())
@@ -191,6 +212,7 @@ def _preemption_sync_manager():
   """JAX's preemption sync manager when ``jax.distributed`` started one, else None."""
   try:
     from jax._src import distributed
+
     return distributed.global_state.preemption_sync_manager
   except Exception:  # noqa: BLE001  (a private API: treat any change as "none")
     return None
@@ -229,8 +251,11 @@ def _leaf_name(path) -> str:
 
 
 def _shapes(tree) -> dict:
-  return {_leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-          if getattr(x, 'shape', None) is not None}
+  return {
+      _leaf_name(p): tuple(x.shape)
+      for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+      if getattr(x, 'shape', None) is not None
+  }
 
 
 def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> list[str]:
@@ -240,6 +265,7 @@ def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> li
   try:
     import orbax.checkpoint as ocp
     from etils import epath
+
     handler = ocp.PyTreeCheckpointHandler()
     try:
       tree = getattr(handler.metadata(epath.Path(step_dir) / 'state'), 'tree', None)
@@ -250,13 +276,17 @@ def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> li
     stored, want = _shapes(tree), _shapes(state)
   except Exception:  # noqa: BLE001  (only used to explain a mismatch; never block a restore)
     return []
-  out = [(k, f'checkpoint {stored[k]}, config {want[k]}') for k in stored.keys() & want.keys()
-         if stored[k] != want[k]]
+  out = [
+      (k, f'checkpoint {stored[k]}, config {want[k]}')
+      for k in stored.keys() & want.keys()
+      if stored[k] != want[k]
+  ]
   if not shapes_only:
     out += [(k, 'only in the checkpoint') for k in stored.keys() - want.keys()]
     out += [(k, 'only in the config') for k in want.keys() - stored.keys()]
-  return [f'{k}: {what}' for k, what in sorted(out, key=lambda x: (not x[0].startswith('params'),
-                                                                   x[0]))]
+  return [
+      f'{k}: {what}' for k, what in sorted(out, key=lambda x: (not x[0].startswith('params'), x[0]))
+  ]
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -283,9 +313,20 @@ class Trainer:
   every checkpoint's metadata and restored on resume.
   """
 
-  def __init__(self, directory: str, num_steps: int, *, save_every: int = 100, keep: int = 2,
-               log_every: int = 1, async_save: bool = True, progress: bool = True,
-               name: str = 'train', tensorboard: bool = True, config: Optional[dict] = None):
+  def __init__(
+      self,
+      directory: str,
+      num_steps: int,
+      *,
+      save_every: int = 100,
+      keep: int = 2,
+      log_every: int = 1,
+      async_save: bool = True,
+      progress: bool = True,
+      name: str = 'train',
+      tensorboard: bool = True,
+      config: Optional[dict] = None,
+  ):
     if num_steps < 0:
       raise ValueError(f'num_steps must be >= 0, got {num_steps}')
     self.directory = directory
@@ -296,8 +337,9 @@ class Trainer:
     self.tensorboard = tensorboard
     W.makedirs(directory)
     self.fingerprint = config_fingerprint(config) if config is not None else None
-    self.checkpointer = ckpt_lib.Checkpointer(W.join(directory, 'checkpoints'), keep=keep,
-                                              async_save=async_save)
+    self.checkpointer = ckpt_lib.Checkpointer(
+        W.join(directory, 'checkpoints'), keep=keep, async_save=async_save
+    )
     if config is not None:
       self._check_config(config)
 
@@ -320,17 +362,23 @@ class Trainer:
         old = saved.get('config', {})
         new = json.loads(json.dumps(config, sort_keys=True, default=repr))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        shown = ', '.join(f'{k}: {_short(old.get(k))} -> {_short(new.get(k))}'
-                          for k in diff[:4]) + (f' (+{len(diff) - 4} more)' if len(diff) > 4
-                                                else '')
+        shown = ', '.join(
+            f'{k}: {_short(old.get(k))} -> {_short(new.get(k))}' for k in diff[:4]
+        ) + (f' (+{len(diff) - 4} more)' if len(diff) > 4 else '')
         raise errors.CheckpointMismatch(
             f'{self.name}: the stage configuration changed since {self.directory} was written '
             f'({shown or "fingerprint " + str(saved.get("fingerprint"))}); its checkpoints and '
             f'results belong to the old configuration. Restore it, or use a new --workdir (or '
-            f'delete {self.directory}) to run this stage again')
+            f'delete {self.directory}) to run this stage again'
+        )
     else:
-      W.write_json(self.config_path, {'fingerprint': self.fingerprint, 'config': config},
-                   indent=1, sort_keys=True, default=repr)
+      W.write_json(
+          self.config_path,
+          {'fingerprint': self.fingerprint, 'config': config},
+          indent=1,
+          sort_keys=True,
+          default=repr,
+      )
     W.barrier(f'stage_config:{self.directory}')
 
   def finished(self) -> Optional[dict]:
@@ -364,7 +412,8 @@ class Trainer:
     if int(restored.step) != step:
       raise errors.CheckpointMismatch(
           f'checkpoint {step} in {self.checkpointer.directory} holds step '
-          f'{int(restored.step)}: the folder is inconsistent')
+          f'{int(restored.step)}: the folder is inconsistent'
+      )
     return restored, meta.get('data')
 
   def _step_dir(self, step: int) -> str:
@@ -376,11 +425,18 @@ class Trainer:
         f'{self.name}: checkpoint {step} in {self.checkpointer.directory} does not match the '
         f'configured state: {shown}. The model or optimizer configuration changed since it was '
         f'saved: restore that configuration, or use a new --workdir (or delete '
-        f'{self.directory}) to start this stage over')
+        f'{self.directory}) to start this stage over'
+    )
 
-  def run(self, state: TrainState, step_fn: Callable, iterator, *,
-          on_metrics: Optional[Callable[[int, dict], dict]] = None,
-          hooks: tuple = ()) -> TrainState:
+  def run(
+      self,
+      state: TrainState,
+      step_fn: Callable,
+      iterator,
+      *,
+      on_metrics: Optional[Callable[[int, dict], dict]] = None,
+      hooks: tuple = (),
+  ) -> TrainState:
     """Train from ``state.step`` to ``num_steps``. ``iterator`` must already be positioned
     (the caller restores it from the data state returned by :meth:`restore`). ``hooks``:
     ``(every, fn(step, state) -> dict of scalars)`` pairs run after every ``every``-th step
@@ -392,6 +448,7 @@ class Trainer:
     bar = None
     if self.progress and jax.process_index() == 0:
       from tqdm.auto import tqdm
+
       bar = tqdm(total=self.num_steps, initial=start, desc=self.name, dynamic_ncols=True)
     step = start
     try:
@@ -400,16 +457,17 @@ class Trainer:
         batch = next(iterator)
         t1 = time.perf_counter()
         state, metrics = step_fn(state, batch)
-        scalars = _host_scalars(metrics)       # blocks until the step is done
+        scalars = _host_scalars(metrics)  # blocks until the step is done
         t2 = time.perf_counter()
         if scalars.get('nonfinite', 0.0) > 0:
-          self.checkpointer.wait()     # the last good checkpoint may still be being written
+          self.checkpointer.wait()  # the last good checkpoint may still be being written
           raise NonFiniteStepError(
               f'{self.name}: step {step + 1} produced a non-finite loss or gradient '
               f'(loss={scalars.get("loss")}, grad_norm={scalars.get("grad_norm")}); the update '
               f'was not applied and nothing was saved — the last good checkpoint is step '
               f'{self.checkpointer.latest_step()} in {self.checkpointer.directory}. Lower the '
-              'learning rate or check the data, then rerun to resume from it.')
+              'learning rate or check the data, then rerun to resume from it.'
+          )
         step += 1
         scalars['time/step_s'] = t2 - t0
         scalars['time/data_s'] = t1 - t0
@@ -422,19 +480,25 @@ class Trainer:
           writer.write(step, scalars)
         if bar is not None:
           bar.update(1)
-          bar.set_postfix({k: f'{v:.3g}' for k, v in scalars.items()
-                           if k in ('loss', 'reward', 'accuracy', 'token_accuracy',
-                                    'kept_groups')})
+          bar.set_postfix(
+              {
+                  k: f'{v:.3g}'
+                  for k, v in scalars.items()
+                  if k in ('loss', 'reward', 'accuracy', 'token_accuracy', 'kept_groups')
+              }
+          )
         preempted = watcher.reached(step) or step == stop_at
         if step % self.save_every == 0 or step == self.num_steps or preempted:
           self.save(step, state, iterator)
         if preempted:
           self.checkpointer.wait()
-          if step == self.num_steps:     # the stage is complete: the rerun goes on from here
+          if step == self.num_steps:  # the stage is complete: the rerun goes on from here
             self._write_done(step)
           why = 'SIGTERM received' if step != stop_at else f'planned_stop.step = {stop_at}'
-          raise Preempted(f'{self.name}: {why}; saved step {step} to '
-                          f'{self.checkpointer.directory}; rerun the same command to resume')
+          raise Preempted(
+              f'{self.name}: {why}; saved step {step} to '
+              f'{self.checkpointer.directory}; rerun the same command to resume'
+          )
       self.checkpointer.wait()
       self._write_done(step)
     except BaseException:
@@ -453,8 +517,9 @@ class Trainer:
     return state
 
   def _write_done(self, step: int):
-    W.write_json(self.done_path, {'step': step, 'time': time.time(),
-                                  'fingerprint': self.fingerprint})
+    W.write_json(
+        self.done_path, {'step': step, 'time': time.time(), 'fingerprint': self.fingerprint}
+    )
     W.barrier(f'DONE:{self.directory}')
 
   def save(self, step: int, state: TrainState, iterator=None):
@@ -467,7 +532,7 @@ class Trainer:
 
 def _short(v, n: int = 40) -> str:
   t = json.dumps(v, sort_keys=True, default=repr)
-  return t if len(t) <= n else t[:n - 3] + '...'
+  return t if len(t) <= n else t[: n - 3] + '...'
 
 
 def compile_step(fn: Callable, mesh=None, rules=None, donate_state: bool = True) -> Callable:
@@ -480,6 +545,7 @@ def compile_step(fn: Callable, mesh=None, rules=None, donate_state: bool = True)
   def call(*args):
     with parallel.use_mesh(mesh, rules):
       return jitted(*args)
+
   return call
 
 
@@ -491,8 +557,13 @@ def shard_state(state: TrainState, model_config, mesh, rules=None) -> TrainState
   pstruct = jax.tree.structure(state.params)
   like_params = lambda x: jax.tree.structure(x) == pstruct  # noqa: E731
   opt_state = jax.tree.map(
-      lambda x: jax.device_put(x, shard if like_params(x) else repl), state.opt_state,
-      is_leaf=like_params)
-  return state.replace(step=jax.device_put(state.step, repl),
-                       params=jax.device_put(state.params, shard), opt_state=opt_state,
-                       rng=jax.device_put(state.rng, repl))
+      lambda x: jax.device_put(x, shard if like_params(x) else repl),
+      state.opt_state,
+      is_leaf=like_params,
+  )
+  return state.replace(
+      step=jax.device_put(state.step, repl),
+      params=jax.device_put(state.params, shard),
+      opt_state=opt_state,
+      rng=jax.device_put(state.rng, repl),
+  )

@@ -17,6 +17,7 @@ written. Checkpoints are the exception: orbax writes them from every process.
 Local writes are atomic (a temporary file renamed into place), so a kill mid-write never leaves
 a half-written result; an object store's single-object write is atomic by itself.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ def join(*parts: PathLike) -> str:
 def is_lead() -> bool:
   """Whether this process writes the workdir's files (process 0; True on one process)."""
   import jax
+
   return jax.process_index() == 0
 
 
@@ -64,8 +66,10 @@ def barrier(name: str) -> None:
   """Every process waits here until all reach it (a no-op on one process). ``name`` must be the
   same on every process and unique per call site and step, e.g. ``'eval.json:before_rl'``."""
   import jax
+
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

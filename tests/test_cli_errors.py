@@ -1,6 +1,7 @@
 """compfn-train's error boundary (compfn.errors): each known failure prints one line and exits
 with its code, --verbose adds the traceback; SIGTERM saves, exits 75 and the rerun resumes; a
 changed model exits 5; the multi-process flags are validated and initialise jax.distributed."""
+
 import json
 import os
 import pathlib
@@ -71,7 +72,7 @@ def gins(tmp_path_factory):
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   e = dict(os.environ)
-  e.pop('XLA_FLAGS', None)            # one CPU device, like the CLI on this machine
+  e.pop('XLA_FLAGS', None)  # one CPU device, like the CLI on this machine
   e['JAX_PLATFORMS'] = 'cpu'
   # The runs share their compiled programs (model init, the SFT step): seconds per run.
   e['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
@@ -81,8 +82,15 @@ def env(tmp_path_factory):
 
 
 def _cmd(gin_file, workdir, *params, flags=()):
-  return [sys.executable, '-m', 'compfn.main', f'--gin_file={gin_file}', f'--workdir={workdir}',
-          *[f'--gin_param={p}' for p in params], *flags]
+  return [
+      sys.executable,
+      '-m',
+      'compfn.main',
+      f'--gin_file={gin_file}',
+      f'--workdir={workdir}',
+      *[f'--gin_param={p}' for p in params],
+      *flags,
+  ]
 
 
 def _run(cmd, env, timeout=300):
@@ -104,36 +112,46 @@ def test_bad_gin_binding_is_one_line_exit_2(gins, env, tmp_path):
   out = _run(_cmd(gins['gate'], tmp_path, 'g/gate_stage.num_sample = 2'), env)
   assert out.returncode == errors.ConfigError.exit_code == 2, out.stderr[-3000:]
   line = _error_line(out.stderr)
-  assert out.stderr.strip().splitlines() == [line]          # one line: no traceback, no noise
+  assert out.stderr.strip().splitlines() == [line]  # one line: no traceback, no noise
   assert "'num_sample'" in line and 'gate_stage' in line and '--gin_param line 1' in line
 
 
 def test_verbose_shows_the_traceback(gins, env, tmp_path):
-  out = _run(_cmd(gins['gate'], tmp_path, 'g/gate_stage.num_sample = 2', flags=['--verbose']),
-             env)
+  out = _run(_cmd(gins['gate'], tmp_path, 'g/gate_stage.num_sample = 2', flags=['--verbose']), env)
   assert out.returncode == 2
   assert 'Traceback (most recent call last)' in out.stderr
   assert "'num_sample'" in _error_line(out.stderr)
   assert out.stderr.strip().splitlines()[-1].startswith('compfn-train: error: ')
 
 
-@pytest.mark.parametrize('text,params,want', [
-    ("run.job = @build_datasets\nbuild_datasets.cnfigs = 3\n", [],
-     ["'cnfigs'", 'bad.gin", line 2', 'build_datasets.cnfigs = 3']),
-    ("run.job = @no_such_job\n", [], ["'@no_such_job'", 'bad.gin", line 1']),
-    ("build_datasets.configs = = 3\n", [], ['Unable to parse value', 'bad.gin, line 1']),
-    ("build_datasets.configs = ['a'\n", [], ['EOF in multi-line statement', 'bad.gin']),
-    ("build_datasets.progress = False\n", [], ['Required bindings for `run`', "['job']"]),
-    ("run.job = @build_datasets\n", ['build_datasets.progress = False', 'build_datasets.x = 1'],
-     ["'build_datasets' doesn't have a parameter named 'x'", '--gin_param line 2']),
-])
+@pytest.mark.parametrize(
+    'text,params,want',
+    [
+        (
+            'run.job = @build_datasets\nbuild_datasets.cnfigs = 3\n',
+            [],
+            ["'cnfigs'", 'bad.gin", line 2', 'build_datasets.cnfigs = 3'],
+        ),
+        ('run.job = @no_such_job\n', [], ["'@no_such_job'", 'bad.gin", line 1']),
+        ('build_datasets.configs = = 3\n', [], ['Unable to parse value', 'bad.gin, line 1']),
+        ("build_datasets.configs = ['a'\n", [], ['EOF in multi-line statement', 'bad.gin']),
+        ('build_datasets.progress = False\n', [], ['Required bindings for `run`', "['job']"]),
+        (
+            'run.job = @build_datasets\n',
+            ['build_datasets.progress = False', 'build_datasets.x = 1'],
+            ["'build_datasets' doesn't have a parameter named 'x'", '--gin_param line 2'],
+        ),
+    ],
+)
 def test_gin_errors_name_the_binding(tmp_path, capsys, text, params, want):
   """In-process through the same boundary: gin's errors become one line naming the binding."""
   f = tmp_path / 'bad.gin'
   f.write_text(text)
   try:
-    rc = M.main([f'--gin_file={f}', f'--workdir={tmp_path / "w"}',
-                 *[f'--gin_param={p}' for p in params]], exit_codes=True)
+    rc = M.main(
+        [f'--gin_file={f}', f'--workdir={tmp_path / "w"}', *[f'--gin_param={p}' for p in params]],
+        exit_codes=True,
+    )
   finally:
     gin.clear_config()
   err = capsys.readouterr().err
@@ -146,8 +164,8 @@ def test_gin_errors_name_the_binding(tmp_path, capsys, text, params, want):
 def test_called_with_argv_raises_config_error(tmp_path):
   """Programmatic calls (argv given) raise; ConfigError is also a ValueError, as gin's was."""
   f = tmp_path / 'bad.gin'
-  f.write_text("run.job = @build_datasets\nbuild_datasets.cnfigs = 3\n")
-  with pytest.raises(errors.ConfigError, match="cnfigs") as e:
+  f.write_text('run.job = @build_datasets\nbuild_datasets.cnfigs = 3\n')
+  with pytest.raises(errors.ConfigError, match='cnfigs') as e:
     M.main([f'--gin_file={f}', f'--workdir={tmp_path / "w"}'])
   gin.clear_config()
   assert isinstance(e.value, ValueError) and e.value.exit_code == 2
@@ -158,11 +176,15 @@ def test_multihost_flags_are_validated(gins, env, tmp_path):
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   line = _error_line(out.stderr)
   assert '--num_processes given without --coordinator_address, --process_id' in line
-  for kw, msg in [(dict(process_id=2), r'--process_id=2 is not in \[0, 2\)'),
-                  (dict(process_id=-1), r'--process_id=-1 is not in \[0, 2\)'),
-                  (dict(coordinator_address='nohost'), 'is not HOST:PORT'),
-                  (dict(num_processes=None), '--coordinator_address, --process_id given without '
-                   '--num_processes')]:
+  for kw, msg in [
+      (dict(process_id=2), r'--process_id=2 is not in \[0, 2\)'),
+      (dict(process_id=-1), r'--process_id=-1 is not in \[0, 2\)'),
+      (dict(coordinator_address='nohost'), 'is not HOST:PORT'),
+      (
+          dict(num_processes=None),
+          '--coordinator_address, --process_id given without ' '--num_processes',
+      ),
+  ]:
     args = dict(coordinator_address='localhost:1234', num_processes=2, process_id=0)
     args.update(kw)
     with pytest.raises(errors.ConfigError, match=msg):
@@ -194,9 +216,17 @@ def test_two_processes_initialise_and_agree_on_the_preemption_step(env):
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
-  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESSES, str(i), str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, '-c', _TWO_PROCESSES, str(i), str(port)],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   try:
     outs = [p.communicate(timeout=120) for p in procs]
   finally:
@@ -229,7 +259,7 @@ def test_nonfinite_loss_exits_4_naming_the_last_good_checkpoint(gins, env, tmp_p
   ckpts = tmp_path / 'sft' / 'checkpoints'
   assert 'step 2 produced a non-finite loss or gradient' in line
   assert f'the last good checkpoint is step 1 in {ckpts}' in line
-  assert sorted(os.listdir(ckpts)) == ['1']          # committed before the process exited
+  assert sorted(os.listdir(ckpts)) == ['1']  # committed before the process exited
 
 
 # ------------------------------------------------------------------ exit code 75: preempted
@@ -240,12 +270,16 @@ def test_sigterm_saves_exits_75_and_the_rerun_resumes(gins, env, tmp_path):
   err_path = tmp_path / 'stderr.txt'
   metrics = wd / 'sft' / 'metrics.jsonl'
   with open(err_path, 'w') as err:
-    proc = subprocess.Popen(_cmd(gins['sft'], wd, 's/sft_stage.num_steps = 100000',
-                                 's/sft_stage.save_every = 100000'),
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(
+        _cmd(gins['sft'], wd, 's/sft_stage.num_steps = 100000', 's/sft_stage.save_every = 100000'),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     try:
       deadline = time.time() + 240
-      while time.time() < deadline:            # SIGTERM once two steps are logged
+      while time.time() < deadline:  # SIGTERM once two steps are logged
         if metrics.exists() and sum(1 for _ in open(metrics)) >= 2:
           break
         if proc.poll() is not None:
@@ -282,6 +316,7 @@ def _state(params, step=0):
   import jax.numpy as jnp
   import optax
   from compfn import train
+
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
   return train.TrainState.create(params, tx).replace(step=jnp.asarray(step, jnp.int32))
 
@@ -289,36 +324,47 @@ def _state(params, step=0):
 def test_checkpoint_mismatch_names_the_folder_and_what_differs(tmp_path):
   import jax.numpy as jnp
   from compfn import train
-  trainer = train.Trainer(str(tmp_path / 'stage'), 3, async_save=False, progress=False,
-                          tensorboard=False, name='sft')
+
+  trainer = train.Trainer(
+      str(tmp_path / 'stage'), 3, async_save=False, progress=False, tensorboard=False, name='sft'
+  )
   good = {'w': jnp.ones((4, 4)), 'b': jnp.zeros(3)}
   trainer.save(1, _state(good, step=1))
   restored, _ = trainer.restore(_state(good))
-  assert int(restored.step) == 1                             # a matching state restores
+  assert int(restored.step) == 1  # a matching state restores
   ckpts = tmp_path / 'stage' / 'checkpoints'
-  cases = [({**good, 'w': jnp.ones((4, 5))}, 'params.w: checkpoint (4, 4), config (4, 5)'),
-           ({**good, 'c': jnp.zeros(2)}, 'params.c: only in the config'),            # orbax's
-           ({'w': jnp.ones((4, 4))}, 'params.b: only in the checkpoint')]            # errors
+  cases = [
+      ({**good, 'w': jnp.ones((4, 5))}, 'params.w: checkpoint (4, 4), config (4, 5)'),
+      ({**good, 'c': jnp.zeros(2)}, 'params.c: only in the config'),  # orbax's
+      ({'w': jnp.ones((4, 4))}, 'params.b: only in the checkpoint'),
+  ]  # errors
   for params, want in cases:
     with pytest.raises(errors.CheckpointMismatch) as e:
       trainer.restore(_state(params))
     msg = str(e.value)
     assert e.value.exit_code == 5
     assert msg.startswith(f'sft: checkpoint 1 in {ckpts} does not match the configured state: ')
-    assert want in msg.split('; ')[0], msg                   # the parameters come first
+    assert want in msg.split('; ')[0], msg  # the parameters come first
   trainer.close()
 
 
 def test_boundary_maps_known_errors_and_keeps_the_rest():
   from compfn import checkpoint
-  for cls, code in [(errors.ConfigError, 2), (errors.GateNotMet, 3), (errors.NonFiniteLoss, 4),
-                    (errors.CheckpointMismatch, 5), (errors.Preempted, 75)]:
+
+  for cls, code in [
+      (errors.ConfigError, 2),
+      (errors.GateNotMet, 3),
+      (errors.NonFiniteLoss, 4),
+      (errors.CheckpointMismatch, 5),
+      (errors.Preempted, 75),
+  ]:
     assert M._known_failure(cls('a\nb')) == (code, 'a b') and errors.EXIT_CODES[code] is cls
   assert M._known_failure(checkpoint.NonFiniteError('refusing'))[0] == 4
   assert M._known_failure(RuntimeError('a bug')) is None
   assert M._known_failure(KeyError('x')) is None
   # gin re-raises errors from configurables as a proxy with "In call to configurable" appended.
   from gin import utils
+
   try:
     try:
       raise errors.GateNotMet('gate not met')
@@ -328,6 +374,7 @@ def test_boundary_maps_known_errors_and_keeps_the_rest():
     assert 'In call to' in str(proxy)
     assert M._known_failure(proxy) == (3, 'gate not met')
   from compfn import experiment, train
+
   assert issubclass(experiment.GateError, errors.GateNotMet)
   assert issubclass(train.NonFiniteStepError, errors.NonFiniteLoss)
   assert issubclass(train.NonFiniteStepError, checkpoint.NonFiniteError)

@@ -1,5 +1,6 @@
 """The gin pipeline end to end through the CLI: kill -9 + resume = uninterrupted, reruns of a
 finished run say so, results.json has the public shape."""
+
 import json
 import os
 import pathlib
@@ -46,14 +47,20 @@ e/eval_stage.batch_size = 8
 
 def _env():
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)          # one CPU device, like the CLI on this machine
+  env.pop('XLA_FLAGS', None)  # one CPU device, like the CLI on this machine
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 
 
 def _cmd(gin_file, workdir, *params):
-  return [sys.executable, '-m', 'compfn.main', f'--gin_file={gin_file}', f'--workdir={workdir}',
-          *[f'--gin_param={p}' for p in params]]
+  return [
+      sys.executable,
+      '-m',
+      'compfn.main',
+      f'--gin_file={gin_file}',
+      f'--workdir={workdir}',
+      *[f'--gin_param={p}' for p in params],
+  ]
 
 
 def _losses(workdir):
@@ -71,19 +78,25 @@ def gin_file(tmp_path_factory):
 
 def test_kill9_then_resume_equals_uninterrupted(gin_file, tmp_path):
   ref = tmp_path / 'ref'
-  out = subprocess.run(_cmd(gin_file, ref), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+      _cmd(gin_file, ref), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((ref / 'results.json').read_text())
   assert set(results['accuracy_by_level']) == {'1', '2'}
   assert all(0.0 <= v <= 1.0 for v in results['accuracy_by_level'].values())
 
   run = tmp_path / 'killed'
-  proc = subprocess.Popen(_cmd(gin_file, run), cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      _cmd(gin_file, run),
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   metrics = run / 'sft' / 'metrics.jsonl'
   deadline = time.time() + 300
-  while time.time() < deadline:             # kill -9 once step 7 is logged (mid-run)
+  while time.time() < deadline:  # kill -9 once step 7 is logged (mid-run)
     if metrics.exists() and sum(1 for _ in open(metrics)) >= 7:
       break
     if proc.poll() is not None:
@@ -92,13 +105,15 @@ def test_kill9_then_resume_equals_uninterrupted(gin_file, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (run / 'sft' / 'DONE').exists()
-  out = subprocess.run(_cmd(gin_file, run), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+      _cmd(gin_file, run), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   # Same data order: every step's loss equals the uninterrupted run's, bit for bit.
   assert _losses(run) == _losses(ref)
   # Same final parameters, bit for bit (the exported safetensors).
   from safetensors.numpy import load_file
+
   a = load_file(str(ref / 'export' / 'model.safetensors'))
   b = load_file(str(run / 'export' / 'model.safetensors'))
   assert a.keys() == b.keys()
@@ -106,28 +121,43 @@ def test_kill9_then_resume_equals_uninterrupted(gin_file, tmp_path):
     np.testing.assert_array_equal(a[k], b[k])
 
   # Rerunning the finished run reloads everything and says so (it does not silently no-op).
-  out = subprocess.run(_cmd(gin_file, run), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+      _cmd(gin_file, run), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   log = out.stdout + out.stderr
   assert '[sft] already finished at step 14' in log
   assert 'were already complete' in log and 'eval' in log
   again = json.loads((run / 'results.json').read_text())
-  assert again['accuracy_by_level'] == json.loads((ref / 'results.json').read_text())[
-      'accuracy_by_level']
+  assert (
+      again['accuracy_by_level']
+      == json.loads((ref / 'results.json').read_text())['accuracy_by_level']
+  )
   assert 'sft' in again['already_complete']
 
   # Extending a finished stage continues from its last step instead of starting over.
-  out = subprocess.run(_cmd(gin_file, run, 's/sft_stage.num_steps = 16'), cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+      _cmd(gin_file, run, 's/sft_stage.num_steps = 16'),
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   steps = [s for s, _ in _losses(run)]
   assert steps == list(range(1, 17))
 
 
 def test_bad_gin_binding_is_named(gin_file, tmp_path):
-  out = subprocess.run(_cmd(gin_file, tmp_path / 'x', 's/sft_stage.batchsize = 4'), cwd=ROOT,
-                       env=_env(), capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      _cmd(gin_file, tmp_path / 'x', 's/sft_stage.batchsize = 4'),
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode != 0
   assert 'batchsize' in out.stderr
 
@@ -141,19 +171,34 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
   from compfn.data import sources
   from compfn.model import transformer as T
   from compfn.tokenizers import CharTokenizer
+
   tok = CharTokenizer()
   cfg = X.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
   mesh = parallel.make_mesh((-1, 1, 1))
-  run = X.Run(workdir=str(tmp_path), model_config=cfg, params=T.init_params(
-      cfg, jax.random.PRNGKey(0)), tokenizer=tok, encode=tok.encode, mesh=mesh,
-      rules=parallel.logical_rules())
+  run = X.Run(
+      workdir=str(tmp_path),
+      model_config=cfg,
+      params=T.init_params(cfg, jax.random.PRNGKey(0)),
+      tokenizer=tok,
+      encode=tok.encode,
+      mesh=mesh,
+      rules=parallel.logical_rules(),
+  )
   recs = sources.trace_records('train', 1, 1, 8, seed=0)
-  X.rft_stage(run, name='collect', records=recs, num_samples=2, max_new_tokens=16,
-              sample_batch_size=8, train=False)
+  X.rft_stage(
+      run,
+      name='collect',
+      records=recs,
+      num_samples=2,
+      max_new_tokens=16,
+      sample_batch_size=8,
+      train=False,
+  )
   stats = json.loads((tmp_path / 'collect' / 'iter_0' / 'rft_stats.json').read_text())
   assert stats['problems'] == 8 and stats['samples'] == 16
   assert (tmp_path / 'collect' / 'iter_0' / 'rft_records.jsonl').exists()
   if stats['kept_records'] == 0:
     with pytest.raises(ValueError, match='no correct responses to fine-tune on'):
-      X.rft_stage(run, name='train', records=recs, num_samples=2, max_new_tokens=16,
-                  sample_batch_size=8)
+      X.rft_stage(
+          run, name='train', records=recs, num_samples=2, max_new_tokens=16, sample_batch_size=8
+      )

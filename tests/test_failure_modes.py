@@ -1,4 +1,5 @@
 """Tests for compfn.tasks.strings.failure_modes (hand-edited traces of real problems)."""
+
 import pytest
 
 from compfn.tasks.strings import failure_modes as FM
@@ -17,10 +18,12 @@ def targets():
       "func_11(func_0('qdq'),4)=": ";func_0('qdq')=qqd;func_11('qqd',4)=uuh;uuh",
       "func_22(func_20(func_12('kctrm'),'zyjlk'))=": (
           ";func_12('kctrm')=kctrm;func_20('kctrm','zyjlk')=kzcytjrlmk;"
-          "func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk"),
+          "func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk"
+      ),
       "func_6(func_5(func_14('ceuvl'),'wgb'),'zb')=": (
           ";func_14('ceuvl')=cceeuuvvll;func_5('cceeuuvvll','wgb')=wgbcceeuuvvll;"
-          "func_6('wgbcceeuuvvll','zb')=wgbcceeuuvvllzb;wgbcceeuuvvllzb"),
+          "func_6('wgbcceeuuvvll','zb')=wgbcceeuuvvllzb;wgbcceeuuvvllzb"
+      ),
   }
   for prompt, target in want.items():
     assert by_prompt[prompt].target == target
@@ -40,19 +43,20 @@ def test_level1(targets):
   t, ref = targets["func_3('zbrx')="]
   assert ref == 'brxz'
   check(t, t, ref, 'correct', shape=True)
-  check(";func_2('zbrx')=krr;brxz", t, ref, 'correct', shape=False)      # right answer anyway
+  check(";func_2('zbrx')=krr;brxz", t, ref, 'correct', shape=False)  # right answer anyway
   check(";func_3('zbrx')=bxrz;bxrz", t, ref, 'atomic_error', step=1, shape=True)
   check(";func_2('zbrx')=zbr;zbr", t, ref, 'incorrect_composition', shape=False)
   check(";func_3('zbr')=brz;brz", t, ref, 'incorrect_composition', shape=True)  # wrong input
-  check(";func_3('zbrx')=brxz;func_3('brxz')=bxzr;bxzr", t, ref, 'incorrect_composition',
-        shape=False)                                                          # extra step
+  check(
+      ";func_3('zbrx')=brxz;func_3('brxz')=bxzr;bxzr", t, ref, 'incorrect_composition', shape=False
+  )  # extra step
   c = check(";func_3('zbrx')=brxz;brx", t, ref, 'incorrect_composition', shape=True)
   assert c.detail == 'answer does not copy the last step'
   c = check(';brx', t, ref, 'incomplete_trace', shape=False)
   assert c.num_steps == 0
-  check('brxz', t, ref, 'format_error', shape=False)                          # no ';'
-  check(";func_3('zbrx')brxz;brxz", t, ref, 'format_error')                   # no '='
-  check(";func_3(zbrx)=brxz;brxz", t, ref, 'format_error')                    # bare word arg
+  check('brxz', t, ref, 'format_error', shape=False)  # no ';'
+  check(";func_3('zbrx')brxz;brxz", t, ref, 'format_error')  # no '='
+  check(';func_3(zbrx)=brxz;brxz', t, ref, 'format_error')  # bare word arg
   check(t, t, ref, 'format_error', truncated=True)
 
 
@@ -65,15 +69,21 @@ def test_level2(targets):
   check(";func_11('qdq',4)=uhu;uhu", t, ref, 'ignores_composition')
   check(';uhu', t, ref, 'ignores_composition')
   # Incorrect composition: order, extra step, parameter, chaining, first input.
-  check(";func_11('qdq',4)=uhu;func_0('uhu')=uhu;uhu", t, ref, 'incorrect_composition',
-        shape=False)
-  check(t.replace(';uuh', ";func_9('uuh')=uuhhuu;uuhhuu"), t, ref, 'incorrect_composition',
-        shape=False)
-  c = check(";func_0('qdq')=qqd;func_11('qqd',3)=ttg;ttg", t, ref, 'incorrect_composition',
-            shape=True)
+  check(";func_11('qdq',4)=uhu;func_0('uhu')=uhu;uhu", t, ref, 'incorrect_composition', shape=False)
+  check(
+      t.replace(';uuh', ";func_9('uuh')=uuhhuu;uuhhuu"),
+      t,
+      ref,
+      'incorrect_composition',
+      shape=False,
+  )
+  c = check(
+      ";func_0('qdq')=qqd;func_11('qqd',3)=ttg;ttg", t, ref, 'incorrect_composition', shape=True
+  )
   assert 'parameters' in c.detail
-  c = check(";func_0('qdq')=qqd;func_11('qdq',4)=uhu;uhu", t, ref, 'incorrect_composition',
-            shape=True)
+  c = check(
+      ";func_0('qdq')=qqd;func_11('qdq',4)=uhu;uhu", t, ref, 'incorrect_composition', shape=True
+  )
   assert "step 2's input" in c.detail
   c = check(";func_0('qqd')=qdq;func_11('qdq',4)=uhu;uhu", t, ref, 'incorrect_composition')
   assert 'step 1' in c.detail
@@ -94,30 +104,73 @@ def test_level3(targets):
   check(t, t, ref, 'correct', shape=True)
   check(';' + steps[2] + ';kzcytjrlmk', t, ref, 'correct', shape=False)
   check(";func_22('kctrm')=kctr;kctr", t, ref, 'ignores_composition')
-  c = check(";func_12('kctrm')=kctrm;func_20('kctrm','zyjlk')=kzcytjrlm;kzcytjrlm", t, ref,
-            'incomplete_trace', shape=False)
+  c = check(
+      ";func_12('kctrm')=kctrm;func_20('kctrm','zyjlk')=kzcytjrlm;kzcytjrlm",
+      t,
+      ref,
+      'incomplete_trace',
+      shape=False,
+  )
   assert c.num_steps == 2
   check(";func_12('kctrm')=kctrm;func_22('kctrm')=kctr;kctr", t, ref, 'incomplete_trace')
   # The binary function's chained argument is its first one: swapping them breaks the chain.
-  check(t.replace("func_20('kctrm','zyjlk')=kzcytjrlmk", "func_20('zyjlk','kctrm')=zkyccjtlkr")
-        .replace("func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk", "func_22('zkyccjtlkr')=zkyccjtlkr;"
-                 'zkyccjtlkr'), t, ref, 'incorrect_composition', shape=True)
-  check(";func_12('kctrm')=kctrm;func_22('kctrm')=kctr;func_20('kctr','zyjlk')=kzcytjrl;kzcytjrl",
-        t, ref, 'incorrect_composition', shape=False)                          # wrong order
-  check(t.replace('=kzcytjrlmk;func_22', '=kzcytjrlkm;func_22').replace(
-      "func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk", "func_22('kzcytjrlkm')=kzcytjrlkm;kzcytjrlkm"),
-        t, ref, 'atomic_error', step=2, shape=True)
-  check(t.replace("=kzcytjrlmk;kzcytjrlmk", '=kzcytjrl;kzcytjrl'), t, ref, 'atomic_error', step=3)
+  check(
+      t.replace(
+          "func_20('kctrm','zyjlk')=kzcytjrlmk", "func_20('zyjlk','kctrm')=zkyccjtlkr"
+      ).replace(
+          "func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk",
+          "func_22('zkyccjtlkr')=zkyccjtlkr;" 'zkyccjtlkr',
+      ),
+      t,
+      ref,
+      'incorrect_composition',
+      shape=True,
+  )
+  check(
+      ";func_12('kctrm')=kctrm;func_22('kctrm')=kctr;func_20('kctr','zyjlk')=kzcytjrl;kzcytjrl",
+      t,
+      ref,
+      'incorrect_composition',
+      shape=False,
+  )  # wrong order
+  check(
+      t.replace('=kzcytjrlmk;func_22', '=kzcytjrlkm;func_22').replace(
+          "func_22('kzcytjrlmk')=kzcytjrlmk;kzcytjrlmk",
+          "func_22('kzcytjrlkm')=kzcytjrlkm;kzcytjrlkm",
+      ),
+      t,
+      ref,
+      'atomic_error',
+      step=2,
+      shape=True,
+  )
+  check(t.replace('=kzcytjrlmk;kzcytjrlmk', '=kzcytjrl;kzcytjrl'), t, ref, 'atomic_error', step=3)
   # [:-1]: the answer loses a character, so it is not ref (which would be 'correct').
-  check(t.replace("func_12('kctrm')=kctrm", "func_12('kctrm')=k1ctrm")[:-1], t, ref,
-        'incorrect_composition')                     # step 2 no longer reads step 1's value
+  check(
+      t.replace("func_12('kctrm')=kctrm", "func_12('kctrm')=k1ctrm")[:-1],
+      t,
+      ref,
+      'incorrect_composition',
+  )  # step 2 no longer reads step 1's value
 
   t, ref = targets["func_6(func_5(func_14('ceuvl'),'wgb'),'zb')="]
-  check(t.replace("'wgb')=wgb", "'wgc')=wgc").replace('=wgbcceeuuvvllzb;wgbcceeuuvvllzb',
-                                                         '=wgccceeuuvvllzb;wgccceeuuvvllzb')
-        .replace("func_6('wgbcc", "func_6('wgccc"), t, ref, 'incorrect_composition', shape=True)
-  check(t.replace(",'zb')=wgbcceeuuvvllzb;wgbcceeuuvvllzb", ",'zb')=wgbcceeuuvvlzb;wgbcceeuuvvlzb"),
-        t, ref, 'atomic_error', step=3, shape=True)
+  check(
+      t.replace("'wgb')=wgb", "'wgc')=wgc")
+      .replace('=wgbcceeuuvvllzb;wgbcceeuuvvllzb', '=wgccceeuuvvllzb;wgccceeuuvvllzb')
+      .replace("func_6('wgbcc", "func_6('wgccc"),
+      t,
+      ref,
+      'incorrect_composition',
+      shape=True,
+  )
+  check(
+      t.replace(",'zb')=wgbcceeuuvvllzb;wgbcceeuuvvllzb", ",'zb')=wgbcceeuuvvlzb;wgbcceeuuvvlzb"),
+      t,
+      ref,
+      'atomic_error',
+      step=3,
+      shape=True,
+  )
   check(t.replace('=cceeuuvvll;', '=cceeuuvvl;')[:-1], t, ref, 'incorrect_composition')
 
 
@@ -129,7 +182,7 @@ def test_binary_chain_in_second_position():
     assert FM.classify(p.target, p.target, p.answer).category == 'correct'
     steps = p.target.split(';')
     call, value = steps[2].rsplit('=', 1)
-    args = call[len('func_7('):-1].split(',')
+    args = call[len('func_7(') : -1].split(',')
     bad = ';'.join(steps[:2] + [f'func_7({args[1]},{args[0]})={value}', value + 'x'])
     assert FM.classify(bad, p.target, p.answer).category == 'incorrect_composition'
 
@@ -141,8 +194,9 @@ def _corrupt_last(target):
   return ';'.join(steps[:-2] + [f'{call}={bad}', bad])
 
 
-@pytest.mark.parametrize('family,names', [('paper', list(F.FUNCTIONS)),
-                                           ('generic', list(G.GENERIC_FUNCTIONS))])
+@pytest.mark.parametrize(
+    'family,names', [('paper', list(F.FUNCTIONS)), ('generic', list(G.GENERIC_FUNCTIONS))]
+)
 def test_generated_problems(family, names):
   probs = Gen.generate_trace(names, 1, 4, 300, seed=7, family=family)
   assert len(probs) == 300
@@ -175,8 +229,12 @@ def test_parse_call_never_executes():
 
 
 def test_tally_shares_table_plot(tmp_path):
-  cs = [FM.Classification('correct'), FM.Classification('atomic_error', step=1), 'correct',
-        'ignores_composition']
+  cs = [
+      FM.Classification('correct'),
+      FM.Classification('atomic_error', step=1),
+      'correct',
+      'ignores_composition',
+  ]
   t = FM.tally(cs, [1, 1, 2, 2])
   assert list(t) == ['1', '2']
   assert t['1'] == {**dict.fromkeys(FM.CATEGORIES, 0), 'correct': 1, 'atomic_error': 1}

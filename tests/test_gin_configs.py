@@ -8,6 +8,7 @@ configuration — optimizers, GRPO config, records objects — and trains or gen
 * the paper's hyperparameters reach the stages that use them (scoping mistakes show here);
 * a misspelled binding is an error naming the misspelling.
 """
+
 import importlib
 import math
 import pathlib
@@ -17,7 +18,7 @@ import pytest
 
 from compfn import main as M
 
-importlib.import_module('compfn.experiment')   # registers the stages, sources and configs
+importlib.import_module('compfn.experiment')  # registers the stages, sources and configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN = ROOT / 'gin'
@@ -28,9 +29,10 @@ def _rel(paths):
 
 
 # Include-only fragments start with '_' (e.g. gin/experiments/_stage2_grpo.gin).
-EXPERIMENTS = _rel([p for p in GIN.glob('*.gin')]
-                   + [p for p in (GIN / 'experiments').glob('*.gin')
-                      if not p.name.startswith('_')])
+EXPERIMENTS = _rel(
+    [p for p in GIN.glob('*.gin')]
+    + [p for p in (GIN / 'experiments').glob('*.gin') if not p.name.startswith('_')]
+)
 FRAGMENTS = _rel((GIN / 'experiments').glob('_*.gin'))
 MODELS = _rel((GIN / 'models').glob('*.gin'))
 HARDWARE = _rel((GIN / 'hardware').glob('*.gin'))
@@ -70,10 +72,11 @@ _INIT_CACHE = {}
 
 @pytest.fixture(autouse=True)
 def _clean_gin(monkeypatch):
-  monkeypatch.chdir(ROOT)          # include paths are relative to the repository root
+  monkeypatch.chdir(ROOT)  # include paths are relative to the repository root
   # Initialising even a 1-layer model takes seconds on CPU (an eager flax init of the layer
   # scan, compiled per call); every dry run here uses the same tiny config, so initialise once.
   from compfn.model import transformer as T
+
   init = T.init_params
 
   def cached_init(config, key, *args, **kwargs):
@@ -81,6 +84,7 @@ def _clean_gin(monkeypatch):
     if k not in _INIT_CACHE:
       _INIT_CACHE[k] = init(config, key, *args, **kwargs)
     return _INIT_CACHE[k]
+
   monkeypatch.setattr(T, 'init_params', cached_init)
   gin.clear_config()
   yield
@@ -89,8 +93,7 @@ def _clean_gin(monkeypatch):
 
 def dry_run(files, tmp_path, extra=()):
   gin.clear_config()
-  gin.parse_config_files_and_bindings([str(ROOT / f) for f in files],
-                                      SHRINK + list(extra))
+  gin.parse_config_files_and_bindings([str(ROOT / f) for f in files], SHRINK + list(extra))
   stages = gin.query_parameter('pipeline.stages')
   out = M.run(str(tmp_path))
   assert out['dry_run'] is True
@@ -120,6 +123,7 @@ def test_model_file_binds_existing_parameters(model, tmp_path):
 @pytest.mark.parametrize('hardware', HARDWARE)
 def test_hardware_file_binds_existing_parameters(hardware, tmp_path):
   import jax
+
   devices, peak = HARDWARE_SPEC.get(hardware, (None, None))
   gin.parse_config_files_and_bindings([str(ROOT / hardware)], [])
   shape = tuple(gin.query_parameter('pipeline.mesh_shape'))
@@ -158,35 +162,65 @@ def test_stage1_rft_has_paper_hyperparameters(tmp_path):
   _has(s['stage1_rft'], 'num_samples', '10')
   sft = s['stage1_rft/iter_0/sft']
   assert sft['batch_size'] == '128' and sft['seq_len'] == '5120'
-  _has(sft, 'optimizer', 'learning_rate=2e-05', "schedule='cosine'", 'warmup_ratio=0.1',
-       'b1=0.9', 'b2=0.95', 'weight_decay=0.01', 'clip_norm=1.0')
+  _has(
+      sft,
+      'optimizer',
+      'learning_rate=2e-05',
+      "schedule='cosine'",
+      'warmup_ratio=0.1',
+      'b1=0.9',
+      'b2=0.95',
+      'weight_decay=0.01',
+      'clip_norm=1.0',
+  )
   _has(sft, 'records', 'stage1_train_L1')
   _has(s['stage1_eval'], 'records', 'stage2_test_L1to8')
 
 
-RL_GRPO = ('num_generations=16', 'batch_prompts=16', 'gen_prompts=32', 'max_rounds=10',
-           'dynamic_sampling=True', 'max_new_tokens=8192', 'temperature=1.0',
-           "task='strings_json'", 'clip_low=0.2', 'clip_high=0.2', "loss_agg='token-mean'",
-           'kl_coef=0.0', 'entropy_coef=0.0')
-RL_OPT = ('learning_rate=1e-06', "schedule='constant'", 'warmup_ratio=0.0', 'b1=0.9',
-          'b2=0.999', 'weight_decay=0.01', 'clip_norm=1.0')
+RL_GRPO = (
+    'num_generations=16',
+    'batch_prompts=16',
+    'gen_prompts=32',
+    'max_rounds=10',
+    'dynamic_sampling=True',
+    'max_new_tokens=8192',
+    'temperature=1.0',
+    "task='strings_json'",
+    'clip_low=0.2',
+    'clip_high=0.2',
+    "loss_agg='token-mean'",
+    'kl_coef=0.0',
+    'entropy_coef=0.0',
+)
+RL_OPT = (
+    'learning_rate=1e-06',
+    "schedule='constant'",
+    'warmup_ratio=0.0',
+    'b1=0.9',
+    'b2=0.999',
+    'weight_decay=0.01',
+    'clip_norm=1.0',
+)
 
 
-@pytest.mark.parametrize('level,config', [('L1', 'stage2_train_L1'), ('L2', 'stage2_train_L2'),
-                                          ('L1to2', 'stage2_train_L1to2')])
+@pytest.mark.parametrize(
+    'level,config',
+    [('L1', 'stage2_train_L1'), ('L2', 'stage2_train_L2'), ('L1to2', 'stage2_train_L1to2')],
+)
 def test_stage2_rl_has_paper_hyperparameters(level, config, tmp_path):
   s = dry_run([f'gin/experiments/stage2_rl_{level}.gin', DEFAULT_MODEL], tmp_path, ONE_HOST_MESH)
   rl = s[f'stage2_rl_{level}']
   _has(rl, 'grpo', *RL_GRPO)
   _has(rl, 'optimizer', *RL_OPT)
   _has(rl, 'records', f'tfds {config})')
-  assert "load_model.checkpoint = %STAGE1" in (ROOT / f'gin/experiments/stage2_rl_{level}.gin'
-                                               ).read_text()
+  assert (
+      'load_model.checkpoint = %STAGE1'
+      in (ROOT / f'gin/experiments/stage2_rl_{level}.gin').read_text()
+  )
 
 
 def test_iterative_rft_has_paper_hyperparameters(tmp_path):
-  s = dry_run(['gin/experiments/stage2_iterative_rft.gin', DEFAULT_MODEL], tmp_path,
-              ONE_HOST_MESH)
+  s = dry_run(['gin/experiments/stage2_iterative_rft.gin', DEFAULT_MODEL], tmp_path, ONE_HOST_MESH)
   _has(s['stage2_rft'], 'num_samples', '2')
   sft = s['stage2_rft/iter_0/sft']
   assert sft['batch_size'] == '128'
@@ -196,15 +230,22 @@ def test_iterative_rft_has_paper_hyperparameters(tmp_path):
 
 
 def test_countdown_multibase_stages(tmp_path):
-  s = dry_run(['gin/experiments/countdown_multibase.gin', DEFAULT_MODEL], tmp_path,
-              ONE_HOST_MESH)
-  assert {'strings_rft', 'countdown_rft', 'multibase_sft',
-          'export', 'multibase_eval', 'rl_L1/rl', 'rl_L1/countdown_eval', 'rl_L1to2/rl',
-          'rl_L1to2/countdown_eval'} <= set(s)
+  s = dry_run(['gin/experiments/countdown_multibase.gin', DEFAULT_MODEL], tmp_path, ONE_HOST_MESH)
+  assert {
+      'strings_rft',
+      'countdown_rft',
+      'multibase_sft',
+      'export',
+      'multibase_eval',
+      'rl_L1/rl',
+      'rl_L1/countdown_eval',
+      'rl_L1to2/rl',
+      'rl_L1to2/countdown_eval',
+  } <= set(s)
   _has(s['countdown_rft'], 'records', 'countdown L2')
   _has(s['countdown_rft'], 'num_samples', '4')
   assert s['countdown_rft']['train'] == 'False' and s['strings_rft']['train'] == 'False'
-  assert not any(k.startswith(('strings_rft/', 'countdown_rft/')) for k in s)   # no SFT
+  assert not any(k.startswith(('strings_rft/', 'countdown_rft/')) for k in s)  # no SFT
   _has(s['multibase_sft'], 'records', 'mix(jsonl ', 'rft_records.jsonl')
   _has(s['multibase_sft'], 'optimizer', 'learning_rate=2e-05')
   for arm, config in (('rl_L1', 'stage2_train_L1'), ('rl_L1to2', 'stage2_train_L1to2')):
@@ -231,8 +272,10 @@ def test_misspelled_binding_names_the_parameter(tmp_path):
   with pytest.raises(ValueError, match='batchsize'):
     gin.parse_config_files_and_bindings(
         [str(ROOT / 'gin/experiments/stage1_rft.gin'), str(ROOT / DEFAULT_MODEL)],
-        SHRINK + ['stage1/sft_stage.batchsize = 1'])
+        SHRINK + ['stage1/sft_stage.batchsize = 1'],
+    )
   gin.clear_config()
   with pytest.raises(ValueError, match='batchsize'):
-    M.main(['--gin_file=gin/demo.gin', '--gin_param=sft_stage.batchsize = 1',
-            f'--workdir={tmp_path}'])
+    M.main(
+        ['--gin_file=gin/demo.gin', '--gin_param=sft_stage.batchsize = 1', f'--workdir={tmp_path}']
+    )

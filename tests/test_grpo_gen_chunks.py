@@ -1,6 +1,7 @@
 """``GRPOConfig.gen_chunks``: a generation round sampled in sub-batches (one KV cache of
 ``round_prompts / gen_chunks`` x G rows at a time) gives the unsub-batched result — exactly when
 greedy; when sampled, exactly the concatenation of the sub-batches' own rollouts."""
+
 import dataclasses
 import functools
 
@@ -21,30 +22,47 @@ DETOK = DetokTables.from_tokenizer(TOK)
 
 @functools.lru_cache(maxsize=None)
 def _model():
-  cfg = ModelConfig(family='llama', vocab_size=TOK.vocab_size, d_model=32, num_layers=2,
-                    num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
-                    max_position_embeddings=256, tie_word_embeddings=True)
+  cfg = ModelConfig(
+      family='llama',
+      vocab_size=TOK.vocab_size,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      max_position_embeddings=256,
+      tie_word_embeddings=True,
+  )
   params = T.init_params(cfg, jax.random.PRNGKey(0))
   return cfg, jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
 
 
 def _gcfg(**kw):
-  base = dict(num_generations=4, batch_prompts=4, gen_prompts=4, max_rounds=2,
-              max_new_tokens=6, task='strings_trace')
+  base = dict(
+      num_generations=4,
+      batch_prompts=4,
+      gen_prompts=4,
+      max_rounds=2,
+      max_new_tokens=6,
+      task='strings_trace',
+  )
   return grpo.GRPOConfig(**{**base, **kw})
 
 
 def _pool(gcfg):
-  recs = sources.trace_records('train', 1, 1, gcfg.pool_size, seed=0)[:gcfg.pool_size]
-  return grpo.pool_from_host([TOK.encode(r['prompt']) for r in recs], [r['ref'] for r in recs],
-                             gcfg, 32, 32)
+  recs = sources.trace_records('train', 1, 1, gcfg.pool_size, seed=0)[: gcfg.pool_size]
+  return grpo.pool_from_host(
+      [TOK.encode(r['prompt']) for r in recs], [r['ref'] for r in recs], gcfg, 32, 32
+  )
 
 
 def _generate(gcfg, rng=1):
   cfg, params = _model()
   scfg = gcfg.sampler_config(TOK.stop_ids, TOK.pad_id)
   return jax.jit(lambda p, pl, r: grpo.generate(cfg, p, pl, r, gcfg, scfg, DETOK))(
-      params, _pool(gcfg), jax.random.PRNGKey(rng))
+      params, _pool(gcfg), jax.random.PRNGKey(rng)
+  )
 
 
 def _assert_trees_equal(a, b):
@@ -87,10 +105,14 @@ def test_sampled_round_is_the_concatenation_of_its_sub_batches():
   sub = jax.tree.map(lambda x: x[:4], pool)
   rng = jax.random.PRNGKey(7)
   got = jax.jit(lambda p: grpo._round_rollout(cfg, p, sub, rng, gcfg, scfg, DETOK))(params)
-  parts = [jax.jit(lambda p, b, i: rollout_fn(cfg, p, b, jax.random.fold_in(rng, i), scfg,
-                                              gcfg.task, detok=DETOK))(
-               params, jax.tree.map(lambda x, i=i: x[2 * i:2 * i + 2], sub), i)
-           for i in range(2)]
+  parts = [
+      jax.jit(
+          lambda p, b, i: rollout_fn(
+              cfg, p, b, jax.random.fold_in(rng, i), scfg, gcfg.task, detok=DETOK
+          )
+      )(params, jax.tree.map(lambda x, i=i: x[2 * i : 2 * i + 2], sub), i)
+      for i in range(2)
+  ]
   for name in ('tokens', 'mask', 'lengths', 'score', 'reward', 'advantage', 'logprobs'):
     want = np.concatenate([np.asarray(getattr(p, name)) for p in parts])
     if name == 'logprobs':

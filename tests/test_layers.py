@@ -5,6 +5,7 @@ every import (module level or inside a function) between compfn's own modules.
 * the task registry is filled one way: ``compfn/tasks/__init__.py`` imports the task modules,
   and no task module imports the registry's package back;
 * no import cycle between compfn's modules."""
+
 import ast
 import pathlib
 
@@ -37,7 +38,7 @@ def _imports(path: pathlib.Path, name: str, known: set) -> set:
     elif isinstance(node, ast.ImportFrom):
       if node.level:
         base = name.split('.') if is_pkg else name.split('.')[:-1]
-        base = base[:len(base) - node.level + 1]
+        base = base[: len(base) - node.level + 1]
         mod = '.'.join(base + ([node.module] if node.module else []))
       else:
         mod = node.module or ''
@@ -56,17 +57,28 @@ def _graph() -> dict:
 
 
 def test_rl_does_not_import_the_layers_above_it():
-  above = ('compfn.train', 'compfn.experiment', 'compfn.evaluate', 'compfn.main',
-           'compfn.compile_report')
-  bad = {m: sorted(d for d in deps if d in above)
-         for m, deps in _graph().items() if m.startswith('compfn.rl')}
+  above = (
+      'compfn.train',
+      'compfn.experiment',
+      'compfn.evaluate',
+      'compfn.main',
+      'compfn.compile_report',
+  )
+  bad = {
+      m: sorted(d for d in deps if d in above)
+      for m, deps in _graph().items()
+      if m.startswith('compfn.rl')
+  }
   assert not {m: d for m, d in bad.items() if d}, bad
 
 
 def test_task_modules_do_not_import_the_task_package():
   g = _graph()
-  bad = {m: sorted(deps) for m, deps in g.items()
-         if m.startswith('compfn.tasks.') and 'compfn.tasks' in deps}
+  bad = {
+      m: sorted(deps)
+      for m, deps in g.items()
+      if m.startswith('compfn.tasks.') and 'compfn.tasks' in deps
+  }
   assert not bad, bad
 
 
@@ -74,7 +86,7 @@ def test_no_import_cycles():
   g = _graph()
   index, low, stack, on, sccs = {}, {}, [], set(), []
 
-  def visit(v):                        # Tarjan's strongly connected components
+  def visit(v):  # Tarjan's strongly connected components
     index[v] = low[v] = len(index)
     stack.append(v)
     on.add(v)

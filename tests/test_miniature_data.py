@@ -1,5 +1,6 @@
 """The miniature's data (issue #10): stage 0 in the surface form of the 25, inputs that look like
 intermediate values, shortcut filtering, and the 95% intervals the reports print."""
+
 import pytest
 
 from compfn import metrics
@@ -16,8 +17,9 @@ def test_generic_func_family_uses_func_ids_outside_the_25():
   ids = [s.fid for s in G.GENERIC_FUNC_ALIASES.values()]
   assert sorted(int(i.split('_')[1]) for i in ids) == list(range(25, 100))
   paper_ids = {s.fid for s in F.FUNCTIONS.values()}
-  ps = generate_trace(G.GENERIC_FUNC_ALIASES, 1, 3, 300, seed=0, family='generic_func',
-                      max_chars=160)
+  ps = generate_trace(
+      G.GENERIC_FUNC_ALIASES, 1, 3, 300, seed=0, family='generic_func', max_chars=160
+  )
   assert {p.level for p in ps} == {1, 2, 3}
   for p in ps:
     assert not set(p.functions) & paper_ids
@@ -49,14 +51,14 @@ def test_shortcut_rule_on_hand_made_chains():
   # an identity step: g(x) == x
   assert shortcut([('g', 'ab'), ('f', 'zz')], 'ab', 'zz', ['yy', 'ab']) == 'identity_step'
   assert shortcut([('g', 'ba'), ('f', 'zz')], 'ab', 'zz', ['yy', 'ba']) is None
-  assert shortcut([('f', 'ba')], 'ab', 'ba', ['ba']) is None      # level 1: f(x) is the task
+  assert shortcut([('f', 'ba')], 'ab', 'ba', ['ba']) is None  # level 1: f(x) is the task
 
 
 def test_drop_shortcuts_leaves_only_chains_that_need_composing():
   stats = {}
   ps = generate_trace(F.TRAIN_FUNCTIONS, 2, 3, 600, seed=0, drop_shortcuts=True, stats=stats)
   assert len(ps) == 600 and stats['made'] == 600
-  assert sum(stats['shortcuts'].values()) > 50        # the train split is full of them
+  assert sum(stats['shortcuts'].values()) > 50  # the train split is full of them
   registry = F.FUNCTIONS
   for p in ps:
     node = P.parse_expr(p.prompt[:-1])
@@ -70,8 +72,17 @@ def test_drop_shortcuts_leaves_only_chains_that_need_composing():
     singles = []
     n = node
     while isinstance(n, P.Call):
-      singles.append(P.run(P.Call(n.fn, tuple(a if isinstance(a, P.Lit) else P.Lit(p.input)
-                                              for a in n.args), n.param), '', registry=registry))
+      singles.append(
+          P.run(
+              P.Call(
+                  n.fn,
+                  tuple(a if isinstance(a, P.Lit) else P.Lit(p.input) for a in n.args),
+                  n.param,
+              ),
+              '',
+              registry=registry,
+          )
+      )
       n = next((a for a in n.args if isinstance(a, P.Call)), None)
     assert p.answer not in singles
 
@@ -92,14 +103,27 @@ def test_step_credit_trace_reward_device_equals_reference():
   from compfn.tasks.strings import device_scoring as D
   from compfn.tasks.strings import scoring
   from compfn.tasks.strings.generator import generate_trace as gen
-  assert scoring.score_trace_steps(";f('ab')=ba;g('ba')=Ba;Ba",
-                                   ";f('ab')=ba;g('ba')=BA;BA") == (0.25, 0)
+
+  assert scoring.score_trace_steps(";f('ab')=ba;g('ba')=Ba;Ba", ";f('ab')=ba;g('ba')=BA;BA") == (
+      0.25,
+      0,
+  )
   rng = np.random.default_rng(0)
   cases = []
   for p in gen(F.TRAIN_FUNCTIONS, 1, 3, 90, seed=4):
     t = p.target
-    variants = [t, t[:len(t) // 2], t[:-1], t + 'x', t.replace('=', '', 1), 'abc', '',
-                t[:t.index(';', 1) + 1] + 'zz;zz', ';' + p.answer, t[:rng.integers(1, len(t))]]
+    variants = [
+        t,
+        t[: len(t) // 2],
+        t[:-1],
+        t + 'x',
+        t.replace('=', '', 1),
+        'abc',
+        '',
+        t[: t.index(';', 1) + 1] + 'zz;zz',
+        ';' + p.answer,
+        t[: rng.integers(1, len(t))],
+    ]
     cases += [(v, t) for v in variants]
   T = R = max(len(v.encode()) for c in cases for v in c)
   resp = np.zeros((len(cases), T), np.int32)
@@ -107,8 +131,8 @@ def test_step_credit_trace_reward_device_equals_reference():
   rl, fl = [], []
   for i, (v, t) in enumerate(cases):
     vb, tb = v.encode(), t.encode()
-    resp[i, :len(vb)] = list(vb)
-    ref[i, :len(tb)] = list(tb)
+    resp[i, : len(vb)] = list(vb)
+    ref[i, : len(tb)] = list(tb)
     rl.append(len(vb))
     fl.append(len(tb))
   over = np.arange(len(cases)) % 17 == 0
@@ -116,4 +140,4 @@ def test_step_credit_trace_reward_device_equals_reference():
   for i, (v, t) in enumerate(cases):
     want = scoring.score_trace_steps(v, t, overlong=bool(over[i]))
     assert (float(sc[i]), int(acc[i])) == pytest.approx(want), (v, t)
-  assert len({float(x) for x in sc}) >= 5          # -1, 0, partial credits, 1 all occur
+  assert len({float(x) for x in sc}) >= 5  # -1, 0, partial credits, 1 all occur

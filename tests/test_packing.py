@@ -1,5 +1,6 @@
 """Sequence packing for SFT (issue #11): a packed batch has the padded batch's loss and
 gradients, and the model attends only within each packed example."""
+
 import jax
 import numpy as np
 
@@ -10,9 +11,13 @@ from compfn.rl import sft
 
 def _examples(n, seed=0):
   rng = np.random.default_rng(seed)
-  return [(list(rng.integers(3, 70, rng.integers(2, 12))), list(rng.integers(3, 70,
-                                                                          rng.integers(1, 20))))
-          for _ in range(n)]
+  return [
+      (
+          list(rng.integers(3, 70, rng.integers(2, 12))),
+          list(rng.integers(3, 70, rng.integers(1, 20))),
+      )
+      for _ in range(n)
+  ]
 
 
 def test_pack_batch_layout():
@@ -31,7 +36,7 @@ def test_packed_loss_and_grads_equal_padded():
   ex = _examples(48, seed=1)
   padded = sft.make_batch(ex, 32, eos_id=1)
   packed = sft.pack_batch(ex, 32, eos_id=1, row_multiple=1)
-  assert packed.inputs.shape[0] < padded.inputs.shape[0] / 1.5     # it really packs
+  assert packed.inputs.shape[0] < padded.inputs.shape[0] / 1.5  # it really packs
   assert packed.loss_mask.sum() == padded.loss_mask.sum()
   g1, m1 = jax.jit(lambda p, b: sft.sft_grads(cfg, p, b))(params, padded)
   g2, m2 = jax.jit(lambda p, b: sft.sft_grads(cfg, p, b))(params, packed)

@@ -1,5 +1,6 @@
 """tools/plot_results.py re-plots a pipeline's reports from its files (results.json, every
 evaluation's eval.json, every training stage's metrics.jsonl) into another folder."""
+
 import importlib.util
 import json
 import pathlib
@@ -21,20 +22,33 @@ def _tool():
 
 def _fake_workdir(d: pathlib.Path):
   """A finished pipeline's files: an SFT stage's metrics, a gate and an evaluation."""
-  problems = [E.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
-              for i, lv in enumerate([1, 1, 2, 2])]
-  res = E.EvalResult(problems=problems, greedy_acc=[1, 0, 1, 1], sample_correct=None,
-                     num_samples=0, ks=(), examples=[], task='strings_trace')
+  problems = [
+      E.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
+      for i, lv in enumerate([1, 1, 2, 2])
+  ]
+  res = E.EvalResult(
+      problems=problems,
+      greedy_acc=[1, 0, 1, 1],
+      sample_correct=None,
+      num_samples=0,
+      ks=(),
+      examples=[],
+      task='strings_trace',
+  )
   for name in ('gate', 'after'):
     (d / name).mkdir(parents=True)
-    (d / name / 'eval.json').write_text(json.dumps({'lineage': [], 'settings': '',
-                                                    'result': res.to_json()}))
+    (d / name / 'eval.json').write_text(
+        json.dumps({'lineage': [], 'settings': '', 'result': res.to_json()})
+    )
   w = train.MetricsWriter(str(d / 'sft'), tensorboard=False)
   for step in (1, 2, 3):
     w.write(step, {'loss': 3.0 / step, 'token_accuracy': 0.1 * step})
   w.close()
-  (d / 'results.json').write_text(json.dumps({'stages': {
-      'sft': {'steps': 3}, 'gate': {'passed': False}, 'after': {'greedy': {}}}}))
+  (d / 'results.json').write_text(
+      json.dumps(
+          {'stages': {'sft': {'steps': 3}, 'gate': {'passed': False}, 'after': {'greedy': {}}}}
+      )
+  )
 
 
 def test_replots_into_another_folder(tmp_path):
@@ -43,10 +57,10 @@ def test_replots_into_another_folder(tmp_path):
   assert _tool().main([str(work), '--out', str(out), '--title', 'replotted']) == 0
   md = (out / 'results.md').read_text()
   assert md.startswith('# replotted') and '| after | heldout | greedy | 0.500 | 1.000 |' in md
-  assert '| gate |' not in md                      # gates are not evaluations
+  assert '| gate |' not in md  # gates are not evaluations
   for f in ('results.csv', 'accuracy_by_level.png', 'training_curves.png'):
     assert (out / f).stat().st_size > 0, f
-  assert not (work / 'training_curves.png').exists()   # the source folder is left alone
+  assert not (work / 'training_curves.png').exists()  # the source folder is left alone
 
 
 def test_not_a_workdir_is_a_clear_error(tmp_path, capsys):

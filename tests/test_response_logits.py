@@ -3,6 +3,7 @@ log-softmax, the entropy / KL static guards and the memory of the GRPO loss.
 
 The reference implementation of the former full-logits path (``_old_*``) is kept here: full
 ``[rows, P+N, V]`` logits, gathered at the response positions, then log-softmax / entropy."""
+
 import dataclasses
 import functools
 import re
@@ -18,18 +19,26 @@ from compfn.model.config import ModelConfig
 from compfn.rl import grpo, losses
 
 TOK = tokenizers.CharTokenizer()
-P, G, LP, N = 3, 4, 6, 8       # prompts, samples per prompt, prompt width, response tokens
+P, G, LP, N = 3, 4, 6, 8  # prompts, samples per prompt, prompt width, response tokens
 
 
 def _config(**kw):
-  base = dict(family='llama', vocab_size=TOK.vocab_size, d_model=32, num_layers=2,
-              num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
-              max_position_embeddings=256, tie_word_embeddings=True)
+  base = dict(
+      family='llama',
+      vocab_size=TOK.vocab_size,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      max_position_embeddings=256,
+      tie_word_embeddings=True,
+  )
   return ModelConfig(**{**base, **kw})
 
 
-CONFIGS = {'tied': {}, 'untied_softcap': {'tie_word_embeddings': False,
-                                          'final_logit_softcap': 5.0}}
+CONFIGS = {'tied': {}, 'untied_softcap': {'tie_word_embeddings': False, 'final_logit_softcap': 5.0}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,18 +60,28 @@ def _buffer(seed=0, filled=2, p=P, g=G, lp=LP, n=N, vocab=TOK.vocab_size):
   lengths[0, 0] = n
   mask = np.arange(n)[None, None] < lengths[..., None]
   tokens = np.where(mask, rng.integers(2, vocab, (p, g, n)), 0).astype(np.int32)
-  return grpo.Buffer(prompts=jnp.asarray(prompts), prompt_lens=jnp.asarray(prompt_lens),
-                     tokens=jnp.asarray(tokens), mask=jnp.asarray(mask),
-                     logprobs=jnp.asarray(np.where(mask, -rng.uniform(0.5, 4, mask.shape), 0),
-                                          jnp.float32),
-                     advantage=jnp.asarray(rng.normal(size=(p, g)), jnp.float32),
-                     reward=jnp.zeros((p, g), jnp.float32),
-                     filled=jnp.asarray(filled, jnp.int32))
+  return grpo.Buffer(
+      prompts=jnp.asarray(prompts),
+      prompt_lens=jnp.asarray(prompt_lens),
+      tokens=jnp.asarray(tokens),
+      mask=jnp.asarray(mask),
+      logprobs=jnp.asarray(np.where(mask, -rng.uniform(0.5, 4, mask.shape), 0), jnp.float32),
+      advantage=jnp.asarray(rng.normal(size=(p, g)), jnp.float32),
+      reward=jnp.zeros((p, g), jnp.float32),
+      filled=jnp.asarray(filled, jnp.int32),
+  )
 
 
 def _gcfg(**kw):
-  base = dict(num_generations=G, batch_prompts=P, gen_prompts=P, max_rounds=1,
-              max_new_tokens=N, task='strings_trace', dynamic_sampling=False)
+  base = dict(
+      num_generations=G,
+      batch_prompts=P,
+      gen_prompts=P,
+      max_rounds=1,
+      max_new_tokens=N,
+      task='strings_trace',
+      dynamic_sampling=False,
+  )
   return grpo.GRPOConfig(**{**base, **kw})
 
 
@@ -70,8 +89,9 @@ def _gcfg(**kw):
 
 
 def _old_response_logits(cfg, params, rows, gcfg):
-  logits, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                      segment_ids=rows['segment_ids'])
+  logits, _ = T.apply(
+      cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids']
+  )
   lg = jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1).astype(jnp.float32)
   return lg if gcfg.logit_scale == 1.0 else lg / jnp.float32(gcfg.logit_scale)
 
@@ -83,22 +103,39 @@ def _old_policy_loss(cfg, params, buf, gcfg, ref_params=None):
   num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
   lg = _old_response_logits(cfg, params, rows, gcfg)
   lp = losses.token_logprobs(lg, rows['response'])
-  old = (jax.lax.stop_gradient(lp) if gcfg.old_logprobs == 'recompute'
-         else rows['old_logprobs'])
-  pg, pm = losses.policy_loss(lp, old, rows['advantage'], rows['mask'], gcfg.clip_low,
-                              gcfg.clip_high, gcfg.loss_agg, num_tokens, num_seqs)
+  old = jax.lax.stop_gradient(lp) if gcfg.old_logprobs == 'recompute' else rows['old_logprobs']
+  pg, pm = losses.policy_loss(
+      lp,
+      old,
+      rows['advantage'],
+      rows['mask'],
+      gcfg.clip_low,
+      gcfg.clip_high,
+      gcfg.loss_agg,
+      num_tokens,
+      num_seqs,
+  )
   ent_tok = losses.entropy_from_logits(lg)
   ent = losses.aggregate(ent_tok, rows['mask'], gcfg.loss_agg, num_tokens, num_seqs)
   loss = pg - gcfg.entropy_coef * ent
   m = rows['mask'].astype(jnp.float32)
-  aux = {'pg_loss': pg, 'entropy': (ent_tok * m).sum() / num_tokens,
-         'clip_frac': pm['clip_frac'], 'approx_kl': pm['approx_kl'],
-         'kl': jnp.zeros((), jnp.float32)}
+  aux = {
+      'pg_loss': pg,
+      'entropy': (ent_tok * m).sum() / num_tokens,
+      'clip_frac': pm['clip_frac'],
+      'approx_kl': pm['approx_kl'],
+      'kl': jnp.zeros((), jnp.float32),
+  }
   if gcfg.kl_coef > 0:
     rl = _old_response_logits(cfg, ref_params, rows, gcfg)
     ref = jax.lax.stop_gradient(losses.token_logprobs(rl, rows['response']))
-    kl = losses.aggregate(losses.kl_penalty(lp, ref, gcfg.kl_estimator), rows['mask'],
-                          gcfg.loss_agg, num_tokens, num_seqs)
+    kl = losses.aggregate(
+        losses.kl_penalty(lp, ref, gcfg.kl_estimator),
+        rows['mask'],
+        gcfg.loss_agg,
+        num_tokens,
+        num_seqs,
+    )
     loss = loss + gcfg.kl_coef * kl
     aux['kl'] = kl
   return loss, aux
@@ -119,20 +156,37 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
   cfg, params = _model(name)
   buf = _buffer()
   rows = grpo._flat_rows(buf, _gcfg())
-  full, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                    segment_ids=rows['segment_ids'])
+  full, _ = T.apply(cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids'])
   want = jnp.take_along_axis(full, rows['src'][:, :, None], axis=1)
-  got, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                   segment_ids=rows['segment_ids'], logits_index=rows['src'])
+  got, _ = T.apply(
+      cfg,
+      params,
+      rows['tokens'],
+      rows['positions'],
+      segment_ids=rows['segment_ids'],
+      logits_index=rows['src'],
+  )
   assert got.shape == (P * G, N, cfg.vocab_size)
   _close(got, want)
-  hidden, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                      segment_ids=rows['segment_ids'], logits_index=rows['src'],
-                      return_hidden=True)
+  hidden, _ = T.apply(
+      cfg,
+      params,
+      rows['tokens'],
+      rows['positions'],
+      segment_ids=rows['segment_ids'],
+      logits_index=rows['src'],
+      return_hidden=True,
+  )
   assert hidden.shape == (P * G, N, cfg.d_model)
   _close(T.lm_head(cfg, params, hidden), want)
-  whole, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                     segment_ids=rows['segment_ids'], return_hidden=True)
+  whole, _ = T.apply(
+      cfg,
+      params,
+      rows['tokens'],
+      rows['positions'],
+      segment_ids=rows['segment_ids'],
+      return_hidden=True,
+  )
   _close(T.lm_head(cfg, params, whole), full)
 
 
@@ -150,25 +204,40 @@ def test_chunked_response_logprobs_equal_full_logits(name, chunk, temperature):
   want = jnp.where(rows['mask'], losses.token_logprobs(lg, rows['response']), 0.0)
   got = jax.jit(grpo.response_logprobs, static_argnums=(0, 3))(cfg, params, buf, gcfg)
   _close(got, want)
-  hidden, _ = T.apply(cfg, params, rows['tokens'], rows['positions'],
-                      segment_ids=rows['segment_ids'], logits_index=rows['src'],
-                      return_hidden=True)
-  st = losses.token_stats_from_hidden(cfg, params, hidden, rows['response'], chunk,
-                                      scale=gcfg.logit_scale, entropy='value', correct=True)
+  hidden, _ = T.apply(
+      cfg,
+      params,
+      rows['tokens'],
+      rows['positions'],
+      segment_ids=rows['segment_ids'],
+      logits_index=rows['src'],
+      return_hidden=True,
+  )
+  st = losses.token_stats_from_hidden(
+      cfg,
+      params,
+      hidden,
+      rows['response'],
+      chunk,
+      scale=gcfg.logit_scale,
+      entropy='value',
+      correct=True,
+  )
   _close(st['logprobs'], losses.token_logprobs(lg, rows['response']))
   _close(st['entropy'], losses.entropy_from_logits(lg))
   np.testing.assert_array_equal(st['correct'], jnp.argmax(lg, -1) == rows['response'])
 
 
 def test_logits_chunk_size():
-  assert losses.logits_chunk_size(16, 256, 32768) == 32          # 2 MiB a position: 64 MiB
-  assert losses.logits_chunk_size(16, 20, 32768) == 20           # fits in one chunk
-  assert losses.logits_chunk_size(16, 33, 32768) == 17           # balanced: 2 chunks of 17
-  assert losses.logits_chunk_size(1024, 8, 128256) == 1          # at least one position
+  assert losses.logits_chunk_size(16, 256, 32768) == 32  # 2 MiB a position: 64 MiB
+  assert losses.logits_chunk_size(16, 20, 32768) == 20  # fits in one chunk
+  assert losses.logits_chunk_size(16, 33, 32768) == 17  # balanced: 2 chunks of 17
+  assert losses.logits_chunk_size(1024, 8, 128256) == 1  # at least one position
   with pytest.raises(ValueError, match='entropy'):
     cfg, params = _model()
-    losses.token_stats_from_hidden(cfg, params, jnp.zeros((1, 2, 32)), jnp.zeros((1, 2)),
-                                   entropy='yes')
+    losses.token_stats_from_hidden(
+        cfg, params, jnp.zeros((1, 2, 32)), jnp.zeros((1, 2)), entropy='yes'
+    )
   with pytest.raises(ValueError, match='logits_chunk'):
     _gcfg(logits_chunk=-1)
 
@@ -189,8 +258,7 @@ def test_sft_loss_from_hidden_equals_sft_loss():
 
   def new(prm):
     hidden, _ = T.apply(cfg, prm, inputs, return_hidden=True)
-    return losses.sft_loss_from_hidden(cfg, prm, hidden, targets, mask, num_tokens=20.0,
-                                       chunk=5)
+    return losses.sft_loss_from_hidden(cfg, prm, hidden, targets, mask, num_tokens=20.0, chunk=5)
 
   (l0, c0), g0 = jax.value_and_grad(old, has_aux=True)(params)
   (l1, c1), g1 = jax.value_and_grad(new, has_aux=True)(params)
@@ -207,30 +275,43 @@ def test_sft_loss_from_hidden_equals_sft_loss():
 # ---------------------------------------------------- (b) GRPO loss and gradients
 
 
-@pytest.mark.parametrize('kw', [
-    dict(),
-    dict(entropy_coef=0.01, kl_coef=0.05, logits_chunk=3),
-    dict(entropy_coef=0.02, kl_coef=0.1, kl_estimator='k2', temperature=0.7,
-         old_logprobs='sampler', loss_agg='seq-mean-token-mean', logits_chunk=1,
-         micro_batches=2),
-], ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2'])
+@pytest.mark.parametrize(
+    'kw',
+    [
+        dict(),
+        dict(entropy_coef=0.01, kl_coef=0.05, logits_chunk=3),
+        dict(
+            entropy_coef=0.02,
+            kl_coef=0.1,
+            kl_estimator='k2',
+            temperature=0.7,
+            old_logprobs='sampler',
+            loss_agg='seq-mean-token-mean',
+            logits_chunk=1,
+            micro_batches=2,
+        ),
+    ],
+    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2'],
+)
 def test_grpo_loss_and_grads_equal_full_logits_path(kw):
   cfg, params = _model()
   _, ref_params = _model(seed=1)
   buf = _buffer(seed=2)
   gcfg = _gcfg(**kw)
   ref = ref_params if gcfg.kl_coef > 0 else None
-  grads, loss, aux = jax.jit(lambda p, b, r: grpo.policy_grads(cfg, p, b, gcfg,
-                                                               ref_params=r))(params, buf, ref)
-  (want_loss, want_aux), want_grads = jax.jit(jax.value_and_grad(
-      lambda p, b, r: _old_policy_loss(cfg, p, b, gcfg, r), has_aux=True))(params, buf, ref)
+  grads, loss, aux = jax.jit(lambda p, b, r: grpo.policy_grads(cfg, p, b, gcfg, ref_params=r))(
+      params, buf, ref
+  )
+  (want_loss, want_aux), want_grads = jax.jit(
+      jax.value_and_grad(lambda p, b, r: _old_policy_loss(cfg, p, b, gcfg, r), has_aux=True)
+  )(params, buf, ref)
   _close(loss, want_loss)
   for k in ('pg_loss', 'entropy', 'kl', 'clip_frac', 'approx_kl'):
     _close(aux[k], want_aux[k])
   if gcfg.kl_coef > 0:
     assert float(aux['kl']) > 0
   if gcfg.old_logprobs == 'sampler':
-    assert float(aux['clip_frac']) > 0      # the clipped branch is exercised
+    assert float(aux['clip_frac']) > 0  # the clipped branch is exercised
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     _close(a, b)
 
@@ -285,13 +366,19 @@ def test_entropy_not_differentiated_at_entropy_coef_0():
 
   def grads(mode, chunk):
     def f(prm):
-      hidden, _ = T.apply(cfg, prm, rows['tokens'], rows['positions'],
-                          segment_ids=rows['segment_ids'], logits_index=rows['src'],
-                          return_hidden=True)
-      st = losses.token_stats_from_hidden(cfg, prm, hidden, rows['response'], chunk,
-                                          entropy=mode)
+      hidden, _ = T.apply(
+          cfg,
+          prm,
+          rows['tokens'],
+          rows['positions'],
+          segment_ids=rows['segment_ids'],
+          logits_index=rows['src'],
+          return_hidden=True,
+      )
+      st = losses.token_stats_from_hidden(cfg, prm, hidden, rows['response'], chunk, entropy=mode)
       out = (st['logprobs'] * rows['mask']).sum()
       return out + (st['entropy'].sum() if mode == 'grad' else 0.0)
+
     return lambda p: jax.grad(f)(p)
 
   for chunk in (0, 3):
@@ -299,8 +386,7 @@ def test_entropy_not_differentiated_at_entropy_coef_0():
     assert _hlo(grads('value', chunk), params) == none
     assert _hlo(grads('grad', chunk), params) != none
   small = _hlo(lambda p, b: grpo.policy_grads(cfg, p, b, _gcfg())[0], params, buf)
-  big = _hlo(lambda p, b: grpo.policy_grads(cfg, p, b, _gcfg(entropy_coef=0.01))[0],
-             params, buf)
+  big = _hlo(lambda p, b: grpo.policy_grads(cfg, p, b, _gcfg(entropy_coef=0.01))[0], params, buf)
   assert len(small.splitlines()) < len(big.splitlines())
 
 
@@ -310,22 +396,32 @@ def test_make_step_takes_detok_and_ref_params_as_arguments():
   from compfn.rl.rollout import DetokTables
   import optax
   from compfn import train
+
   cfg, params = _model()
   _, ref_params = _model(seed=1)
-  gcfg = grpo.GRPOConfig(num_generations=2, batch_prompts=2, gen_prompts=2, max_rounds=1,
-                         max_new_tokens=4, task='strings_trace', dynamic_sampling=False,
-                         kl_coef=0.1)
+  gcfg = grpo.GRPOConfig(
+      num_generations=2,
+      batch_prompts=2,
+      gen_prompts=2,
+      max_rounds=1,
+      max_new_tokens=4,
+      task='strings_trace',
+      dynamic_sampling=False,
+      kl_coef=0.1,
+  )
   scfg = gcfg.sampler_config(TOK.stop_ids, TOK.pad_id)
   tx = optax.sgd(1e-3)
   state = train.TrainState.create(params, tx, 0)
   pool = grpo.pool_from_host([TOK.encode('ab'), TOK.encode('c')], ['x', 'y'], gcfg, 8, 8)
   detok = DetokTables.from_tokenizer(TOK)
-  text = jax.jit(grpo.make_step(cfg, tx, gcfg, scfg)).lower(
-      state, pool, detok, ref_params).as_text()
-  sizes = [int(np.prod([int(d) for d in m.split('x')[:-1]] or [1]))
-           for m in re.findall(r'stablehlo\.constant dense<[^>]{40,}>\s*:\s*tensor<([^>]*)>',
-                               text)]
-  assert max(sizes, default=0) < 256, sizes          # no embedded table or weight matrix
+  text = (
+      jax.jit(grpo.make_step(cfg, tx, gcfg, scfg)).lower(state, pool, detok, ref_params).as_text()
+  )
+  sizes = [
+      int(np.prod([int(d) for d in m.split('x')[:-1]] or [1]))
+      for m in re.findall(r'stablehlo\.constant dense<[^>]{40,}>\s*:\s*tensor<([^>]*)>', text)
+  ]
+  assert max(sizes, default=0) < 256, sizes  # no embedded table or weight matrix
 
 
 # ------------------------------------------------------------------- (d) memory
@@ -345,16 +441,24 @@ def test_grpo_loss_memory_is_well_below_one_full_logits_tensor():
   full = p * g * n * v * 4
   gcfg = _gcfg(batch_prompts=p, gen_prompts=p, num_generations=g, max_new_tokens=n)
   new = _temp_bytes(lambda q, b: grpo.policy_grads(cfg, q, b, gcfg)[:2], params, buf)
-  small = _temp_bytes(lambda q, b: grpo.policy_grads(
-      cfg, q, b, dataclasses.replace(gcfg, logits_chunk=8))[:2], params, buf)
-  print(f'\n[rows={p * g}, N={n}, V={v}] one [rows, N, V] f32 tensor: {full / 2**20:.0f} MiB; '
-        f'GRPO loss+grads temp: default chunk {new / 2**20:.1f} MiB, logits_chunk=8 '
-        f'{small / 2**20:.1f} MiB')
+  small = _temp_bytes(
+      lambda q, b: grpo.policy_grads(cfg, q, b, dataclasses.replace(gcfg, logits_chunk=8))[:2],
+      params,
+      buf,
+  )
+  print(
+      f'\n[rows={p * g}, N={n}, V={v}] one [rows, N, V] f32 tensor: {full / 2**20:.0f} MiB; '
+      f'GRPO loss+grads temp: default chunk {new / 2**20:.1f} MiB, logits_chunk=8 '
+      f'{small / 2**20:.1f} MiB'
+  )
   # CPU: ~24 MiB of trunk + ~3 chunks' worth of logits ([rows, c, V] f32; default c = 32).
   assert new < full / 2
   assert small < full / 5
   if jax.default_backend() == 'cpu':
-    old = _temp_bytes(jax.value_and_grad(
-        lambda q, b: _old_policy_loss(cfg, q, b, gcfg), has_aux=True), params, buf)
+    old = _temp_bytes(
+        jax.value_and_grad(lambda q, b: _old_policy_loss(cfg, q, b, gcfg), has_aux=True),
+        params,
+        buf,
+    )
     print(f'former full-logits path temp: {old / 2**20:.1f} MiB')
     assert old > full and new < old / 4

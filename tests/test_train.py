@@ -18,9 +18,18 @@ TOK = tokenizers.CharTokenizer()
 
 
 def _config(**kw):
-  base = dict(family='llama', vocab_size=TOK.vocab_size, d_model=32, num_layers=2, num_heads=4,
-              num_kv_heads=2, head_dim=8, mlp_dim=64, max_position_embeddings=256,
-              tie_word_embeddings=True)
+  base = dict(
+      family='llama',
+      vocab_size=TOK.vocab_size,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      mlp_dim=64,
+      max_position_embeddings=256,
+      tie_word_embeddings=True,
+  )
   base.update(kw)
   return ModelConfig(**base)
 
@@ -52,8 +61,11 @@ def test_sft_loss_matches_hand_computation():
   b = _sft_batch(4)
   _, m = sft.sft_grads(cfg, params, b)
   logits = np.asarray(T.apply(cfg, params, b.inputs, segment_ids=b.segment_ids)[0], np.float64)
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+  logp = (
+      logits
+      - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
       - logits.max(-1, keepdims=True)
+  )
   nll = -np.take_along_axis(logp, np.asarray(b.targets)[..., None], -1)[..., 0]
   want = (nll * b.loss_mask).sum() / b.loss_mask.sum()
   np.testing.assert_allclose(float(m['loss']), want, rtol=1e-5)
@@ -93,8 +105,12 @@ def _sharded_equals_unsharded(step_builder, batch, cfg, mesh_shape=(2, 4, 1)):
   s1 = train.shard_state(train.TrainState.create(params, tx, seed=3), cfg, mesh, rules)
   emb = s1.params['token_embed']
   assert len(emb.sharding.device_set) == 8
-  put = lambda x: jax.device_put(np.asarray(x), jax.sharding.NamedSharding(  # noqa: E731
-      mesh, jax.sharding.PartitionSpec(('data', 'fsdp'), *([None] * (np.ndim(x) - 1)))))
+  put = lambda x: jax.device_put(
+      np.asarray(x),
+      jax.sharding.NamedSharding(  # noqa: E731
+          mesh, jax.sharding.PartitionSpec(('data', 'fsdp'), *([None] * (np.ndim(x) - 1)))
+      ),
+  )
   got_state, got_m = train.compile_step(fn, mesh, rules)(s1, jax.tree.map(put, batch))
   for k in ('loss', 'grad_norm'):
     np.testing.assert_allclose(float(got_m[k]), float(ref_m[k]), rtol=1e-4)
@@ -111,24 +127,37 @@ def test_sft_step_sharded_2x4_equals_unsharded():
 
 
 def _grpo_setup(cfg_kw=None, n=64, seed=0):
-  gcfg = grpo.GRPOConfig(**{**dict(num_generations=4, batch_prompts=4, gen_prompts=4,
-                                   max_rounds=2, max_new_tokens=24, task='strings_trace'),
-                            **(cfg_kw or {})})
+  gcfg = grpo.GRPOConfig(
+      **{
+          **dict(
+              num_generations=4,
+              batch_prompts=4,
+              gen_prompts=4,
+              max_rounds=2,
+              max_new_tokens=24,
+              task='strings_trace',
+          ),
+          **(cfg_kw or {}),
+      }
+  )
   recs = sources.trace_records('train', 1, 1, n, seed=seed)
-  recs = recs[:gcfg.pool_size]
-  pool = grpo.pool_from_host([TOK.encode(r['prompt']) for r in recs], [r['ref'] for r in recs],
-                             gcfg, 32, 32)
+  recs = recs[: gcfg.pool_size]
+  pool = grpo.pool_from_host(
+      [TOK.encode(r['prompt']) for r in recs], [r['ref'] for r in recs], gcfg, 32, 32
+  )
   return gcfg, gcfg.sampler_config(TOK.stop_ids, TOK.pad_id), pool
 
 
 def test_grpo_step_sharded_2x4_equals_unsharded():
   cfg = _config()
-  gcfg, scfg, pool = _grpo_setup({'dynamic_sampling': False, 'batch_prompts': 8,
-                                  'micro_batches': 2})
+  gcfg, scfg, pool = _grpo_setup(
+      {'dynamic_sampling': False, 'batch_prompts': 8, 'micro_batches': 2}
+  )
   detok = DetokTables.from_tokenizer(TOK)
 
   def build(tx):
     return lambda s, p: grpo.grpo_step(cfg, tx, gcfg, scfg, s, p, detok)
+
   ref_m, got_m = _sharded_equals_unsharded(build, pool, cfg)
   assert float(ref_m['generated_samples']) == 32
 
@@ -136,12 +165,14 @@ def test_grpo_step_sharded_2x4_equals_unsharded():
 def test_dynamic_sampling_keeps_only_mixed_groups():
   """Rewards are compared directly: every kept group in the buffer is mixed; the counts add up."""
   cfg = _config()
-  gcfg, scfg, pool = _grpo_setup({'max_rounds': 3, 'gen_prompts': 4, 'batch_prompts': 2,
-                                  'max_new_tokens': 16})
+  gcfg, scfg, pool = _grpo_setup(
+      {'max_rounds': 3, 'gen_prompts': 4, 'batch_prompts': 2, 'max_new_tokens': 16}
+  )
   params = T.init_params(cfg, jax.random.PRNGKey(5))
   detok = DetokTables.from_tokenizer(TOK)
   buf, st = jax.jit(lambda p, pl, r: grpo.generate(cfg, p, pl, r, gcfg, scfg, detok))(
-      params, pool, jax.random.PRNGKey(0))
+      params, pool, jax.random.PRNGKey(0)
+  )
   filled = int(buf.filled)
   rew = np.asarray(buf.reward)
   for i in range(filled):
@@ -163,7 +194,7 @@ def test_grpo_loss_hand_computed():
   n = np.asarray(buf.mask).sum(-1)
   a = np.asarray(buf.advantage)
   np.testing.assert_allclose(float(loss), -(a * n).sum() / n.sum(), rtol=1e-5, atol=1e-7)
-  assert float(aux['sampler_logprob_gap']) < 1e-4     # trainer and sampler agree
+  assert float(aux['sampler_logprob_gap']) < 1e-4  # trainer and sampler agree
 
 
 def test_nonfinite_step_is_not_applied_and_run_stops(tmp_path):
@@ -246,8 +277,7 @@ def test_rl_reward_rises():
   to end with 'q'; the verifier rewards only the right answer, and GRPO must find out which."""
   cfg = _config(d_model=64, head_dim=16, mlp_dim=128)
   recs = list(sources.trace_records(['func_4', 'func_21'], 1, 1, 512, seed=0, input_len=(1, 2)))
-  ex = [(TOK.encode(r['prompt']), TOK.encode(r['target'] + suf)) for r in recs
-        for suf in ('', 'q')]
+  ex = [(TOK.encode(r['prompt']), TOK.encode(r['target'] + suf)) for r in recs for suf in ('', 'q')]
   tx = train.OptimizerConfig(learning_rate=3e-3, warmup_steps=5, schedule='constant').make(60)
   st = train.TrainState.create(T.init_params(cfg, jax.random.PRNGKey(0)), tx)
   sft_fn = jax.jit(_sft_step_fn(cfg, tx))
@@ -256,27 +286,53 @@ def test_rl_reward_rises():
     idx = rng.choice(len(ex), 32, replace=False)
     st, _ = sft_fn(st, sft.make_batch([ex[i] for i in idx], 64, TOK.eos_id, truncate=True))
   detok = DetokTables.from_tokenizer(TOK)
-  gcfg = grpo.GRPOConfig(num_generations=8, batch_prompts=8, gen_prompts=8, max_rounds=1,
-                         dynamic_sampling=False, max_new_tokens=40, task='strings_trace')
+  gcfg = grpo.GRPOConfig(
+      num_generations=8,
+      batch_prompts=8,
+      gen_prompts=8,
+      max_rounds=1,
+      dynamic_sampling=False,
+      max_new_tokens=40,
+      task='strings_trace',
+  )
   scfg = gcfg.sampler_config(TOK.stop_ids, TOK.pad_id)
-  ecfg = grpo.GRPOConfig(num_generations=8, batch_prompts=64, gen_prompts=64, max_rounds=1,
-                         dynamic_sampling=False, max_new_tokens=40, task='strings_trace')
+  ecfg = grpo.GRPOConfig(
+      num_generations=8,
+      batch_prompts=64,
+      gen_prompts=64,
+      max_rounds=1,
+      dynamic_sampling=False,
+      max_new_tokens=40,
+      task='strings_trace',
+  )
   held, train_recs = recs[-64:], recs[:-64]
-  epool = grpo.pool_from_host([TOK.encode(r['prompt']) for r in held], [r['ref'] for r in held],
-                              ecfg, 32, 32)
-  ev = jax.jit(lambda p: grpo.generate(cfg, p, epool, jax.random.PRNGKey(5), ecfg,
-                                       ecfg.sampler_config(TOK.stop_ids, TOK.pad_id), detok)[1])
+  epool = grpo.pool_from_host(
+      [TOK.encode(r['prompt']) for r in held], [r['ref'] for r in held], ecfg, 32, 32
+  )
+  ev = jax.jit(
+      lambda p: grpo.generate(
+          cfg,
+          p,
+          epool,
+          jax.random.PRNGKey(5),
+          ecfg,
+          ecfg.sampler_config(TOK.stop_ids, TOK.pad_id),
+          detok,
+      )[1]
+  )
   accuracy = lambda p: float(ev(p)['correct'] / ev(p)['samples'])  # noqa: E731
   steps = 40
-  tx_rl = train.OptimizerConfig(learning_rate=5e-4, schedule='constant',
-                                warmup_ratio=0.0).make(steps)
+  tx_rl = train.OptimizerConfig(learning_rate=5e-4, schedule='constant', warmup_ratio=0.0).make(
+      steps
+  )
   rl = train.TrainState.create(st.params, tx_rl, seed=1)
   before = accuracy(rl.params)
   step = jax.jit(lambda s, p: grpo.grpo_step(cfg, tx_rl, gcfg, scfg, s, p, detok))
   for k in range(steps):
     sub = [train_recs[(k * 8 + i) % len(train_recs)] for i in range(8)]
-    pool = grpo.pool_from_host([TOK.encode(r['prompt']) for r in sub], [r['ref'] for r in sub],
-                               gcfg, 32, 32)
+    pool = grpo.pool_from_host(
+        [TOK.encode(r['prompt']) for r in sub], [r['ref'] for r in sub], gcfg, 32, 32
+    )
     rl, m = step(rl, pool)
     assert float(m['nonfinite']) == 0
   after = accuracy(rl.params)
@@ -292,13 +348,15 @@ def test_skipped_update_keeps_weights_and_optimizer_state():
   tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, schedule='constant').make(5)
   st = train.TrainState.create(T.init_params(cfg, jax.random.PRNGKey(0)), tx)
   g, m = sft.sft_grads(cfg, st.params, _sft_batch(8))
-  st, _ = train.apply_gradients(st, g, tx, m['loss'])            # momentum is now non-zero
+  st, _ = train.apply_gradients(st, g, tx, m['loss'])  # momentum is now non-zero
   zeros = jax.tree.map(jnp.zeros_like, g)
   moved, _ = train.apply_gradients(st, zeros, tx, jnp.zeros(()))
   kept, mk = train.apply_gradients(st, zeros, tx, jnp.zeros(()), skip=jnp.array(True))
   assert int(kept.step) == 2 and float(mk['skipped_update']) == 1.0
-  diff = lambda a, b: max(float(jnp.abs(x - y).max())  # noqa: E731
-                          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert diff(moved.params, st.params) > 1e-4          # AdamW alone would drift
+  diff = lambda a, b: max(
+      float(jnp.abs(x - y).max())  # noqa: E731
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+  assert diff(moved.params, st.params) > 1e-4  # AdamW alone would drift
   assert diff(kept.params, st.params) == 0.0
   assert diff(kept.opt_state, st.opt_state) == 0.0

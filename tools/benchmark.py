@@ -32,121 +32,129 @@ import numpy as np
 
 
 def machine_info() -> dict:
-    import jax
-    cpu = ''
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {'cpu': cpu or platform.processor(), 'cores': os.cpu_count(),
-            'python': platform.python_version(), 'jax': jax.__version__,
-            'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
-            'platform': platform.platform(), 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+  import jax
+
+  cpu = ''
+  try:
+    for line in open('/proc/cpuinfo'):
+      if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return {
+      'cpu': cpu or platform.processor(),
+      'cores': os.cpu_count(),
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()],
+      'platform': platform.platform(),
+      'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+  }
 
 
 def timeit(fn, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` calls after one warm-up call."""
+  """Median wall time of fn() over `repeats` calls after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------------------------
 # verifier
 # ------------------------------------------------------------------------------------------------
 
-_WORDS = ('the function then we apply result string so next call value output trace step first '
-          'second input character returns gives').split()
+_WORDS = (
+    'the function then we apply result string so next call value output trace step first '
+    'second input character returns gives'
+).split()
 
 
 def synthetic_responses(problems, seed=0):
-    """Responses as in BASELINES.md §4: an opener, 200–600 chars of filler (30% of sentences
-    mention the program's functions), then 50% correct JSON, 40% a one-character-perturbed
-    answer, 10% no JSON; 30% of JSON endings inside a ```json fence."""
-    rng = random.Random(seed)
-    out = []
-    for p in problems:
-        text = f"Let's trace main_solution(\"{p.input}\") step by step. "
-        target = rng.randint(200, 600)
-        while len(text) < target:
-            if rng.random() < 0.3 and p.functions:
-                text += f'Applying {rng.choice(p.functions)} gives "{p.output[:8]}". '
-            else:
-                text += ' '.join(rng.choices(_WORDS, k=rng.randint(4, 10))) + '. '
-        r = rng.random()
-        if r < 0.9:
-            ans = p.output
-            if r >= 0.5:
-                i = rng.randrange(len(ans) + 1)
-                ans = ans[:i] + rng.choice('xyz') + ans[i + 1:]
-            js = json.dumps({'output': ans}, ensure_ascii=False)
-            text += f'\n```json\n{js}\n```' if rng.random() < 0.3 else f'\nSo the answer is {js}'
-        else:
-            text += '\nI am not sure.'
-        out.append(text)
-    return out
+  """Responses as in BASELINES.md §4: an opener, 200–600 chars of filler (30% of sentences
+  mention the program's functions), then 50% correct JSON, 40% a one-character-perturbed
+  answer, 10% no JSON; 30% of JSON endings inside a ```json fence."""
+  rng = random.Random(seed)
+  out = []
+  for p in problems:
+    text = f'Let\'s trace main_solution("{p.input}") step by step. '
+    target = rng.randint(200, 600)
+    while len(text) < target:
+      if rng.random() < 0.3 and p.functions:
+        text += f'Applying {rng.choice(p.functions)} gives "{p.output[:8]}". '
+      else:
+        text += ' '.join(rng.choices(_WORDS, k=rng.randint(4, 10))) + '. '
+    r = rng.random()
+    if r < 0.9:
+      ans = p.output
+      if r >= 0.5:
+        i = rng.randrange(len(ans) + 1)
+        ans = ans[:i] + rng.choice('xyz') + ans[i + 1 :]
+      js = json.dumps({'output': ans}, ensure_ascii=False)
+      text += f'\n```json\n{js}\n```' if rng.random() < 0.3 else f'\nSo the answer is {js}'
+    else:
+      text += '\nI am not sure.'
+    out.append(text)
+  return out
 
 
 def bench_verifier(batch: int, repeats: int) -> dict:
-    import jax
-    from compfn.tasks.strings import generate, program as P, scoring
-    from compfn.tasks.strings import device_scoring, interpreter
+  import jax
+  from compfn.tasks.strings import generate, program as P, scoring
+  from compfn.tasks.strings import device_scoring, interpreter
 
-    test = generate(2, 'test', 1, 8, 2048)
-    per_level = batch // 8
-    probs = [p for lv in range(1, 9) for p in [q for q in test if q.level == lv][:per_level]]
-    codes = [p.code for p in probs]
-    inputs = [p.input for p in probs]
-    refs = [p.output for p in probs]
-    res: dict = {'batch': len(probs)}
+  test = generate(2, 'test', 1, 8, 2048)
+  per_level = batch // 8
+  probs = [p for lv in range(1, 9) for p in [q for q in test if q.level == lv][:per_level]]
+  codes = [p.code for p in probs]
+  inputs = [p.input for p in probs]
+  refs = [p.output for p in probs]
+  res: dict = {'batch': len(probs)}
 
-    # Programs: Python reference.
-    nodes = [P.parse_code(c) for c in codes]
-    t_parse_run = timeit(lambda: [P.run(P.parse_code(c), x) for c, x in zip(codes, inputs)],
-                         repeats)
-    t_run = timeit(lambda: [P.run(n, x) for n, x in zip(nodes, inputs)], repeats)
-    # Programs: device, end to end (parse + encode + run + decode) and steady state.
-    outs = interpreter.execute_batch(codes, inputs, capacity=4096)
-    assert outs == refs, 'device interpreter disagrees with the reference'
-    t_e2e = timeit(lambda: interpreter.execute_batch(codes, inputs, capacity=4096), repeats)
-    steady = interpreter.benchmark_fn(codes, inputs, capacity=4096)
-    t_dev = timeit(steady, repeats)
-    res['programs'] = {
-        'python_parse_and_run_per_s': len(probs) / t_parse_run,
-        'python_run_only_per_s': len(probs) / t_run,
-        'device_steady_per_s': len(probs) / t_dev,
-        'device_end_to_end_per_s': len(probs) / t_e2e,
-        'ratio_device_steady_vs_python_run': t_run / t_dev,
-        'ratio_device_end_to_end_vs_python_parse_and_run': t_parse_run / t_e2e,
-    }
+  # Programs: Python reference.
+  nodes = [P.parse_code(c) for c in codes]
+  t_parse_run = timeit(lambda: [P.run(P.parse_code(c), x) for c, x in zip(codes, inputs)], repeats)
+  t_run = timeit(lambda: [P.run(n, x) for n, x in zip(nodes, inputs)], repeats)
+  # Programs: device, end to end (parse + encode + run + decode) and steady state.
+  outs = interpreter.execute_batch(codes, inputs, capacity=4096)
+  assert outs == refs, 'device interpreter disagrees with the reference'
+  t_e2e = timeit(lambda: interpreter.execute_batch(codes, inputs, capacity=4096), repeats)
+  steady = interpreter.benchmark_fn(codes, inputs, capacity=4096)
+  t_dev = timeit(steady, repeats)
+  res['programs'] = {
+      'python_parse_and_run_per_s': len(probs) / t_parse_run,
+      'python_run_only_per_s': len(probs) / t_run,
+      'device_steady_per_s': len(probs) / t_dev,
+      'device_end_to_end_per_s': len(probs) / t_e2e,
+      'ratio_device_steady_vs_python_run': t_run / t_dev,
+      'ratio_device_end_to_end_vs_python_parse_and_run': t_parse_run / t_e2e,
+  }
 
-    # Responses.
-    responses = synthetic_responses(probs)
-    want = [scoring.score(r, ref) for r, ref in zip(responses, refs)]
-    t_py = timeit(lambda: [scoring.score(r, ref) for r, ref in zip(responses, refs)], repeats)
-    s, a = device_scoring.score_batch(responses, refs)
-    assert [tuple(map(int, x)) for x in zip(s, a)] == want, 'device scorer disagrees'
-    t_e2e_s = timeit(lambda: device_scoring.score_batch(responses, refs), repeats)
-    steady_s = device_scoring.benchmark_fn(responses, refs)
-    t_dev_s = timeit(steady_s, repeats)
-    res['responses'] = {
-        'mean_chars': statistics.mean(len(r) for r in responses),
-        'score_counts': {k: sum(w[0] == k for w in want) for k in (1, 0, -1)},
-        'python_reference_per_s': len(probs) / t_py,
-        'device_steady_per_s': len(probs) / t_dev_s,
-        'device_end_to_end_per_s': len(probs) / t_e2e_s,
-        'ratio_device_steady_vs_python': t_py / t_dev_s,
-        'ratio_device_end_to_end_vs_python': t_py / t_e2e_s,
-    }
-    del jax
-    return res
+  # Responses.
+  responses = synthetic_responses(probs)
+  want = [scoring.score(r, ref) for r, ref in zip(responses, refs)]
+  t_py = timeit(lambda: [scoring.score(r, ref) for r, ref in zip(responses, refs)], repeats)
+  s, a = device_scoring.score_batch(responses, refs)
+  assert [tuple(map(int, x)) for x in zip(s, a)] == want, 'device scorer disagrees'
+  t_e2e_s = timeit(lambda: device_scoring.score_batch(responses, refs), repeats)
+  steady_s = device_scoring.benchmark_fn(responses, refs)
+  t_dev_s = timeit(steady_s, repeats)
+  res['responses'] = {
+      'mean_chars': statistics.mean(len(r) for r in responses),
+      'score_counts': {k: sum(w[0] == k for w in want) for k in (1, 0, -1)},
+      'python_reference_per_s': len(probs) / t_py,
+      'device_steady_per_s': len(probs) / t_dev_s,
+      'device_end_to_end_per_s': len(probs) / t_e2e_s,
+      'ratio_device_steady_vs_python': t_py / t_dev_s,
+      'ratio_device_end_to_end_vs_python': t_py / t_e2e_s,
+  }
+  del jax
+  return res
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,200 +170,270 @@ MODELS = {
     'L4d256': dict(d_model=256, num_layers=4, num_heads=4, head_dim=64, mlp_dim=1024),
     'tiny': dict(d_model=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64),
 }
-FLOPS_NOTE = ('model FLOPs: forward = 2 x matmul params per token (all params but the norms; '
-              'the tied embedding counts once, as the LM-head matmul) + attention 4 x L x '
-              'heads x head_dim x (attended positions) per token (QK^T and AV, full square for '
-              'training, the cache length for decode); backward = 2 x forward, so train = 3 x '
-              'forward. The same formula is applied to both systems (work done, not what each '
-              'implementation spends). MFU = model FLOP/s / the f32 matmul peak measured here.')
+FLOPS_NOTE = (
+    'model FLOPs: forward = 2 x matmul params per token (all params but the norms; '
+    'the tied embedding counts once, as the LM-head matmul) + attention 4 x L x '
+    'heads x head_dim x (attended positions) per token (QK^T and AV, full square for '
+    'training, the cache length for decode); backward = 2 x forward, so train = 3 x '
+    'forward. The same formula is applied to both systems (work done, not what each '
+    'implementation spends). MFU = model FLOP/s / the f32 matmul peak measured here.'
+)
 
 
 def _load() -> dict:
-    one, five, fifteen = os.getloadavg()
-    return {'load1': one, 'load5': five, 'load15': fifteen}
+  one, five, fifteen = os.getloadavg()
+  return {'load1': one, 'load5': five, 'load15': fifteen}
 
 
 def matmul_peak(n: int = 2048, calls: int = 20) -> dict:
-    """f32 matmul FLOP/s: jax.jit(a @ b) at n^3, median and best of `calls` blocked calls."""
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
+  """f32 matmul FLOP/s: jax.jit(a @ b) at n^3, median and best of `calls` blocked calls."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  ts = []
+  for _ in range(calls):
+    t = time.perf_counter()
     f(a, b).block_until_ready()
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    fl = 2.0 * n ** 3
-    return {'n': n, 'calls': calls, 'median_flops': fl / statistics.median(ts),
-            'best_flops': fl / min(ts)}
+    ts.append(time.perf_counter() - t)
+  fl = 2.0 * n**3
+  return {
+      'n': n,
+      'calls': calls,
+      'median_flops': fl / statistics.median(ts),
+      'best_flops': fl / min(ts),
+  }
 
 
 def _model_config(name: str):
-    from compfn.experiment import char_model
-    return char_model(**MODELS[name])
+  from compfn.experiment import char_model
+
+  return char_model(**MODELS[name])
 
 
 def _counts(cfg, params) -> dict:
-    import jax
-    total = sum(int(x.size) for x in jax.tree.leaves(params))
-    norms = sum(int(x.size) for x in jax.tree.leaves(params) if x.ndim == 1)
-    return {'params': total, 'matmul_params': total - norms}
+  import jax
+
+  total = sum(int(x.size) for x in jax.tree.leaves(params))
+  norms = sum(int(x.size) for x in jax.tree.leaves(params) if x.ndim == 1)
+  return {'params': total, 'matmul_params': total - norms}
 
 
 def _attn_flops(cfg, positions: float) -> float:
-    """Forward attention FLOPs for one query attending `positions` keys (QK^T + AV)."""
-    return 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * positions
+  """Forward attention FLOPs for one query attending `positions` keys (QK^T + AV)."""
+  return 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * positions
 
 
 def _tunix_model(cfg) -> dict:
-    return dict(num_layers=cfg.num_layers, vocab_size=cfg.vocab_size, embed_dim=cfg.d_model,
-                hidden_dim=cfg.mlp_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-                num_kv_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta, norm_eps=cfg.rms_norm_eps,
-                weight_tying=True)
+  return dict(
+      num_layers=cfg.num_layers,
+      vocab_size=cfg.vocab_size,
+      embed_dim=cfg.d_model,
+      hidden_dim=cfg.mlp_dim,
+      num_heads=cfg.num_heads,
+      head_dim=cfg.head_dim,
+      num_kv_heads=cfg.num_kv_heads,
+      rope_theta=cfg.rope_theta,
+      norm_eps=cfg.rms_norm_eps,
+      weight_tying=True,
+  )
 
 
 def _opt_dict(opt) -> dict:
-    return {'learning_rate': opt.learning_rate, 'b1': opt.b1, 'b2': opt.b2, 'eps': opt.eps,
-            'weight_decay': opt.weight_decay, 'clip_norm': opt.clip_norm}
+  return {
+      'learning_rate': opt.learning_rate,
+      'b1': opt.b1,
+      'b2': opt.b2,
+      'eps': opt.eps,
+      'weight_decay': opt.weight_decay,
+      'clip_norm': opt.clip_norm,
+  }
 
 
 def run_tunix(python: str, spec: dict, timeout: int = 900) -> dict:
-    """Runs tools/peers/tunix_grpo.py in the peer's venv (a fresh process per config)."""
-    import subprocess
-    import tempfile
-    if not python or not os.path.exists(python):
-        return {'skipped': f'no Tunix interpreter at {python!r}'}
-    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
-        json.dump(spec, f)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'JAX_'))}
-    env['JAX_PLATFORMS'] = 'cpu'
-    try:
-        p = subprocess.run([python, str(ROOT / 'tools' / 'peers' / 'tunix_grpo.py'), f.name],
-                           capture_output=True, text=True, timeout=timeout, env=env)
-    finally:
-        os.unlink(f.name)
-    for line in p.stdout.splitlines():
-        if line.startswith('RESULT '):
-            return json.loads(line[7:])
-    return {'error': f'tunix peer exited {p.returncode}', 'stderr_tail': p.stderr[-3000:]}
+  """Runs tools/peers/tunix_grpo.py in the peer's venv (a fresh process per config)."""
+  import subprocess
+  import tempfile
+
+  if not python or not os.path.exists(python):
+    return {'skipped': f'no Tunix interpreter at {python!r}'}
+  with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
+    json.dump(spec, f)
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'JAX_'))}
+  env['JAX_PLATFORMS'] = 'cpu'
+  try:
+    p = subprocess.run(
+        [python, str(ROOT / 'tools' / 'peers' / 'tunix_grpo.py'), f.name],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+  finally:
+    os.unlink(f.name)
+  for line in p.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[7:])
+  return {'error': f'tunix peer exited {p.returncode}', 'stderr_tail': p.stderr[-3000:]}
 
 
 def _steady(fn, warmup: int, steps: int) -> tuple[float, list]:
-    """fn() must block; median over `steps` calls after `warmup` calls (which compile)."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), ts
+  """fn() must block; median over `steps` calls after `warmup` calls (which compile)."""
+  for _ in range(warmup):
+    fn()
+  ts = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t)
+  return statistics.median(ts), ts
 
 
 def _header(kind: str, tunix_python: str) -> dict:
-    from importlib.metadata import version
-    m = machine_info()
-    m['load_at_start'] = _load()
-    vers = {'compfn_jax': m['jax'], 'flax': version('flax'), 'optax': version('optax')}
-    return {'benchmark': kind, 'machine': m, 'versions': vers, 'flops_formula': FLOPS_NOTE}
+  from importlib.metadata import version
+
+  m = machine_info()
+  m['load_at_start'] = _load()
+  vers = {'compfn_jax': m['jax'], 'flax': version('flax'), 'optax': version('optax')}
+  return {'benchmark': kind, 'machine': m, 'versions': vers, 'flops_formula': FLOPS_NOTE}
 
 
 def bench_train(models, steps: int, warmup: int, tunix_python: str, tiny: bool = False) -> dict:
-    """SFT train step: compfn ``sft_grads`` + ``apply_gradients`` (AdamW + clip), jitted with
-    the state donated (``compfn.train.compile_step``), on random token batches [B, L] with
-    every position in the loss; vs Tunix ``PeftTrainer`` (default NLL loss) on the same llama
-    dims and batch shape."""
-    import jax
-    from compfn import train
-    from compfn.model import transformer as T
-    from compfn.rl import sft
-    out = _header('train', tunix_python)
-    B, L = (4, 16) if tiny else (128, 128)
-    if tiny:
-        steps, warmup = 1, 1
-    peak = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
-    out['matmul_peak'] = peak
-    opt = train.OptimizerConfig(learning_rate=1e-4, schedule='constant', warmup_ratio=0.0,
-                                b2=0.999)
-    out['config'] = {'batch': B, 'seq': L, 'timed_steps': steps, 'warmup_steps': warmup,
-                     'optimizer': dict(_opt_dict(opt), schedule='constant'),
-                     'data': 'uniform random token ids in [2, vocab), every position in the '
-                             'loss (compfn: L targets per row; Tunix: L-1, its default loss '
-                             'drops the last position)'}
-    out['notes'] = [
-        'compfn: every step is blocked on (block_until_ready) before the next; Tunix '
-        'PeftTrainer keeps up to 2 steps in flight (its throttler), step time = interval '
-        'between consecutive step starts, median over the steps after the warm-up ones '
-        '(the last interval, which drains the pipeline, left out); steady_mean_step_s is the '
-        'mean over the whole steady window',
-        'Tunix default loss: L-1 target positions per row; compfn: L (same matmul work up to '
-        '1/L)',
-        'the 2 cores are shared with other jobs: see machine.load_at_start / load_at_end and '
-        'matmul_peak (a contended run shows a low peak); MFU is relative to the peak measured '
-        'in the same run']
-    rows = []
-    out['results'] = {}
-    for name in models:
-        cfg = _model_config(name)
-        params = T.init_params(cfg, jax.random.PRNGKey(0))
-        cnt = _counts(cfg, params)
-        tx = opt.make(1000)
+  """SFT train step: compfn ``sft_grads`` + ``apply_gradients`` (AdamW + clip), jitted with
+  the state donated (``compfn.train.compile_step``), on random token batches [B, L] with
+  every position in the loss; vs Tunix ``PeftTrainer`` (default NLL loss) on the same llama
+  dims and batch shape."""
+  import jax
+  from compfn import train
+  from compfn.model import transformer as T
+  from compfn.rl import sft
 
-        def step(state, batch, cfg=cfg, tx=tx):
-            return sft.sft_step(cfg, tx, state, batch)
-        fn = train.compile_step(step)
-        rng = np.random.default_rng(0)
-        toks = rng.integers(2, cfg.vocab_size, (B, L + 1)).astype(np.int32)
-        batch = jax.device_put(sft.SFTBatch(inputs=toks[:, :-1], targets=toks[:, 1:],
-                                            loss_mask=np.ones((B, L), np.float32),
-                                            segment_ids=np.ones((B, L), np.int32)))
-        holder = {'s': train.TrainState.create(params, tx)}
+  out = _header('train', tunix_python)
+  B, L = (4, 16) if tiny else (128, 128)
+  if tiny:
+    steps, warmup = 1, 1
+  peak = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
+  out['matmul_peak'] = peak
+  opt = train.OptimizerConfig(learning_rate=1e-4, schedule='constant', warmup_ratio=0.0, b2=0.999)
+  out['config'] = {
+      'batch': B,
+      'seq': L,
+      'timed_steps': steps,
+      'warmup_steps': warmup,
+      'optimizer': dict(_opt_dict(opt), schedule='constant'),
+      'data': 'uniform random token ids in [2, vocab), every position in the '
+      'loss (compfn: L targets per row; Tunix: L-1, its default loss '
+      'drops the last position)',
+  }
+  out['notes'] = [
+      'compfn: every step is blocked on (block_until_ready) before the next; Tunix '
+      'PeftTrainer keeps up to 2 steps in flight (its throttler), step time = interval '
+      'between consecutive step starts, median over the steps after the warm-up ones '
+      '(the last interval, which drains the pipeline, left out); steady_mean_step_s is the '
+      'mean over the whole steady window',
+      'Tunix default loss: L-1 target positions per row; compfn: L (same matmul work up to ' '1/L)',
+      'the 2 cores are shared with other jobs: see machine.load_at_start / load_at_end and '
+      'matmul_peak (a contended run shows a low peak); MFU is relative to the peak measured '
+      'in the same run',
+  ]
+  rows = []
+  out['results'] = {}
+  for name in models:
+    cfg = _model_config(name)
+    params = T.init_params(cfg, jax.random.PRNGKey(0))
+    cnt = _counts(cfg, params)
+    tx = opt.make(1000)
 
-        def call():
-            holder['s'], m = fn(holder['s'], batch)
-            jax.block_until_ready(m['loss'])
-        t = time.perf_counter()
-        call()
-        first = time.perf_counter() - t
-        med, ts = _steady(call, max(warmup - 1, 0), steps)
-        tokens = B * L
-        flops = 3 * tokens * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, L))
-        comp = {'step_s': med, 'steps_s': ts, 'first_step_s': first, 'tokens_per_s': tokens / med,
-                'model_flops_per_step': flops, 'mfu': flops / med / peak['median_flops']}
-        spec = {'mode': 'sft', 'model': _tunix_model(cfg), 'batch': B, 'seq': L,
-                'steps': warmup + steps, 'warmup_steps': warmup, 'optimizer': _opt_dict(opt)}
-        tun = run_tunix(tunix_python, spec)
-        if 'steady_step_s' in tun:
-            tun['tokens_per_s'] = tokens / tun['steady_step_s']
-            tun['mfu'] = flops / tun['steady_step_s'] / peak['median_flops']
-        ratio = tun['steady_step_s'] / med if 'steady_step_s' in tun else None
-        out['results'][name] = {'model': MODELS[name], 'vocab': cfg.vocab_size, **cnt,
-                                'tokens_per_step': tokens, 'compfn': comp, 'tunix': tun,
-                                'tunix_s_over_compfn_s': ratio}
-        rows.append((name, cnt['params'], comp, tun, ratio))
-    out['machine']['load_at_end'] = _load()
-    tab = [f'SFT train step, batch {B} x seq {L}, f32, AdamW; f32 matmul peak '
-           f'{peak["median_flops"] / 1e9:.0f} GFLOP/s (median of {peak["calls"]} '
-           f'{peak["n"]}^3 calls); load {out["machine"]["load_at_start"]["load1"]:.2f}', '',
-           '| model | params | compfn s/step | compfn tok/s | compfn MFU | Tunix s/step | '
-           'Tunix tok/s | Tunix MFU | Tunix / compfn |', '|---|---|---|---|---|---|---|---|---|']
-    for name, n, c, tu, r in rows:
-        ts_ = (f'{tu["steady_step_s"]:.3f} | {tu["tokens_per_s"]:,.0f} | {100 * tu["mfu"]:.1f} %'
-               if 'steady_step_s' in tu else 'n/a | n/a | n/a')
-        tab.append(f'| {name} | {n:,} | {c["step_s"]:.3f} | {c["tokens_per_s"]:,.0f} | '
-                   f'{100 * c["mfu"]:.1f} % | {ts_} | ' + (f'{r:.2f}x |' if r else 'n/a |'))
-    out['table_markdown'] = '\n'.join(tab)
-    out['_table'] = out['table_markdown']
-    return out
+    def step(state, batch, cfg=cfg, tx=tx):
+      return sft.sft_step(cfg, tx, state, batch)
+
+    fn = train.compile_step(step)
+    rng = np.random.default_rng(0)
+    toks = rng.integers(2, cfg.vocab_size, (B, L + 1)).astype(np.int32)
+    batch = jax.device_put(
+        sft.SFTBatch(
+            inputs=toks[:, :-1],
+            targets=toks[:, 1:],
+            loss_mask=np.ones((B, L), np.float32),
+            segment_ids=np.ones((B, L), np.int32),
+        )
+    )
+    holder = {'s': train.TrainState.create(params, tx)}
+
+    def call():
+      holder['s'], m = fn(holder['s'], batch)
+      jax.block_until_ready(m['loss'])
+
+    t = time.perf_counter()
+    call()
+    first = time.perf_counter() - t
+    med, ts = _steady(call, max(warmup - 1, 0), steps)
+    tokens = B * L
+    flops = 3 * tokens * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, L))
+    comp = {
+        'step_s': med,
+        'steps_s': ts,
+        'first_step_s': first,
+        'tokens_per_s': tokens / med,
+        'model_flops_per_step': flops,
+        'mfu': flops / med / peak['median_flops'],
+    }
+    spec = {
+        'mode': 'sft',
+        'model': _tunix_model(cfg),
+        'batch': B,
+        'seq': L,
+        'steps': warmup + steps,
+        'warmup_steps': warmup,
+        'optimizer': _opt_dict(opt),
+    }
+    tun = run_tunix(tunix_python, spec)
+    if 'steady_step_s' in tun:
+      tun['tokens_per_s'] = tokens / tun['steady_step_s']
+      tun['mfu'] = flops / tun['steady_step_s'] / peak['median_flops']
+    ratio = tun['steady_step_s'] / med if 'steady_step_s' in tun else None
+    out['results'][name] = {
+        'model': MODELS[name],
+        'vocab': cfg.vocab_size,
+        **cnt,
+        'tokens_per_step': tokens,
+        'compfn': comp,
+        'tunix': tun,
+        'tunix_s_over_compfn_s': ratio,
+    }
+    rows.append((name, cnt['params'], comp, tun, ratio))
+  out['machine']['load_at_end'] = _load()
+  tab = [
+      f'SFT train step, batch {B} x seq {L}, f32, AdamW; f32 matmul peak '
+      f'{peak["median_flops"] / 1e9:.0f} GFLOP/s (median of {peak["calls"]} '
+      f'{peak["n"]}^3 calls); load {out["machine"]["load_at_start"]["load1"]:.2f}',
+      '',
+      '| model | params | compfn s/step | compfn tok/s | compfn MFU | Tunix s/step | '
+      'Tunix tok/s | Tunix MFU | Tunix / compfn |',
+      '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for name, n, c, tu, r in rows:
+    ts_ = (
+        f'{tu["steady_step_s"]:.3f} | {tu["tokens_per_s"]:,.0f} | {100 * tu["mfu"]:.1f} %'
+        if 'steady_step_s' in tu
+        else 'n/a | n/a | n/a'
+    )
+    tab.append(
+        f'| {name} | {n:,} | {c["step_s"]:.3f} | {c["tokens_per_s"]:,.0f} | '
+        f'{100 * c["mfu"]:.1f} % | {ts_} | ' + (f'{r:.2f}x |' if r else 'n/a |')
+    )
+  out['table_markdown'] = '\n'.join(tab)
+  out['_table'] = out['table_markdown']
+  return out
 
 
 RL_NOTES = [
     'rewards differ but compute does not: compfn scores a response that reaches '
     'max_new_tokens without a stop token as overlong (-1, the paper rule), so with no stop ids '
-    'every compfn reward is -1 and all advantages 0; Tunix\'s host reward (the trace rule, '
+    "every compfn reward is -1 and all advantages 0; Tunix's host reward (the trace rule, "
     'copied in tools/peers/tunix_grpo.py) does not see truncation and gives 0/-1 (+1 by '
     'chance). Shapes, and so FLOPs, are the same whatever the rewards',
     'Tunix prefills each of the G copies of a prompt (P*G*Lp prompt positions); compfn '
@@ -372,206 +450,299 @@ RL_NOTES = [
     'pieces are timed at other moments on a shared machine)',
     'the 2 cores are shared with other jobs: see machine.load_at_start / load_at_end and '
     'matmul_peak (a contended run shows a low peak); MFU is relative to the peak measured in '
-    'the same run']
+    'the same run',
+]
 
 
 def bench_rl_step(models, steps: int, warmup: int, tunix_python: str, tiny: bool = False) -> dict:
-    """The fused GRPO step (``compfn.rl.grpo.grpo_step``, one XLA program, state donated)
-    without dynamic sampling, and its pieces as separate jitted calls on the same inputs
-    (generate = ``sampling.sample``, verify = ``rollout.score_samples``, train =
-    ``grpo.policy_grads`` + ``apply_gradients``); vs Tunix 0.1.7 ``GRPOLearner``."""
-    import jax
-    from compfn import sampling, tokenizers, train
-    from compfn.data import sources
-    from compfn.model import transformer as T
-    from compfn.rl import grpo
-    from compfn.rl.rollout import DetokTables, score_samples
-    out = _header('rl-step', tunix_python)
-    tok = tokenizers.CharTokenizer()
-    P, G, N = (2, 2, 8) if tiny else (8, 8, 64)
-    if tiny:
-        steps, warmup = 1, 1
-    peak = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
-    out['matmul_peak'] = peak
-    n_steps = warmup + steps
-    recs = sources.trace_records('train', 2, 2, P * (n_steps + 1), seed=0)
-    prompts = [r['prompt'] for r in recs]
-    refs = [r['ref'] for r in recs]
-    Lp = sampling.bucket_length(max(len(tok.encode(p)) for p in prompts))
-    Lr = sampling.bucket_length(max(len(r.encode()) for r in refs))
-    gcfg = grpo.GRPOConfig(num_generations=G, batch_prompts=P, gen_prompts=P, max_rounds=1,
-                           dynamic_sampling=False, max_new_tokens=N, task='strings_trace')
-    # No stop ids: every row generates exactly N tokens (random weights), as Tunix below.
-    scfg = gcfg.sampler_config((), tok.pad_id)
-    detok = DetokTables.from_tokenizer(tok)
-    opt = train.OptimizerConfig(learning_rate=1e-4, schedule='constant', warmup_ratio=0.0,
-                                b2=0.999)
-    out['config'] = {
-        'prompts_per_step': P, 'num_generations': G, 'sequences_per_step': P * G,
-        'max_new_tokens': N, 'prompt_pad': Lp, 'ref_pad': Lr, 'task': 'strings_trace',
-        'prompts': "compfn.data.sources.trace_records('train', 2, 2, n, seed=0); "
-                   'each step a new slice of P prompts (both systems, same order)',
-        'tokenizer': 'CharTokenizer (no BOS)', 'temperature': 1.0, 'top_p': 1.0, 'top_k': 0,
-        'dynamic_sampling': False, 'kl': 0.0, 'loss_agg': 'token-mean', 'on_policy': True,
-        'optimizer': dict(_opt_dict(opt), schedule='constant'),
-        'timed_steps': steps, 'warmup_steps': warmup,
-        'fixed_lengths': 'random weights; compfn samples with no stop ids and Tunix with an EOS '
-                         'id outside the vocabulary, so every row of both generates exactly '
-                         'max_new_tokens tokens (both still sample PAD=0 now and then: same '
-                         'compute, slightly fewer loss tokens in Tunix, which masks them)'}
-    out['notes'] = RL_NOTES
-    rows = []
-    out['results'] = {}
-    for name in models:
-        cfg = _model_config(name)
-        params = T.init_params(cfg, jax.random.PRNGKey(0))
-        cnt = _counts(cfg, params)
-        tx = opt.make(1000)
-        pools = [jax.device_put(grpo.pool_from_host(
-            [tok.encode(p) for p in prompts[i * P:(i + 1) * P]], refs[i * P:(i + 1) * P],
-            gcfg, Lp, Lr, tok.pad_id)) for i in range(n_steps + 1)]
-        fused = train.compile_step(
-            lambda s, p, cfg=cfg, tx=tx: grpo.grpo_step(cfg, tx, gcfg, scfg, s, p, detok))
-        holder = {'s': train.TrainState.create(params, tx), 'i': 0}
+  """The fused GRPO step (``compfn.rl.grpo.grpo_step``, one XLA program, state donated)
+  without dynamic sampling, and its pieces as separate jitted calls on the same inputs
+  (generate = ``sampling.sample``, verify = ``rollout.score_samples``, train =
+  ``grpo.policy_grads`` + ``apply_gradients``); vs Tunix 0.1.7 ``GRPOLearner``."""
+  import jax
+  from compfn import sampling, tokenizers, train
+  from compfn.data import sources
+  from compfn.model import transformer as T
+  from compfn.rl import grpo
+  from compfn.rl.rollout import DetokTables, score_samples
 
-        def call_fused():
-            holder['s'], m = fused(holder['s'], pools[holder['i'] % len(pools)])
-            holder['i'] += 1
-            jax.block_until_ready(m['loss'])
-            return m
-        t = time.perf_counter()
-        m0 = call_fused()
-        first = time.perf_counter() - t
-        med, ts = _steady(call_fused, max(warmup - 1, 0), steps)
-        gen_tokens = float(m0['generated_tokens'])
-        assert gen_tokens == P * G * N, (gen_tokens, P * G * N)
-        # Pieces, on pool 0 with the current params.
-        prm = holder['s'].params
-        pool = pools[0]
-        key = jax.random.PRNGKey(1)
-        samples = sampling.sample(cfg, prm, pool.prompts, pool.prompt_lens, key, scfg)
-        t_gen, _ = _steady(lambda: jax.block_until_ready(
-            sampling.sample(cfg, prm, pool.prompts, pool.prompt_lens, key, scfg).tokens),
-            warmup, steps)
-        ver = jax.jit(lambda s, b: score_samples(s, b, detok, scfg, 'strings_trace'))
-        t_ver, _ = _steady(lambda: jax.block_until_ready(ver(samples, pool).reward),
-                           warmup, steps)
-        ro = ver(samples, pool)      # the kept-group buffer of these samples (no extra compile)
-        grp = lambda x: x.reshape((P, G) + x.shape[1:])  # noqa: E731
-        buf = grpo.Buffer(prompts=pool.prompts, prompt_lens=pool.prompt_lens,
-                          tokens=grp(ro.tokens), mask=grp(ro.mask), logprobs=grp(ro.logprobs),
-                          advantage=grp(ro.advantage), reward=grp(ro.reward),
-                          filled=jax.numpy.asarray(P, jax.numpy.int32))
+  out = _header('rl-step', tunix_python)
+  tok = tokenizers.CharTokenizer()
+  P, G, N = (2, 2, 8) if tiny else (8, 8, 64)
+  if tiny:
+    steps, warmup = 1, 1
+  peak = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
+  out['matmul_peak'] = peak
+  n_steps = warmup + steps
+  recs = sources.trace_records('train', 2, 2, P * (n_steps + 1), seed=0)
+  prompts = [r['prompt'] for r in recs]
+  refs = [r['ref'] for r in recs]
+  Lp = sampling.bucket_length(max(len(tok.encode(p)) for p in prompts))
+  Lr = sampling.bucket_length(max(len(r.encode()) for r in refs))
+  gcfg = grpo.GRPOConfig(
+      num_generations=G,
+      batch_prompts=P,
+      gen_prompts=P,
+      max_rounds=1,
+      dynamic_sampling=False,
+      max_new_tokens=N,
+      task='strings_trace',
+  )
+  # No stop ids: every row generates exactly N tokens (random weights), as Tunix below.
+  scfg = gcfg.sampler_config((), tok.pad_id)
+  detok = DetokTables.from_tokenizer(tok)
+  opt = train.OptimizerConfig(learning_rate=1e-4, schedule='constant', warmup_ratio=0.0, b2=0.999)
+  out['config'] = {
+      'prompts_per_step': P,
+      'num_generations': G,
+      'sequences_per_step': P * G,
+      'max_new_tokens': N,
+      'prompt_pad': Lp,
+      'ref_pad': Lr,
+      'task': 'strings_trace',
+      'prompts': "compfn.data.sources.trace_records('train', 2, 2, n, seed=0); "
+      'each step a new slice of P prompts (both systems, same order)',
+      'tokenizer': 'CharTokenizer (no BOS)',
+      'temperature': 1.0,
+      'top_p': 1.0,
+      'top_k': 0,
+      'dynamic_sampling': False,
+      'kl': 0.0,
+      'loss_agg': 'token-mean',
+      'on_policy': True,
+      'optimizer': dict(_opt_dict(opt), schedule='constant'),
+      'timed_steps': steps,
+      'warmup_steps': warmup,
+      'fixed_lengths': 'random weights; compfn samples with no stop ids and Tunix with an EOS '
+      'id outside the vocabulary, so every row of both generates exactly '
+      'max_new_tokens tokens (both still sample PAD=0 now and then: same '
+      'compute, slightly fewer loss tokens in Tunix, which masks them)',
+  }
+  out['notes'] = RL_NOTES
+  rows = []
+  out['results'] = {}
+  for name in models:
+    cfg = _model_config(name)
+    params = T.init_params(cfg, jax.random.PRNGKey(0))
+    cnt = _counts(cfg, params)
+    tx = opt.make(1000)
+    pools = [
+        jax.device_put(
+            grpo.pool_from_host(
+                [tok.encode(p) for p in prompts[i * P : (i + 1) * P]],
+                refs[i * P : (i + 1) * P],
+                gcfg,
+                Lp,
+                Lr,
+                tok.pad_id,
+            )
+        )
+        for i in range(n_steps + 1)
+    ]
+    fused = train.compile_step(
+        lambda s, p, cfg=cfg, tx=tx: grpo.grpo_step(cfg, tx, gcfg, scfg, s, p, detok)
+    )
+    holder = {'s': train.TrainState.create(params, tx), 'i': 0}
 
-        def tstep(state, b, cfg=cfg, tx=tx):
-            g, loss, aux = grpo.policy_grads(cfg, state.params, b, gcfg, scfg)
-            state, u = train.apply_gradients(state, g, tx, loss)
-            return state, loss
-        tfn = train.compile_step(tstep)
-        th = {'s': train.TrainState.create(prm, tx)}
+    def call_fused():
+      holder['s'], m = fused(holder['s'], pools[holder['i'] % len(pools)])
+      holder['i'] += 1
+      jax.block_until_ready(m['loss'])
+      return m
 
-        def call_train():
-            th['s'], loss = tfn(th['s'], buf)
-            jax.block_until_ready(loss)
-        t_tr, _ = _steady(call_train, warmup, steps)
-        seq = Lp + N
-        rows_ = P * G
-        f_gen = (P * Lp * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, Lp / 2))
-                 + rows_ * N * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, Lp + N / 2)))
-        f_train = 3 * rows_ * seq * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, seq))
-        flops = f_gen + f_train
-        pk = peak['median_flops']
-        comp = {'step_s': med, 'steps_s': ts, 'first_step_s': first,
-                'generated_tokens_per_s': rows_ * N / med,
-                'trained_tokens_per_s': rows_ * N / med,
-                'trained_positions_per_s': rows_ * seq / med,
-                'mfu': flops / med / pk,
-                'split_s': {'generate': t_gen, 'verify': t_ver, 'train': t_tr,
-                            'sum_of_pieces': t_gen + t_ver + t_tr, 'fused_step': med},
-                'split_frac_of_pieces': {k: v / (t_gen + t_ver + t_tr) for k, v in
-                                         (('generate', t_gen), ('verify', t_ver),
-                                          ('train', t_tr))},
-                'generate_mfu': f_gen / t_gen / pk, 'train_mfu': f_train / t_tr / pk,
-                'mean_reward_first_step': float(m0['reward'])}
-        spec = {'mode': 'grpo', 'chars': tok.chars, 'model': _tunix_model(cfg),
-                'prompts': prompts, 'refs': refs, 'batch_prompts': P, 'num_generations': G,
-                'max_new_tokens': N, 'prompt_len': Lp, 'steps': n_steps,
-                'warmup_steps': warmup, 'optimizer': _opt_dict(opt)}
-        tun = run_tunix(tunix_python, spec)
-        if 'steady_step_s' in tun:
-            s_ = tun['steady_step_s']
-            tun.update(generated_tokens_per_s=rows_ * N / s_, trained_positions_per_s=rows_ * seq / s_,
-                       mfu=flops / s_ / pk)
-        ratio = tun['steady_step_s'] / med if 'steady_step_s' in tun else None
-        out['results'][name] = {'model': MODELS[name], 'vocab': cfg.vocab_size, **cnt,
-                                'generated_tokens_per_step': rows_ * N,
-                                'trained_positions_per_step': rows_ * seq,
-                                'model_flops_per_step': {'generate': f_gen, 'train': f_train},
-                                'compfn': comp, 'tunix': tun, 'tunix_s_over_compfn_s': ratio}
-        rows.append((name, cnt['params'], comp, tun, ratio))
-    out['machine']['load_at_end'] = _load()
-    tab = [f'GRPO step, {P} prompts x G={G}, {N} new tokens (fixed), prompt pad {Lp}, f32; '
-           f'f32 matmul peak {peak["median_flops"] / 1e9:.0f} GFLOP/s; load '
-           f'{out["machine"]["load_at_start"]["load1"]:.2f}', '',
-           '| model | params | compfn s/step | gen tok/s | MFU | generate / verify / train s '
-           '(separate calls) | Tunix s/step | Tunix gen tok/s | Tunix rollout / update s | '
-           'Tunix / compfn |', '|---|---|---|---|---|---|---|---|---|---|']
-    for name, n, c, tu, r in rows:
-        sp = c['split_s']
-        ts_ = (f'{tu["steady_step_s"]:.3f} | {tu["generated_tokens_per_s"]:,.0f} | '
-               f'{tu.get("rollout_s") or float("nan"):.3f} / {tu.get("update_s") or float("nan"):.3f}'
-               if 'steady_step_s' in tu else 'n/a | n/a | n/a')
-        tab.append(f'| {name} | {n:,} | {c["step_s"]:.3f} | {c["generated_tokens_per_s"]:,.0f} | '
-                   f'{100 * c["mfu"]:.1f} % | {sp["generate"]:.3f} / {sp["verify"]:.4f} / '
-                   f'{sp["train"]:.3f} | {ts_} | ' + (f'{r:.2f}x |' if r else 'n/a |'))
-    out['table_markdown'] = '\n'.join(tab)
-    out['_table'] = out['table_markdown']
-    return out
+    t = time.perf_counter()
+    m0 = call_fused()
+    first = time.perf_counter() - t
+    med, ts = _steady(call_fused, max(warmup - 1, 0), steps)
+    gen_tokens = float(m0['generated_tokens'])
+    assert gen_tokens == P * G * N, (gen_tokens, P * G * N)
+    # Pieces, on pool 0 with the current params.
+    prm = holder['s'].params
+    pool = pools[0]
+    key = jax.random.PRNGKey(1)
+    samples = sampling.sample(cfg, prm, pool.prompts, pool.prompt_lens, key, scfg)
+    t_gen, _ = _steady(
+        lambda: jax.block_until_ready(
+            sampling.sample(cfg, prm, pool.prompts, pool.prompt_lens, key, scfg).tokens
+        ),
+        warmup,
+        steps,
+    )
+    ver = jax.jit(lambda s, b: score_samples(s, b, detok, scfg, 'strings_trace'))
+    t_ver, _ = _steady(lambda: jax.block_until_ready(ver(samples, pool).reward), warmup, steps)
+    ro = ver(samples, pool)  # the kept-group buffer of these samples (no extra compile)
+    grp = lambda x: x.reshape((P, G) + x.shape[1:])  # noqa: E731
+    buf = grpo.Buffer(
+        prompts=pool.prompts,
+        prompt_lens=pool.prompt_lens,
+        tokens=grp(ro.tokens),
+        mask=grp(ro.mask),
+        logprobs=grp(ro.logprobs),
+        advantage=grp(ro.advantage),
+        reward=grp(ro.reward),
+        filled=jax.numpy.asarray(P, jax.numpy.int32),
+    )
+
+    def tstep(state, b, cfg=cfg, tx=tx):
+      g, loss, aux = grpo.policy_grads(cfg, state.params, b, gcfg, scfg)
+      state, u = train.apply_gradients(state, g, tx, loss)
+      return state, loss
+
+    tfn = train.compile_step(tstep)
+    th = {'s': train.TrainState.create(prm, tx)}
+
+    def call_train():
+      th['s'], loss = tfn(th['s'], buf)
+      jax.block_until_ready(loss)
+
+    t_tr, _ = _steady(call_train, warmup, steps)
+    seq = Lp + N
+    rows_ = P * G
+    f_gen = P * Lp * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, Lp / 2)) + rows_ * N * (
+        2.0 * cnt['matmul_params'] + _attn_flops(cfg, Lp + N / 2)
+    )
+    f_train = 3 * rows_ * seq * (2.0 * cnt['matmul_params'] + _attn_flops(cfg, seq))
+    flops = f_gen + f_train
+    pk = peak['median_flops']
+    comp = {
+        'step_s': med,
+        'steps_s': ts,
+        'first_step_s': first,
+        'generated_tokens_per_s': rows_ * N / med,
+        'trained_tokens_per_s': rows_ * N / med,
+        'trained_positions_per_s': rows_ * seq / med,
+        'mfu': flops / med / pk,
+        'split_s': {
+            'generate': t_gen,
+            'verify': t_ver,
+            'train': t_tr,
+            'sum_of_pieces': t_gen + t_ver + t_tr,
+            'fused_step': med,
+        },
+        'split_frac_of_pieces': {
+            k: v / (t_gen + t_ver + t_tr)
+            for k, v in (('generate', t_gen), ('verify', t_ver), ('train', t_tr))
+        },
+        'generate_mfu': f_gen / t_gen / pk,
+        'train_mfu': f_train / t_tr / pk,
+        'mean_reward_first_step': float(m0['reward']),
+    }
+    spec = {
+        'mode': 'grpo',
+        'chars': tok.chars,
+        'model': _tunix_model(cfg),
+        'prompts': prompts,
+        'refs': refs,
+        'batch_prompts': P,
+        'num_generations': G,
+        'max_new_tokens': N,
+        'prompt_len': Lp,
+        'steps': n_steps,
+        'warmup_steps': warmup,
+        'optimizer': _opt_dict(opt),
+    }
+    tun = run_tunix(tunix_python, spec)
+    if 'steady_step_s' in tun:
+      s_ = tun['steady_step_s']
+      tun.update(
+          generated_tokens_per_s=rows_ * N / s_,
+          trained_positions_per_s=rows_ * seq / s_,
+          mfu=flops / s_ / pk,
+      )
+    ratio = tun['steady_step_s'] / med if 'steady_step_s' in tun else None
+    out['results'][name] = {
+        'model': MODELS[name],
+        'vocab': cfg.vocab_size,
+        **cnt,
+        'generated_tokens_per_step': rows_ * N,
+        'trained_positions_per_step': rows_ * seq,
+        'model_flops_per_step': {'generate': f_gen, 'train': f_train},
+        'compfn': comp,
+        'tunix': tun,
+        'tunix_s_over_compfn_s': ratio,
+    }
+    rows.append((name, cnt['params'], comp, tun, ratio))
+  out['machine']['load_at_end'] = _load()
+  tab = [
+      f'GRPO step, {P} prompts x G={G}, {N} new tokens (fixed), prompt pad {Lp}, f32; '
+      f'f32 matmul peak {peak["median_flops"] / 1e9:.0f} GFLOP/s; load '
+      f'{out["machine"]["load_at_start"]["load1"]:.2f}',
+      '',
+      '| model | params | compfn s/step | gen tok/s | MFU | generate / verify / train s '
+      '(separate calls) | Tunix s/step | Tunix gen tok/s | Tunix rollout / update s | '
+      'Tunix / compfn |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for name, n, c, tu, r in rows:
+    sp = c['split_s']
+    ts_ = (
+        f'{tu["steady_step_s"]:.3f} | {tu["generated_tokens_per_s"]:,.0f} | '
+        f'{tu.get("rollout_s") or float("nan"):.3f} / {tu.get("update_s") or float("nan"):.3f}'
+        if 'steady_step_s' in tu
+        else 'n/a | n/a | n/a'
+    )
+    tab.append(
+        f'| {name} | {n:,} | {c["step_s"]:.3f} | {c["generated_tokens_per_s"]:,.0f} | '
+        f'{100 * c["mfu"]:.1f} % | {sp["generate"]:.3f} / {sp["verify"]:.4f} / '
+        f'{sp["train"]:.3f} | {ts_} | ' + (f'{r:.2f}x |' if r else 'n/a |')
+    )
+  out['table_markdown'] = '\n'.join(tab)
+  out['_table'] = out['table_markdown']
+  return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest='what', required=True)
-    v = sub.add_parser('verifier', help='on-device verifier vs the Python reference')
-    v.add_argument('--batch', type=int, default=1024)
-    v.add_argument('--repeats', type=int, default=5)
-    v.add_argument('--out', default='bench/verifier.json')
-    for name, default in (('train', 'bench/train.json'), ('rl-step', 'bench/rl_step.json')):
-        t = sub.add_parser(name, help=f'{name}: tokens/s + MFU vs Tunix 0.1.7')
-        t.add_argument('--out', default=default)
-        t.add_argument('--models', default='char,L4d256',
-                       help=f'comma-separated subset of {sorted(MODELS)}')
-        t.add_argument('--steps', type=int, default=None, help='timed steps (default 10 / 8)')
-        t.add_argument('--warmup', type=int, default=3, help='untimed steps (compile) first')
-        t.add_argument('--tunix_python', default=DEFAULT_TUNIX,
-                       help="the peer's interpreter; '' skips the peer")
-        t.add_argument('--tiny', action='store_true',
-                       help='a tiny smoke configuration (tests; no meaningful timing)')
-    args = ap.parse_args(argv)
-    if args.what in ('train', 'rl-step'):
-        models = [m for m in args.models.split(',') if m]
-        bad = [m for m in models if m not in MODELS]
-        if bad:
-            ap.error(f'unknown --models {bad}; choose from {sorted(MODELS)}')
-        fn = bench_train if args.what == 'train' else bench_rl_step
-        steps = args.steps or (10 if args.what == 'train' else 8)
-        result = fn(models, steps, args.warmup, args.tunix_python, args.tiny)
-        table = result.pop('_table')
-    elif args.what == 'verifier':
-        if args.batch % 8 or not 8 <= args.batch <= 2048:
-            ap.error('--batch must be a multiple of 8 between 8 and 2048')
-        result = {'benchmark': 'verifier', 'machine': machine_info(),
-                  'result': bench_verifier(args.batch, args.repeats)}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    if args.what == 'verifier':
-        json.dump(result['result'], sys.stdout, indent=1)
-    else:
-        print(table)
-    print(f'\nwrote {out}')
+  ap = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  sub = ap.add_subparsers(dest='what', required=True)
+  v = sub.add_parser('verifier', help='on-device verifier vs the Python reference')
+  v.add_argument('--batch', type=int, default=1024)
+  v.add_argument('--repeats', type=int, default=5)
+  v.add_argument('--out', default='bench/verifier.json')
+  for name, default in (('train', 'bench/train.json'), ('rl-step', 'bench/rl_step.json')):
+    t = sub.add_parser(name, help=f'{name}: tokens/s + MFU vs Tunix 0.1.7')
+    t.add_argument('--out', default=default)
+    t.add_argument(
+        '--models', default='char,L4d256', help=f'comma-separated subset of {sorted(MODELS)}'
+    )
+    t.add_argument('--steps', type=int, default=None, help='timed steps (default 10 / 8)')
+    t.add_argument('--warmup', type=int, default=3, help='untimed steps (compile) first')
+    t.add_argument(
+        '--tunix_python', default=DEFAULT_TUNIX, help="the peer's interpreter; '' skips the peer"
+    )
+    t.add_argument(
+        '--tiny',
+        action='store_true',
+        help='a tiny smoke configuration (tests; no meaningful timing)',
+    )
+  args = ap.parse_args(argv)
+  if args.what in ('train', 'rl-step'):
+    models = [m for m in args.models.split(',') if m]
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+      ap.error(f'unknown --models {bad}; choose from {sorted(MODELS)}')
+    fn = bench_train if args.what == 'train' else bench_rl_step
+    steps = args.steps or (10 if args.what == 'train' else 8)
+    result = fn(models, steps, args.warmup, args.tunix_python, args.tiny)
+    table = result.pop('_table')
+  elif args.what == 'verifier':
+    if args.batch % 8 or not 8 <= args.batch <= 2048:
+      ap.error('--batch must be a multiple of 8 between 8 and 2048')
+    result = {
+        'benchmark': 'verifier',
+        'machine': machine_info(),
+        'result': bench_verifier(args.batch, args.repeats),
+    }
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=1))
+  if args.what == 'verifier':
+    json.dump(result['result'], sys.stdout, indent=1)
+  else:
+    print(table)
+  print(f'\nwrote {out}')
 
 
 if __name__ == '__main__':
-    main()
+  main()

@@ -61,10 +61,10 @@ import time
 from typing import Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-JAX_VERSION = '0.10.2'          # = setup.py's jax pin (tests/test_launch_tpu.py checks it)
-VENV = 'compfn-venv'            # on each worker, in the home directory
-REMOTE_DIR = 'compfn'           # the repository on each worker, in the home directory
-GCS_MOUNT_ROOT = '/mnt/gcs'     # --gcsfuse mounts gs://BUCKET at /mnt/gcs/BUCKET
+JAX_VERSION = '0.10.2'  # = setup.py's jax pin (tests/test_launch_tpu.py checks it)
+VENV = 'compfn-venv'  # on each worker, in the home directory
+REMOTE_DIR = 'compfn'  # the repository on each worker, in the home directory
+GCS_MOUNT_ROOT = '/mnt/gcs'  # --gcsfuse mounts gs://BUCKET at /mnt/gcs/BUCKET
 DEFAULT_LOG = 'compfn-train.log'
 VERBS = ('up', 'run', 'logs', 'down', 'xpk')
 
@@ -74,10 +74,11 @@ VERBS = ('up', 'run', 'logs', 'down', 'xpk')
 @dataclasses.dataclass(frozen=True)
 class Family:
   """One TPU generation: how its accelerator-type suffix counts and how hosts are laid out."""
-  name: str                 # 'v4', 'v5p', 'v5e', 'v6e'
-  gcloud_prefix: str        # accelerator-type prefix gcloud and xpk expect
-  counts_cores: bool        # suffix = TensorCores (2 per chip) instead of chips
-  default_runtime: str      # --version for `tpu-vm create` / --runtime-version
+
+  name: str  # 'v4', 'v5p', 'v5e', 'v6e'
+  gcloud_prefix: str  # accelerator-type prefix gcloud and xpk expect
+  counts_cores: bool  # suffix = TensorCores (2 per chip) instead of chips
+  default_runtime: str  # --version for `tpu-vm create` / --runtime-version
 
 
 FAMILIES = {
@@ -99,10 +100,11 @@ _MAX_CHIPS = {'v4': 4096, 'v5p': 6144}
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
   """A parsed accelerator type."""
+
   family: Family
-  suffix: int               # the N of the type (cores for v4/v5p, chips for v5e/v6e)
+  suffix: int  # the N of the type (cores for v4/v5p, chips for v5e/v6e)
   chips: int
-  hosts: int                # TPU VMs (workers) = JAX processes
+  hosts: int  # TPU VMs (workers) = JAX processes
 
   @property
   def gcloud_type(self) -> str:
@@ -113,8 +115,10 @@ class Accelerator:
     return self.hosts > 1
 
   def describe(self) -> str:
-    return (f'{self.gcloud_type}: {self.chips} chips, {self.hosts} host'
-            f'{"s" if self.hosts > 1 else ""} ({"multi" if self.multi_host else "single"}-host)')
+    return (
+        f'{self.gcloud_type}: {self.chips} chips, {self.hosts} host'
+        f'{"s" if self.hosts > 1 else ""} ({"multi" if self.multi_host else "single"}-host)'
+    )
 
 
 def valid_suffixes(family: str) -> list[int]:
@@ -129,20 +133,24 @@ def parse_accelerator(text: str) -> Accelerator:
   """``'v5p-128'`` -> Accelerator(v5p, 64 chips, 16 hosts); ValueError naming what is wrong."""
   m = re.fullmatch(r'(v[0-9a-z]+)-([0-9]+)', text.strip().lower())
   if not m or m.group(1) not in PREFIXES:
-    raise ValueError(f'unknown accelerator type {text!r}: expected v4-N, v5p-N, v5litepod-N '
-                     f'(or v5e-N) or v6e-N')
+    raise ValueError(
+        f'unknown accelerator type {text!r}: expected v4-N, v5p-N, v5litepod-N '
+        f'(or v5e-N) or v6e-N'
+    )
   fam = FAMILIES[PREFIXES[m.group(1)]]
   n = int(m.group(2))
   ok = valid_suffixes(fam.name)
   if n not in ok:
     unit = 'TensorCores (2 per chip)' if fam.counts_cores else 'chips'
     shown = ', '.join(map(str, ok[:8])) + (', ...' if len(ok) > 8 else '')
-    step = ('; above 64 a multiple of 128 (whole 64-chip cubes)' if fam.counts_cores else '')
-    raise ValueError(f'unknown accelerator type {text!r}: {fam.gcloud_prefix}-N counts {unit}; '
-                     f'valid N are {shown}{step}, at most {ok[-1]}')
+    step = '; above 64 a multiple of 128 (whole 64-chip cubes)' if fam.counts_cores else ''
+    raise ValueError(
+        f'unknown accelerator type {text!r}: {fam.gcloud_prefix}-N counts {unit}; '
+        f'valid N are {shown}{step}, at most {ok[-1]}'
+    )
   chips = n // 2 if fam.counts_cores else n
   if fam.counts_cores:
-    hosts = max(1, chips // 4)              # 4 chips per v4 / v5p host
+    hosts = max(1, chips // 4)  # 4 chips per v4 / v5p host
   else:
     hosts = 1 if chips <= 8 else chips // 4  # 1-8 chips: one VM; larger: 4-chip VMs
   return Accelerator(fam, n, chips, hosts)
@@ -156,8 +164,13 @@ class Command(list):
   ``skip_if_found`` command runs (reuse an existing VM); ``wait_for``: rerun until its stdout
   equals this value (a queued resource becoming ACTIVE)."""
 
-  def __init__(self, argv: Sequence[str], probe: bool = False, skip_if_found: bool = False,
-               wait_for: Optional[str] = None):
+  def __init__(
+      self,
+      argv: Sequence[str],
+      probe: bool = False,
+      skip_if_found: bool = False,
+      wait_for: Optional[str] = None,
+  ):
     super().__init__(str(a) for a in argv)
     self.probe = probe
     self.skip_if_found = skip_if_found
@@ -172,8 +185,19 @@ def _where(args) -> list[str]:
 
 
 def _ssh(args, worker: str, remote: str) -> Command:
-  return Command(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', args.name, *_where(args),
-                  f'--worker={worker}', f'--command={remote}'])
+  return Command(
+      [
+          'gcloud',
+          'compute',
+          'tpus',
+          'tpu-vm',
+          'ssh',
+          args.name,
+          *_where(args),
+          f'--worker={worker}',
+          f'--command={remote}',
+      ]
+  )
 
 
 def tarball_path(args) -> str:
@@ -196,16 +220,18 @@ def install_command(args) -> str:
   return ' && '.join(steps)
 
 
-GCSFUSE_INSTALL = ' && '.join([
-    'export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s)',
-    'echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] '
-    'https://packages.cloud.google.com/apt $GCSFUSE_REPO main" '
-    '| sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null',
-    'curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg '
-    '| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null',
-    'sudo apt-get update -qq',
-    'sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse gcsfuse',
-])
+GCSFUSE_INSTALL = ' && '.join(
+    [
+        'export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s)',
+        'echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] '
+        'https://packages.cloud.google.com/apt $GCSFUSE_REPO main" '
+        '| sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null',
+        'curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg '
+        '| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null',
+        'sudo apt-get update -qq',
+        'sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse gcsfuse',
+    ]
+)
 
 
 def plan_up(args) -> list[Command]:
@@ -218,26 +244,69 @@ def plan_up(args) -> list[Command]:
     base = ['gcloud', 'compute', 'tpus', 'queued-resources']
     cmds = [
         Command(base + ['describe', args.name, *_where(args)], probe=True),
-        Command(base + ['create', args.name, f'--node-id={args.name}', *_where(args),
-                        f'--accelerator-type={acc.gcloud_type}', f'--runtime-version={version}',
-                        *spot], skip_if_found=True),
-        Command(base + ['describe', args.name, *_where(args), '--format=value(state.state)'],
-                wait_for='ACTIVE'),
+        Command(
+            base
+            + [
+                'create',
+                args.name,
+                f'--node-id={args.name}',
+                *_where(args),
+                f'--accelerator-type={acc.gcloud_type}',
+                f'--runtime-version={version}',
+                *spot,
+            ],
+            skip_if_found=True,
+        ),
+        Command(
+            base + ['describe', args.name, *_where(args), '--format=value(state.state)'],
+            wait_for='ACTIVE',
+        ),
     ]
   else:
     base = ['gcloud', 'compute', 'tpus', 'tpu-vm']
     cmds = [
         Command(base + ['describe', args.name, *_where(args)], probe=True),
-        Command(base + ['create', args.name, *_where(args),
-                        f'--accelerator-type={acc.gcloud_type}', f'--version={version}', *spot],
-                skip_if_found=True),
+        Command(
+            base
+            + [
+                'create',
+                args.name,
+                *_where(args),
+                f'--accelerator-type={acc.gcloud_type}',
+                f'--version={version}',
+                *spot,
+            ],
+            skip_if_found=True,
+        ),
     ]
   tar = tarball_path(args)
   cmds += [
-      Command(['git', '-C', str(REPO), 'archive', '--format=tar.gz', f'--prefix={REMOTE_DIR}/',
-               '-o', tar, 'HEAD']),
-      Command(['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', tar,
-               f'{args.name}:{REMOTE_DIR}.tar.gz', *_where(args), '--worker=all']),
+      Command(
+          [
+              'git',
+              '-C',
+              str(REPO),
+              'archive',
+              '--format=tar.gz',
+              f'--prefix={REMOTE_DIR}/',
+              '-o',
+              tar,
+              'HEAD',
+          ]
+      ),
+      Command(
+          [
+              'gcloud',
+              'compute',
+              'tpus',
+              'tpu-vm',
+              'scp',
+              tar,
+              f'{args.name}:{REMOTE_DIR}.tar.gz',
+              *_where(args),
+              '--worker=all',
+          ]
+      ),
       _ssh(args, 'all', install_command(args)),
   ]
   if args.gcsfuse:
@@ -246,7 +315,7 @@ def plan_up(args) -> list[Command]:
 
 
 def _bucket(workdir: str) -> str:
-  return workdir[len('gs://'):].split('/', 1)[0]
+  return workdir[len('gs://') :].split('/', 1)[0]
 
 
 def _mounted(text: str, bucket: str) -> str:
@@ -260,7 +329,7 @@ def _q(word: str) -> str:
   if shlex.quote(word) == word:
     return word
   m = re.fullmatch(r'(--[A-Za-z0-9_-]+=)(.*)', word, re.S)
-  if m:                                   # --flag="value": quote the value only
+  if m:  # --flag="value": quote the value only
     return m.group(1) + _q(m.group(2))
   if not set(word) & set('$`"\\!'):
     return f'"{word}"'
@@ -292,8 +361,10 @@ def _env(args) -> str:
 def mount_command(args) -> str:
   bucket = _bucket(args.workdir)
   mnt = f'{GCS_MOUNT_ROOT}/{bucket}'
-  return (f'(mountpoint -q {mnt} || (sudo mkdir -p {mnt} && sudo chown "$(id -u):$(id -g)" '
-          f'{mnt} && gcsfuse --implicit-dirs --rename-dir-limit=200000 {bucket} {mnt}))')
+  return (
+      f'(mountpoint -q {mnt} || (sudo mkdir -p {mnt} && sudo chown "$(id -u):$(id -g)" '
+      f'{mnt} && gcsfuse --implicit-dirs --rename-dir-limit=200000 {bucket} {mnt}))'
+  )
 
 
 def run_command(args) -> str:
@@ -318,10 +389,26 @@ def plan_logs(args) -> list[Command]:
 
 def plan_down(args) -> list[Command]:
   if args.queued:
-    return [Command(['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', args.name,
-                     *_where(args), '--force', '--quiet'])]
-  return [Command(['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', args.name, *_where(args),
-                   '--quiet'])]
+    return [
+        Command(
+            [
+                'gcloud',
+                'compute',
+                'tpus',
+                'queued-resources',
+                'delete',
+                args.name,
+                *_where(args),
+                '--force',
+                '--quiet',
+            ]
+        )
+    ]
+  return [
+      Command(
+          ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', args.name, *_where(args), '--quiet']
+      )
+  ]
 
 
 def xpk_command(args) -> str:
@@ -334,11 +421,23 @@ def xpk_command(args) -> str:
 
 
 def plan_xpk(args) -> list[Command]:
-  argv = ['xpk', 'workload', 'create', '--cluster', args.cluster, '--workload', args.name,
-          '--tpu-type', args.accelerator.gcloud_type, '--num-slices', '1', *_where(args)]
+  argv = [
+      'xpk',
+      'workload',
+      'create',
+      '--cluster',
+      args.cluster,
+      '--workload',
+      args.name,
+      '--tpu-type',
+      args.accelerator.gcloud_type,
+      '--num-slices',
+      '1',
+      *_where(args),
+  ]
   if args.docker_image:
     argv += ['--docker-image', args.docker_image]
-  else:   # xpk layers --script-dir onto the base image and runs the command inside it
+  else:  # xpk layers --script-dir onto the base image and runs the command inside it
     argv += ['--base-docker-image', 'python:3.11', '--script-dir', str(REPO)]
   argv += ['--command', xpk_command(args)]
   return [Command(argv)]
@@ -357,42 +456,77 @@ def _accelerator_arg(text: str) -> Accelerator:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(prog='launch_tpu.py', description=__doc__.split('\n\n')[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                               epilog='See docs/tpu_pod.md for the paper\'s runs end to end.')
+  ap = argparse.ArgumentParser(
+      prog='launch_tpu.py',
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="See docs/tpu_pod.md for the paper's runs end to end.",
+  )
   ap.add_argument('verb', choices=VERBS, help='what to do')
   ap.add_argument('--name', required=True, help='TPU VM / queued resource / workload name')
   ap.add_argument('--zone', required=True, help='e.g. us-east5-a')
   ap.add_argument('--project', default=None, help='GCP project (default: gcloud config)')
-  ap.add_argument('--accelerator_type', type=_accelerator_arg, default=None, dest='accelerator',
-                  metavar='TYPE', help='v4-N, v5p-N, v5litepod-N / v5e-N, v6e-N '
-                  '(needed by up, run, xpk)')
-  ap.add_argument('--runtime_version', default=None,
-                  help='TPU VM image (default per family, e.g. v2-alpha-tpuv5 for v5p)')
-  ap.add_argument('--queued', action='store_true',
-                  help='up/down: a queued resource instead of a plain TPU VM create/delete')
+  ap.add_argument(
+      '--accelerator_type',
+      type=_accelerator_arg,
+      default=None,
+      dest='accelerator',
+      metavar='TYPE',
+      help='v4-N, v5p-N, v5litepod-N / v5e-N, v6e-N ' '(needed by up, run, xpk)',
+  )
+  ap.add_argument(
+      '--runtime_version',
+      default=None,
+      help='TPU VM image (default per family, e.g. v2-alpha-tpuv5 for v5p)',
+  )
+  ap.add_argument(
+      '--queued',
+      action='store_true',
+      help='up/down: a queued resource instead of a plain TPU VM create/delete',
+  )
   ap.add_argument('--spot', action='store_true', help='up: Spot capacity')
-  ap.add_argument('--python', default='python3.11',
-                  help='up: interpreter for the workers\' virtualenv (compfn needs 3.11)')
-  ap.add_argument('--gin_file', action='append', default=[],
-                  help='run/xpk: gin file relative to the repository root (repeatable)')
-  ap.add_argument('--gin_param', action='append', default=[],
-                  help='run/xpk: gin binding (repeatable)')
-  ap.add_argument('--workdir', default=None,
-                  help='run/xpk: output folder; gs://BUCKET/... (required on multi-host slices)')
-  ap.add_argument('--gcsfuse', action='store_true',
-                  help='up: install Cloud Storage FUSE; run: mount the workdir\'s bucket at '
-                  f'{GCS_MOUNT_ROOT}/BUCKET on every worker and pass that path to compfn-train; '
-                  'xpk: rewrite the paths only (the pods must mount the bucket there)')
-  ap.add_argument('--log_file', default=DEFAULT_LOG,
-                  help='run/logs: log file in each worker\'s home directory')
+  ap.add_argument(
+      '--python',
+      default='python3.11',
+      help="up: interpreter for the workers' virtualenv (compfn needs 3.11)",
+  )
+  ap.add_argument(
+      '--gin_file',
+      action='append',
+      default=[],
+      help='run/xpk: gin file relative to the repository root (repeatable)',
+  )
+  ap.add_argument(
+      '--gin_param', action='append', default=[], help='run/xpk: gin binding (repeatable)'
+  )
+  ap.add_argument(
+      '--workdir',
+      default=None,
+      help='run/xpk: output folder; gs://BUCKET/... (required on multi-host slices)',
+  )
+  ap.add_argument(
+      '--gcsfuse',
+      action='store_true',
+      help="up: install Cloud Storage FUSE; run: mount the workdir's bucket at "
+      f'{GCS_MOUNT_ROOT}/BUCKET on every worker and pass that path to compfn-train; '
+      'xpk: rewrite the paths only (the pods must mount the bucket there)',
+  )
+  ap.add_argument(
+      '--log_file', default=DEFAULT_LOG, help="run/logs: log file in each worker's home directory"
+  )
   ap.add_argument('--worker', default='0', help='logs: worker index or "all" (default 0)')
   ap.add_argument('--cluster', default=None, help='xpk: the GKE cluster')
-  ap.add_argument('--docker_image', default=None,
-                  help='xpk: an image with compfn installed (default: python:3.11 + this repo, '
-                  'installed at start)')
-  ap.add_argument('--dry_run', action='store_true',
-                  help='print the commands (one per line, shell-quoted) and run nothing')
+  ap.add_argument(
+      '--docker_image',
+      default=None,
+      help='xpk: an image with compfn installed (default: python:3.11 + this repo, '
+      'installed at start)',
+  )
+  ap.add_argument(
+      '--dry_run',
+      action='store_true',
+      help='print the commands (one per line, shell-quoted) and run nothing',
+  )
   return ap
 
 
@@ -403,8 +537,10 @@ _ZONE = re.compile(r'[a-z]+-[a-z]+[0-9]+-[a-z]')
 def validate(ap: argparse.ArgumentParser, args) -> None:
   """argparse errors (exit 2, one line) for everything a command would get wrong."""
   if not _NAME.fullmatch(args.name):
-    ap.error(f'--name {args.name!r}: use lowercase letters, digits and hyphens, starting with a '
-             f'letter (at most 63 characters)')
+    ap.error(
+        f'--name {args.name!r}: use lowercase letters, digits and hyphens, starting with a '
+        f'letter (at most 63 characters)'
+    )
   if not _ZONE.fullmatch(args.zone):
     ap.error(f'--zone {args.zone!r} is not a zone name (e.g. us-east5-a)')
   verb = args.verb
@@ -415,16 +551,25 @@ def validate(ap: argparse.ArgumentParser, args) -> None:
       ap.error(f'{verb} needs at least one --gin_file (e.g. gin/experiments/stage1_rft.gin)')
     for f in args.gin_file:
       if os.path.isabs(f) or not (REPO / f).is_file():
-        ap.error(f'--gin_file {f}: no such file in the repository (paths are relative to '
-                 f'{REPO}, which is what runs on the workers)')
+        ap.error(
+            f'--gin_file {f}: no such file in the repository (paths are relative to '
+            f'{REPO}, which is what runs on the workers)'
+        )
     multi = args.accelerator.multi_host
     if args.workdir is None and (multi or verb == 'xpk'):
-      ap.error(f'--workdir gs://BUCKET/... is required: {args.accelerator.describe()} needs a '
-               f'workdir every host shares')
-    if args.workdir is not None and not args.workdir.startswith('gs://') and (
-        multi or verb == 'xpk'):
-      ap.error(f'--workdir {args.workdir}: {args.accelerator.describe()} needs a workdir every '
-               f'host shares; use gs://BUCKET/...')
+      ap.error(
+          f'--workdir gs://BUCKET/... is required: {args.accelerator.describe()} needs a '
+          f'workdir every host shares'
+      )
+    if (
+        args.workdir is not None
+        and not args.workdir.startswith('gs://')
+        and (multi or verb == 'xpk')
+    ):
+      ap.error(
+          f'--workdir {args.workdir}: {args.accelerator.describe()} needs a workdir every '
+          f'host shares; use gs://BUCKET/...'
+      )
     if args.gcsfuse and not (args.workdir or '').startswith('gs://'):
       ap.error('--gcsfuse needs --workdir gs://BUCKET/...')
     if args.workdir and args.workdir.startswith('gs://') and not _bucket(args.workdir):
@@ -436,8 +581,10 @@ def validate(ap: argparse.ArgumentParser, args) -> None:
     if not args.worker.isdigit():
       ap.error(f'--worker {args.worker!r}: a worker index or "all"')
     if args.accelerator is not None and int(args.worker) >= args.accelerator.hosts:
-      ap.error(f'--worker {args.worker}: {args.accelerator.describe()} has workers 0..'
-               f'{args.accelerator.hosts - 1}')
+      ap.error(
+          f'--worker {args.worker}: {args.accelerator.describe()} has workers 0..'
+          f'{args.accelerator.hosts - 1}'
+      )
   if args.queued and verb not in ('up', 'down'):
     ap.error('--queued applies to up and down')
 
@@ -459,16 +606,22 @@ def execute(cmds: Sequence[Command], dry_run: bool, out=sys.stdout) -> int:
       continue
     try:
       if c.probe:
-        found = subprocess.run(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               check=False).returncode == 0
+        found = (
+            subprocess.run(
+                c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+            ).returncode
+            == 0
+        )
       elif c.wait_for is not None:
         while True:
           state = subprocess.run(c, capture_output=True, text=True, check=True).stdout.strip()
           if state == c.wait_for:
             break
           if state in ('FAILED', 'SUSPENDED'):
-            raise SystemExit(f'launch_tpu.py: queued resource is {state}; see '
-                             f'`gcloud compute tpus queued-resources describe`')
+            raise SystemExit(
+                f'launch_tpu.py: queued resource is {state}; see '
+                f'`gcloud compute tpus queued-resources describe`'
+            )
           print(f'  state {state or "?"}; waiting for {c.wait_for}', file=sys.stderr, flush=True)
           time.sleep(30)
       else:
@@ -482,14 +635,19 @@ def execute(cmds: Sequence[Command], dry_run: bool, out=sys.stdout) -> int:
 
 def _warn_dirty() -> None:
   try:
-    dirty = subprocess.run(['git', '-C', str(REPO), 'status', '--porcelain',
-                            '--untracked-files=no'], capture_output=True, text=True,
-                           check=False).stdout.strip()
+    dirty = subprocess.run(
+        ['git', '-C', str(REPO), 'status', '--porcelain', '--untracked-files=no'],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
   except FileNotFoundError:
     return
   if dirty:
-    print('launch_tpu.py: note: uncommitted changes are not shipped (git archive HEAD)',
-          file=sys.stderr)
+    print(
+        'launch_tpu.py: note: uncommitted changes are not shipped (git archive HEAD)',
+        file=sys.stderr,
+    )
 
 
 def main(argv=None) -> int:

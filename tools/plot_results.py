@@ -21,6 +21,7 @@ def replot(workdir: str, out: str | None = None, title: str | None = None) -> di
   from compfn import evaluate as E
   from compfn import experiment
   from compfn import workdir as W
+
   out = out or workdir
   results_path = W.join(workdir, 'results.json')
   if not W.exists(results_path):
@@ -30,7 +31,7 @@ def replot(workdir: str, out: str | None = None, title: str | None = None) -> di
   evals = {}
   for name, summary in stages.items():
     path = W.join(workdir, name, 'eval.json')
-    if summary.get('passed') is None and W.exists(path):       # gates carry 'passed'
+    if summary.get('passed') is None and W.exists(path):  # gates carry 'passed'
       evals[name] = E.EvalResult.from_json(W.read_json(path)['result'])
   paths = {}
   if evals:

@@ -9,22 +9,31 @@ Re-exports (imported lazily, so ``import compfn.data`` stays cheap):
 
 CLI: ``compfn-data`` (:mod:`compfn.data.build`).
 """
+
 import importlib
 
 _EXPORTS = {
-    'StringTask': 'strings_tfds', 'StringTrace': 'strings_tfds',
-    'config_from_name': 'strings_tfds', 'named_configs': 'strings_tfds',
-    'prepare': 'strings_tfds', 'default_data_dir': 'strings_tfds',
-    'decode_record': 'strings_tfds', 'generate_records': 'strings_tfds',
-    'string_source': 'pipeline', 'make_dataset': 'pipeline', 'collate': 'pipeline',
-    'write_jsonl': 'pipeline', 'read_jsonl': 'pipeline', 'iter_jsonl': 'pipeline',
+    'StringTask': 'strings_tfds',
+    'StringTrace': 'strings_tfds',
+    'config_from_name': 'strings_tfds',
+    'named_configs': 'strings_tfds',
+    'prepare': 'strings_tfds',
+    'default_data_dir': 'strings_tfds',
+    'decode_record': 'strings_tfds',
+    'generate_records': 'strings_tfds',
+    'string_source': 'pipeline',
+    'make_dataset': 'pipeline',
+    'collate': 'pipeline',
+    'write_jsonl': 'pipeline',
+    'read_jsonl': 'pipeline',
+    'iter_jsonl': 'pipeline',
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        module = importlib.import_module(f'compfn.data.{_EXPORTS[name]}')
-        return getattr(module, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  if name in _EXPORTS:
+    module = importlib.import_module(f'compfn.data.{_EXPORTS[name]}')
+    return getattr(module, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

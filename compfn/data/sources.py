@@ -22,6 +22,7 @@ Example (trace format, MINIATURE.md)::
     {'prompt': "func_3(func_1('abc',2))=", 'target': ";func_1('abc',2)=abcabc;...",
      'ref': 'aabbcc', 'level': 2, 'group': 'train', 'input': 'abc', ...}
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ from compfn.tasks.strings import functions as F
 from compfn.tasks.strings import generic as G
 from compfn.tasks.strings import generator as Gen
 
-__all__ = ['trace_records', 'tfds_records', 'countdown_records', 'jsonl_records', 'mix',
-           'resolve_functions', 'LazyRecords']
+__all__ = [
+    'trace_records',
+    'tfds_records',
+    'countdown_records',
+    'jsonl_records',
+    'mix',
+    'resolve_functions',
+    'LazyRecords',
+]
 
 
 class LazyRecords(Sequence):
@@ -91,8 +99,10 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
     elif f in G.GENERIC_FUNCTIONS or f in gen_id:
       fam, n = 'generic', gen_id.get(f, f)
     else:
-      raise ValueError(f'unknown function {f!r}: use a name or id of the 25 functions, a '
-                       "generic gen_k, or one of 'train', 'heldout', 'all', 'generic'")
+      raise ValueError(
+          f'unknown function {f!r}: use a name or id of the 25 functions, a '
+          "generic gen_k, or one of 'train', 'heldout', 'all', 'generic'"
+      )
     if family not in (None, fam):
       raise ValueError('cannot mix paper and generic functions in one trace source')
     family = fam
@@ -101,10 +111,19 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
 
 
 @gin.configurable
-def trace_records(functions='train', min_level: int = 1, max_level: int = 1, num: int = 1024,
-                  seed: int = 0, inputs: str = 'train', input_len=(3, 6),
-                  max_chars: Optional[int] = None, group: Optional[str] = None,
-                  input_mix: float = 0.0, drop_shortcuts: bool = False) -> LazyRecords:
+def trace_records(
+    functions='train',
+    min_level: int = 1,
+    max_level: int = 1,
+    num: int = 1024,
+    seed: int = 0,
+    inputs: str = 'train',
+    input_len=(3, 6),
+    max_chars: Optional[int] = None,
+    group: Optional[str] = None,
+    input_mix: float = 0.0,
+    drop_shortcuts: bool = False,
+) -> LazyRecords:
   """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records.
 
   ``drop_shortcuts`` removes chains that a non-composing answer solves (the generator's
@@ -114,40 +133,101 @@ def trace_records(functions='train', min_level: int = 1, max_level: int = 1, num
   family, names = resolve_functions(functions)
   label = group if group is not None else (functions if isinstance(functions, str) else 'custom')
   desc = f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}'
-  return LazyRecords(lambda: _trace(family, names, min_level, max_level, num, seed, inputs,
-                                    input_len, max_chars, label, input_mix, drop_shortcuts, desc),
-                     desc)
+  return LazyRecords(
+      lambda: _trace(
+          family,
+          names,
+          min_level,
+          max_level,
+          num,
+          seed,
+          inputs,
+          input_len,
+          max_chars,
+          label,
+          input_mix,
+          drop_shortcuts,
+          desc,
+      ),
+      desc,
+  )
 
 
-def _trace(family, names, min_level, max_level, num, seed, inputs, input_len, max_chars, label,
-           input_mix=0.0, drop_shortcuts=False, desc=''):
+def _trace(
+    family,
+    names,
+    min_level,
+    max_level,
+    num,
+    seed,
+    inputs,
+    input_len,
+    max_chars,
+    label,
+    input_mix=0.0,
+    drop_shortcuts=False,
+    desc='',
+):
   stats = {}
-  probs = Gen.generate_trace(names, min_level, max_level, num, seed=seed, family=family,
-                             input_len=tuple(input_len), inputs=inputs, max_chars=max_chars,
-                             input_mix=input_mix, drop_shortcuts=drop_shortcuts, stats=stats)
+  probs = Gen.generate_trace(
+      names,
+      min_level,
+      max_level,
+      num,
+      seed=seed,
+      family=family,
+      input_len=tuple(input_len),
+      inputs=inputs,
+      max_chars=max_chars,
+      input_mix=input_mix,
+      drop_shortcuts=drop_shortcuts,
+      stats=stats,
+  )
   if drop_shortcuts:
     dropped = sum(stats['shortcuts'].values())
-    print(f'[{desc}] dropped {dropped:,} shortcut-solvable chains of {stats["attempts"]:,} drawn '
-          f'({", ".join(f"{k} {v:,}" for k, v in stats["shortcuts"].items())})', flush=True)
+    print(
+        f'[{desc}] dropped {dropped:,} shortcut-solvable chains of {stats["attempts"]:,} drawn '
+        f'({", ".join(f"{k} {v:,}" for k, v in stats["shortcuts"].items())})',
+        flush=True,
+    )
   if len(probs) < num - num % max(max_level - min_level + 1, 1):
-    print(f'[{desc}] only {len(probs):,} of {num:,} problems could be made (max_chars / '
-          'dedup / shortcut filters)', flush=True)
-  return [{'prompt': p.prompt, 'target': p.target, 'ref': p.answer, 'level': p.level,
-           'group': label, 'input': p.input, 'functions': list(p.functions),
-           'sample_prompt': p.prompt, 'train_prompt': p.prompt} for p in probs]
+    print(
+        f'[{desc}] only {len(probs):,} of {num:,} problems could be made (max_chars / '
+        'dedup / shortcut filters)',
+        flush=True,
+    )
+  return [
+      {
+          'prompt': p.prompt,
+          'target': p.target,
+          'ref': p.answer,
+          'level': p.level,
+          'group': label,
+          'input': p.input,
+          'functions': list(p.functions),
+          'sample_prompt': p.prompt,
+          'train_prompt': p.prompt,
+      }
+      for p in probs
+  ]
 
 
 @gin.configurable
-def tfds_records(config: str = 'stage2_test_L1to8', data_dir: Optional[str] = None,
-                 limit: Optional[int] = None, hidden_prompt_for_training: bool = True,
-                 group: str = '') -> LazyRecords:
+def tfds_records(
+    config: str = 'stage2_test_L1to8',
+    data_dir: Optional[str] = None,
+    limit: Optional[int] = None,
+    hidden_prompt_for_training: bool = True,
+    group: str = '',
+) -> LazyRecords:
   """Records of a string-task / trace TFDS config (built on first use, then read back).
 
   String-task records carry the paper's prompt as ``prompt``/``sample_prompt`` and the
   definitions-hidden prompt (stage 1) as ``train_prompt`` when ``hidden_prompt_for_training``;
   ``ref`` is the reference output."""
-  return LazyRecords(lambda: _tfds(config, data_dir, limit, hidden_prompt_for_training, group),
-                     f'tfds {config}')
+  return LazyRecords(
+      lambda: _tfds(config, data_dir, limit, hidden_prompt_for_training, group), f'tfds {config}'
+  )
 
 
 def _prepare_once(mod, config, data_dir, name):
@@ -155,6 +235,7 @@ def _prepare_once(mod, config, data_dir, name):
   process finds it prepared (a shared ``data_dir``: a no-op) or, when its ``data_dir`` is a local
   disk, builds the same deterministic data itself."""
   from compfn import workdir as W
+
   if W.is_lead():
     mod.prepare(config, data_dir, progress=True)
   W.barrier(name)
@@ -164,29 +245,46 @@ def _prepare_once(mod, config, data_dir, name):
 
 def _tfds(config, data_dir, limit, hidden_prompt_for_training, group):
   from compfn.data import strings_tfds as S
+
   _prepare_once(S, config, data_dir, f'tfds:{config}')
   src = S.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
   out = []
   for i in range(n):
     r = S.decode_record(src[i])
-    if 'target' in r:               # trace config
-      rec = {'prompt': r['prompt'], 'target': r['target'], 'ref': r['answer'],
-             'level': int(r['level']), 'group': group, 'sample_prompt': r['prompt'],
-             'train_prompt': r['prompt']}
+    if 'target' in r:  # trace config
+      rec = {
+          'prompt': r['prompt'],
+          'target': r['target'],
+          'ref': r['answer'],
+          'level': int(r['level']),
+          'group': group,
+          'sample_prompt': r['prompt'],
+          'train_prompt': r['prompt'],
+      }
     else:
       hidden = r.get('prompt_hidden') or r['prompt']
-      rec = {'prompt': r['prompt'], 'ref': r['output'], 'level': int(r['level']),
-             'group': group, 'sample_prompt': r['prompt'],
-             'train_prompt': hidden if hidden_prompt_for_training else r['prompt'],
-             'code': r.get('code'), 'input': r.get('input')}
+      rec = {
+          'prompt': r['prompt'],
+          'ref': r['output'],
+          'level': int(r['level']),
+          'group': group,
+          'sample_prompt': r['prompt'],
+          'train_prompt': hidden if hidden_prompt_for_training else r['prompt'],
+          'code': r.get('code'),
+          'input': r.get('input'),
+      }
     out.append(rec)
   return out
 
 
 @gin.configurable
-def countdown_records(config: str = 'L3', data_dir: Optional[str] = None,
-                      limit: Optional[int] = None, group: str = 'countdown') -> LazyRecords:
+def countdown_records(
+    config: str = 'L3',
+    data_dir: Optional[str] = None,
+    limit: Optional[int] = None,
+    group: str = 'countdown',
+) -> LazyRecords:
   """Countdown records: ``ref`` is ``'{"numbers": [...], "target": N}'`` (the evaluator's
   countdown task reads it)."""
   return LazyRecords(lambda: _countdown(config, data_dir, limit, group), f'countdown {config}')
@@ -194,6 +292,7 @@ def countdown_records(config: str = 'L3', data_dir: Optional[str] = None,
 
 def _countdown(config, data_dir, limit, group):
   from compfn.data import countdown_tfds as C
+
   _prepare_once(C, config, data_dir, f'tfds:countdown/{config}')
   src = C.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
@@ -201,25 +300,39 @@ def _countdown(config, data_dir, limit, group):
   for i in range(n):
     r = C.decode_record(src[i])
     ref = json.dumps({'numbers': [int(x) for x in r['numbers']], 'target': int(r['target'])})
-    out.append({'prompt': r['prompt'], 'ref': ref, 'level': int(r['level']), 'group': group,
-                'sample_prompt': r['prompt'], 'train_prompt': r['prompt']})
+    out.append(
+        {
+            'prompt': r['prompt'],
+            'ref': ref,
+            'level': int(r['level']),
+            'group': group,
+            'sample_prompt': r['prompt'],
+            'train_prompt': r['prompt'],
+        }
+    )
   return out
 
 
 @gin.configurable
 def jsonl_records(path: str = gin.REQUIRED) -> LazyRecords:
   from compfn.data import pipeline
+
   return LazyRecords(lambda: pipeline.read_jsonl(path), f'jsonl {path}')
 
 
 @gin.configurable
-def mix(parts: Sequence[Sequence[dict]] = gin.REQUIRED, counts: Optional[Sequence[int]] = None,
-        seed: int = 0) -> LazyRecords:
+def mix(
+    parts: Sequence[Sequence[dict]] = gin.REQUIRED,
+    counts: Optional[Sequence[int]] = None,
+    seed: int = 0,
+) -> LazyRecords:
   """Concatenate record lists, taking ``counts[i]`` records of part i (a deterministic sample
   without replacement when the part is larger, with wrap-around repetition when smaller).
   The trainer's data pipeline shuffles the result."""
-  return LazyRecords(lambda: _mix(parts, counts, seed),
-                     'mix(' + ', '.join(getattr(p, 'describe', 'list') for p in parts) + ')')
+  return LazyRecords(
+      lambda: _mix(parts, counts, seed),
+      'mix(' + ', '.join(getattr(p, 'describe', 'list') for p in parts) + ')',
+  )
 
 
 def _mix(parts, counts, seed):

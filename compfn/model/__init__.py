@@ -10,14 +10,44 @@ Lower level: ``apply`` (positions, segment ids, masks, KV cache; see
 ``params_from_hf`` / ``params_to_hf``, ``save_hf_folder``, ``ModelConfig`` / ``PRESETS`` /
 ``tiny``.
 """
+
 from compfn.model.config import PRESETS, ModelConfig, preset, tiny
-from compfn.model.hf_io import (CheckpointError, load, load_hf_folder, params_from_hf,
-                                params_to_hf, save_hf_folder)
-from compfn.model.transformer import (CACHE_AXES, KVCache, Transformer, apply, init_cache,
-                                      init_params, logits, param_logical_axes)
+from compfn.model.hf_io import (
+    CheckpointError,
+    load,
+    load_hf_folder,
+    params_from_hf,
+    params_to_hf,
+    save_hf_folder,
+)
+from compfn.model.transformer import (
+    CACHE_AXES,
+    KVCache,
+    Transformer,
+    apply,
+    init_cache,
+    init_params,
+    logits,
+    param_logical_axes,
+)
 
 __all__ = [
-    "PRESETS", "ModelConfig", "preset", "tiny", "CheckpointError", "load", "load_hf_folder",
-    "params_from_hf", "params_to_hf", "save_hf_folder", "CACHE_AXES", "KVCache", "Transformer",
-    "apply", "init_cache", "init_params", "logits", "param_logical_axes",
+    "PRESETS",
+    "ModelConfig",
+    "preset",
+    "tiny",
+    "CheckpointError",
+    "load",
+    "load_hf_folder",
+    "params_from_hf",
+    "params_to_hf",
+    "save_hf_folder",
+    "CACHE_AXES",
+    "KVCache",
+    "Transformer",
+    "apply",
+    "init_cache",
+    "init_params",
+    "logits",
+    "param_logical_axes",
 ]

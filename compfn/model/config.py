@@ -8,6 +8,7 @@ architecture (what an HF ``config.json`` says) and the runtime policy (dtypes, r
     >>> cfg = tiny("gemma2")                      # 2 layers, d_model 64, vocab 256: for tests
     >>> cfg = dataclasses.replace(cfg, remat="full")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,11 @@ from typing import Any, Mapping, Optional
 FAMILIES = ("llama", "qwen2", "gemma2")
 # HF model_type -> family. SmolLM2 is model_type "llama".
 MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2"}
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "gemma2": "Gemma2ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+}
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
@@ -35,6 +39,7 @@ class ModelConfig:
       attention and final logit soft-capping, sliding window on the layers whose
       ``layer_types`` entry is 'sliding_attention' (HF default: even layers).
   """
+
   family: str
   vocab_size: int
   d_model: int
@@ -53,22 +58,22 @@ class ModelConfig:
   rope_original_max_position_embeddings: int = 8192
   max_position_embeddings: int = 8192
   tie_word_embeddings: bool = False
-  qkv_bias: bool = False          # Qwen2: True
-  out_bias: bool = False          # Llama ``attention_bias=True`` biases q, k, v and o
+  qkv_bias: bool = False  # Qwen2: True
+  out_bias: bool = False  # Llama ``attention_bias=True`` biases q, k, v and o
   # Gemma 2.
   query_pre_attn_scalar: Optional[float] = None
   attn_logit_softcap: Optional[float] = None
   final_logit_softcap: Optional[float] = None
   sliding_window: Optional[int] = None
-  layer_types: Optional[tuple[str, ...]] = None   # per layer SLIDING / FULL; None = all full
+  layer_types: Optional[tuple[str, ...]] = None  # per layer SLIDING / FULL; None = all full
   # Special tokens (informational, for the sampler).
   bos_token_id: Optional[int] = None
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: Optional[int] = None
   # Runtime policy.
   param_dtype: str = "float32"
-  dtype: str = "float32"          # compute dtype; logits are always returned in float32
-  remat: str = "none"             # 'none' | 'full' | 'dots'
+  dtype: str = "float32"  # compute dtype; logits are always returned in float32
+  remat: str = "none"  # 'none' | 'full' | 'dots'
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -81,12 +86,14 @@ class ModelConfig:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; supported: {DTYPES}")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+          f"num_heads={self.num_heads} is not a multiple of " f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.layer_types is not None:
       if len(self.layer_types) != self.num_layers:
-        raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
-                         f"{self.num_layers} layers")
+        raise ValueError(
+            f"layer_types has {len(self.layer_types)} entries for " f"{self.num_layers} layers"
+        )
       bad = set(self.layer_types) - {SLIDING, FULL}
       if bad:
         raise ValueError(f"unknown layer_types {sorted(bad)}; supported: {SLIDING}, {FULL}")
@@ -124,8 +131,7 @@ class ModelConfig:
     return tuple(t == SLIDING for t in self.layer_types)
 
   def num_params(self) -> int:
-    d, h, k, hd, f = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
-                      self.mlp_dim)
+    d, h, k, hd, f = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim)
     per_layer = d * hd * (2 * h + 2 * k) + 3 * d * f + (4 if self.post_norms else 2) * d
     if self.qkv_bias or self.out_bias:
       per_layer += hd * (h + 2 * k)
@@ -148,36 +154,45 @@ class ModelConfig:
     if model_type not in MODEL_TYPES:
       raise ValueError(
           f"unknown model_type {model_type!r} (architectures {hf.get('architectures')}); "
-          f"supported model_types: {sorted(MODEL_TYPES)}")
+          f"supported model_types: {sorted(MODEL_TYPES)}"
+      )
     family = MODEL_TYPES[model_type]
     archs = hf.get("architectures") or [ARCHITECTURES[family]]
     if ARCHITECTURES[family] not in archs:
-      raise ValueError(f"unsupported architectures {archs} for model_type {model_type!r}; "
-                       f"supported: {ARCHITECTURES[family]}")
+      raise ValueError(
+          f"unsupported architectures {archs} for model_type {model_type!r}; "
+          f"supported: {ARCHITECTURES[family]}"
+      )
 
     def need(key):
       if hf.get(key) is None:
-        raise ValueError(f"HF config (model_type {model_type!r}) is missing required "
-                         f"field {key!r}")
+        raise ValueError(
+            f"HF config (model_type {model_type!r}) is missing required " f"field {key!r}"
+        )
       return hf[key]
 
     d_model = int(need("hidden_size"))
     num_heads = int(need("num_attention_heads"))
     num_layers = int(need("num_hidden_layers"))
     kw: dict[str, Any] = dict(
-        family=family, vocab_size=int(need("vocab_size")), d_model=d_model,
-        num_layers=num_layers, num_heads=num_heads,
+        family=family,
+        vocab_size=int(need("vocab_size")),
+        d_model=d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
         head_dim=int(hf.get("head_dim") or d_model // num_heads),
         mlp_dim=int(need("intermediate_size")),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings",
-                                        family == "gemma2")),
-        bos_token_id=hf.get("bos_token_id"), pad_token_id=hf.get("pad_token_id"))
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "gemma2")),
+        bos_token_id=hf.get("bos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+    )
     eos = hf.get("eos_token_id")
-    kw["eos_token_ids"] = tuple(eos) if isinstance(eos, (list, tuple)) else (
-        () if eos is None else (int(eos),))
+    kw["eos_token_ids"] = (
+        tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+    )
 
     # RoPE: v5 'rope_parameters' (includes rope_theta) or v4 'rope_theta' + 'rope_scaling'.
     rope = dict(hf.get("rope_parameters") or {})
@@ -185,8 +200,9 @@ class ModelConfig:
       rope = {**dict(hf["rope_scaling"]), **rope}
     theta = rope.get("rope_theta", hf.get("rope_theta"))
     if theta is None:
-      raise ValueError(f"HF config (model_type {model_type!r}) is missing required field "
-                       f"'rope_theta'")
+      raise ValueError(
+          f"HF config (model_type {model_type!r}) is missing required field " f"'rope_theta'"
+      )
     kw["rope_theta"] = float(theta)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
@@ -197,17 +213,17 @@ class ModelConfig:
         raise ValueError(f"rope scaling {rope_type!r} is missing required field 'factor'")
       kw["rope_factor"] = float(rope["factor"])
     if rope_type == "llama3":
-      for key, name in (("low_freq_factor", "rope_low_freq_factor"),
-                        ("high_freq_factor", "rope_high_freq_factor"),
-                        ("original_max_position_embeddings",
-                         "rope_original_max_position_embeddings")):
+      for key, name in (
+          ("low_freq_factor", "rope_low_freq_factor"),
+          ("high_freq_factor", "rope_high_freq_factor"),
+          ("original_max_position_embeddings", "rope_original_max_position_embeddings"),
+      ):
         if rope.get(key) is None:
           raise ValueError(f"rope scaling 'llama3' is missing required field {key!r}")
         kw[name] = rope[key]
       kw["rope_low_freq_factor"] = float(kw["rope_low_freq_factor"])
       kw["rope_high_freq_factor"] = float(kw["rope_high_freq_factor"])
-      kw["rope_original_max_position_embeddings"] = int(
-          kw["rope_original_max_position_embeddings"])
+      kw["rope_original_max_position_embeddings"] = int(kw["rope_original_max_position_embeddings"])
 
     if family == "llama":
       if hf.get("mlp_bias"):
@@ -228,8 +244,10 @@ class ModelConfig:
       if hf.get("attention_bias"):
         raise ValueError("gemma2 config with attention_bias=True is not supported")
       kw["query_pre_attn_scalar"] = float(need("query_pre_attn_scalar"))
-      for src, dst in (("attn_logit_softcapping", "attn_logit_softcap"),
-                       ("final_logit_softcapping", "final_logit_softcap")):
+      for src, dst in (
+          ("attn_logit_softcapping", "attn_logit_softcap"),
+          ("final_logit_softcapping", "final_logit_softcap"),
+      ):
         if hf.get(src) is not None:
           kw[dst] = float(hf[src])
       kw["sliding_window"] = int(need("sliding_window"))
@@ -249,18 +267,27 @@ class ModelConfig:
   def to_hf(self) -> dict[str, Any]:
     """HF ``config.json`` dict (transformers v4-style keys, which v5 also reads)."""
     hf: dict[str, Any] = dict(
-        architectures=[ARCHITECTURES[self.family]], model_type=self.family,
-        vocab_size=self.vocab_size, hidden_size=self.d_model,
-        intermediate_size=self.mlp_dim, num_hidden_layers=self.num_layers,
-        num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-        head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps,
+        architectures=[ARCHITECTURES[self.family]],
+        model_type=self.family,
+        vocab_size=self.vocab_size,
+        hidden_size=self.d_model,
+        intermediate_size=self.mlp_dim,
+        num_hidden_layers=self.num_layers,
+        num_attention_heads=self.num_heads,
+        num_key_value_heads=self.num_kv_heads,
+        head_dim=self.head_dim,
+        rms_norm_eps=self.rms_norm_eps,
         max_position_embeddings=self.max_position_embeddings,
-        tie_word_embeddings=self.tie_word_embeddings, rope_theta=self.rope_theta,
-        torch_dtype=self.param_dtype, bos_token_id=self.bos_token_id,
-        pad_token_id=self.pad_token_id)
+        tie_word_embeddings=self.tie_word_embeddings,
+        rope_theta=self.rope_theta,
+        torch_dtype=self.param_dtype,
+        bos_token_id=self.bos_token_id,
+        pad_token_id=self.pad_token_id,
+    )
     if self.eos_token_ids:
-      hf["eos_token_id"] = (self.eos_token_ids[0] if len(self.eos_token_ids) == 1
-                            else list(self.eos_token_ids))
+      hf["eos_token_id"] = (
+          self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
+      )
     if self.rope_type == "default":
       hf["rope_scaling"] = None
     else:
@@ -269,7 +296,8 @@ class ModelConfig:
         hf["rope_scaling"].update(
             low_freq_factor=self.rope_low_freq_factor,
             high_freq_factor=self.rope_high_freq_factor,
-            original_max_position_embeddings=self.rope_original_max_position_embeddings)
+            original_max_position_embeddings=self.rope_original_max_position_embeddings,
+        )
     if self.family == "llama":
       if self.qkv_bias != self.out_bias:
         raise ValueError("llama can only express qkv_bias == out_bias (attention_bias)")
@@ -277,45 +305,108 @@ class ModelConfig:
     elif self.family == "qwen2":
       hf.update(hidden_act="silu", use_sliding_window=False)
     else:
-      hf.update(hidden_activation="gelu_pytorch_tanh",
-                query_pre_attn_scalar=(int(self.query_pre_attn_scalar)
-                                       if float(self.query_pre_attn_scalar).is_integer()
-                                       else self.query_pre_attn_scalar),
-                attn_logit_softcapping=self.attn_logit_softcap,
-                final_logit_softcapping=self.final_logit_softcap,
-                sliding_window=self.sliding_window,
-                layer_types=list(self.layer_types) if self.layer_types else None)
+      hf.update(
+          hidden_activation="gelu_pytorch_tanh",
+          query_pre_attn_scalar=(
+              int(self.query_pre_attn_scalar)
+              if float(self.query_pre_attn_scalar).is_integer()
+              else self.query_pre_attn_scalar
+          ),
+          attn_logit_softcapping=self.attn_logit_softcap,
+          final_logit_softcapping=self.final_logit_softcap,
+          sliding_window=self.sliding_window,
+          layer_types=list(self.layer_types) if self.layer_types else None,
+      )
     return hf
 
 
 # Named presets: values from the public config.json of each model.
 PRESETS: dict[str, ModelConfig] = {
     "llama3_1_8b_instruct": ModelConfig(
-        family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
-        num_kv_heads=8, head_dim=128, mlp_dim=14336, rms_norm_eps=1e-5,
-        rope_theta=500000.0, rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
-        rope_high_freq_factor=4.0, rope_original_max_position_embeddings=8192,
-        max_position_embeddings=131072, tie_word_embeddings=False, bos_token_id=128000,
-        eos_token_ids=(128001, 128008, 128009), param_dtype="bfloat16", dtype="bfloat16"),
+        family="llama",
+        vocab_size=128256,
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=14336,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_type="llama3",
+        rope_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=8192,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009),
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+    ),
     "qwen2_5_7b_instruct": ModelConfig(
-        family="qwen2", vocab_size=152064, d_model=3584, num_layers=28, num_heads=28,
-        num_kv_heads=4, head_dim=128, mlp_dim=18944, rms_norm_eps=1e-6,
-        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=False,
-        qkv_bias=True, bos_token_id=151643, eos_token_ids=(151645,),
-        param_dtype="bfloat16", dtype="bfloat16"),
+        family="qwen2",
+        vocab_size=152064,
+        d_model=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        mlp_dim=18944,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        qkv_bias=True,
+        bos_token_id=151643,
+        eos_token_ids=(151645,),
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+    ),
     "gemma2_2b_it": ModelConfig(
-        family="gemma2", vocab_size=256000, d_model=2304, num_layers=26, num_heads=8,
-        num_kv_heads=4, head_dim=256, mlp_dim=9216, rms_norm_eps=1e-6, rope_theta=10000.0,
-        max_position_embeddings=8192, tie_word_embeddings=True, query_pre_attn_scalar=256.0,
-        attn_logit_softcap=50.0, final_logit_softcap=30.0, sliding_window=4096,
+        family="gemma2",
+        vocab_size=256000,
+        d_model=2304,
+        num_layers=26,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        mlp_dim=9216,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=256.0,
+        attn_logit_softcap=50.0,
+        final_logit_softcap=30.0,
+        sliding_window=4096,
         layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(26)),
-        bos_token_id=2, eos_token_ids=(1, 107), pad_token_id=0,
-        param_dtype="float32", dtype="float32"),
+        bos_token_id=2,
+        eos_token_ids=(1, 107),
+        pad_token_id=0,
+        param_dtype="float32",
+        dtype="float32",
+    ),
     "smollm2_135m_instruct": ModelConfig(
-        family="llama", vocab_size=49152, d_model=576, num_layers=30, num_heads=9,
-        num_kv_heads=3, head_dim=64, mlp_dim=1536, rms_norm_eps=1e-5, rope_theta=100000.0,
-        max_position_embeddings=8192, tie_word_embeddings=True, bos_token_id=1,
-        eos_token_ids=(2,), pad_token_id=2, param_dtype="bfloat16", dtype="bfloat16"),
+        family="llama",
+        vocab_size=49152,
+        d_model=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        mlp_dim=1536,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_ids=(2,),
+        pad_token_id=2,
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+    ),
 }
 
 
@@ -331,20 +422,41 @@ def tiny(family: str, **overrides) -> ModelConfig:
   llama: Llama 3.1 rope scaling (with a small original context so it bites at short
   positions); qwen2: qkv bias; gemma2: soft-caps and sliding window 4 (< test lengths).
   """
-  base = dict(family=family, vocab_size=256, d_model=64, num_layers=2, num_heads=4,
-              num_kv_heads=2, head_dim=16, mlp_dim=128, rms_norm_eps=1e-6,
-              max_position_embeddings=256, bos_token_id=1, eos_token_ids=(2,),
-              pad_token_id=0)
+  base = dict(
+      family=family,
+      vocab_size=256,
+      d_model=64,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=16,
+      mlp_dim=128,
+      rms_norm_eps=1e-6,
+      max_position_embeddings=256,
+      bos_token_id=1,
+      eos_token_ids=(2,),
+      pad_token_id=0,
+  )
   if family == "llama":
-    base.update(rope_theta=500000.0, rope_type="llama3", rope_factor=8.0,
-                rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
-                rope_original_max_position_embeddings=32)
+    base.update(
+        rope_theta=500000.0,
+        rope_type="llama3",
+        rope_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=32,
+    )
   elif family == "qwen2":
     base.update(rope_theta=1000000.0, qkv_bias=True)
   elif family == "gemma2":
-    base.update(tie_word_embeddings=True, query_pre_attn_scalar=16.0,
-                attn_logit_softcap=50.0, final_logit_softcap=30.0, sliding_window=4,
-                layer_types=(SLIDING, FULL))
+    base.update(
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=16.0,
+        attn_logit_softcap=50.0,
+        final_logit_softcap=30.0,
+        sliding_window=4,
+        layer_types=(SLIDING, FULL),
+    )
   else:
     raise ValueError(f"unknown model family {family!r}; supported: {FAMILIES}")
   base.update(overrides)

@@ -25,6 +25,7 @@ Name/shape mapping (per layer i; ``L`` = stacked scan axis, H heads, K kv heads,
 
 Every conversion is a transpose/reshape/stack, so import -> export is bitwise exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,13 @@ def _np_dtype(name: str):
 
 def _layer_map(config: ModelConfig):
   """[(hf suffix, (group, name), hf shape, to_ours, to_hf)] for one layer."""
-  d, h, k, hd, f = (config.d_model, config.num_heads, config.num_kv_heads, config.head_dim,
-                    config.mlp_dim)
+  d, h, k, hd, f = (
+      config.d_model,
+      config.num_heads,
+      config.num_kv_heads,
+      config.head_dim,
+      config.mlp_dim,
+  )
   attn = "model.layers.{}.self_attn."
   mlp = "model.layers.{}.mlp."
 
@@ -73,23 +79,33 @@ def _layer_map(config: ModelConfig):
       (attn + "q_proj.weight", ("attn", "wq"), (h * hd, d)) + proj_in(h),
       (attn + "k_proj.weight", ("attn", "wk"), (k * hd, d)) + proj_in(k),
       (attn + "v_proj.weight", ("attn", "wv"), (k * hd, d)) + proj_in(k),
-      (attn + "o_proj.weight", ("attn", "wo"), (d, h * hd),
-       lambda w: w.T.reshape(h, hd, d), lambda p: p.reshape(h * hd, d).T),
+      (
+          attn + "o_proj.weight",
+          ("attn", "wo"),
+          (d, h * hd),
+          lambda w: w.T.reshape(h, hd, d),
+          lambda p: p.reshape(h * hd, d).T,
+      ),
       (mlp + "gate_proj.weight", ("mlp", "wi_gate"), (f, d)) + trans,
       (mlp + "up_proj.weight", ("mlp", "wi_up"), (f, d)) + trans,
       (mlp + "down_proj.weight", ("mlp", "wo"), (d, f)) + trans,
   ]
   if config.qkv_bias:
-    rows += [(attn + "q_proj.bias", ("attn", "bq"), (h * hd,)) + bias(h),
-             (attn + "k_proj.bias", ("attn", "bk"), (k * hd,)) + bias(k),
-             (attn + "v_proj.bias", ("attn", "bv"), (k * hd,)) + bias(k)]
+    rows += [
+        (attn + "q_proj.bias", ("attn", "bq"), (h * hd,)) + bias(h),
+        (attn + "k_proj.bias", ("attn", "bk"), (k * hd,)) + bias(k),
+        (attn + "v_proj.bias", ("attn", "bv"), (k * hd,)) + bias(k),
+    ]
   if config.out_bias:
     rows.append((attn + "o_proj.bias", ("attn", "bo"), (d,)) + ident)
   norm = "model.layers.{}."
   if config.post_norms:
-    norms = [("input_layernorm", "pre_attn_norm"), ("post_attention_layernorm", "post_attn_norm"),
-             ("pre_feedforward_layernorm", "pre_mlp_norm"),
-             ("post_feedforward_layernorm", "post_mlp_norm")]
+    norms = [
+        ("input_layernorm", "pre_attn_norm"),
+        ("post_attention_layernorm", "post_attn_norm"),
+        ("pre_feedforward_layernorm", "pre_mlp_norm"),
+        ("post_feedforward_layernorm", "post_mlp_norm"),
+    ]
   else:
     norms = [("input_layernorm", "pre_attn_norm"), ("post_attention_layernorm", "pre_mlp_norm")]
   rows += [(norm + hf + ".weight", (ours, "scale"), (d,)) + ident for hf, ours in norms]
@@ -98,8 +114,10 @@ def _layer_map(config: ModelConfig):
 
 def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
   """Every HF tensor name the config implies, with its HF shape."""
-  shapes = {"model.embed_tokens.weight": (config.vocab_size, config.d_model),
-            "model.norm.weight": (config.d_model,)}
+  shapes = {
+      "model.embed_tokens.weight": (config.vocab_size, config.d_model),
+      "model.norm.weight": (config.d_model,),
+  }
   if not config.tie_word_embeddings:
     shapes["lm_head.weight"] = (config.vocab_size, config.d_model)
   for name, _, shape, _, _ in _layer_map(config):
@@ -129,13 +147,16 @@ def params_from_hf(config: ModelConfig, state_dict: Mapping[str, Any]) -> dict:
       parts.append(f"missing tensors: {_names_msg(missing)}")
     if unexpected:
       parts.append(f"unexpected tensors: {_names_msg(unexpected)}")
-    raise CheckpointError(f"checkpoint does not match the {config.family} config "
-                          f"({config.num_layers} layers): " + "; ".join(parts))
+    raise CheckpointError(
+        f"checkpoint does not match the {config.family} config "
+        f"({config.num_layers} layers): " + "; ".join(parts)
+    )
   for name, shape in expected.items():
     got = tuple(np.shape(sd[name]))
     if got != tuple(shape):
-      raise CheckpointError(f"tensor {name!r} has shape {got}, expected {tuple(shape)} "
-                            f"for this config")
+      raise CheckpointError(
+          f"tensor {name!r} has shape {got}, expected {tuple(shape)} " f"for this config"
+      )
   dtype = _np_dtype(config.param_dtype)
 
   def conv(x):
@@ -143,11 +164,13 @@ def params_from_hf(config: ModelConfig, state_dict: Mapping[str, Any]) -> dict:
 
   layers: dict[str, dict[str, np.ndarray]] = {}
   for name, (group, leaf), _, to_ours, _ in _layer_map(config):
-    stacked = np.stack([to_ours(np.asarray(sd[name.format(i)]))
-                        for i in range(config.num_layers)])
+    stacked = np.stack([to_ours(np.asarray(sd[name.format(i)])) for i in range(config.num_layers)])
     layers.setdefault(group, {})[leaf] = conv(stacked)
-  params = {"token_embed": conv(sd["model.embed_tokens.weight"]), "layers": layers,
-            "final_norm": {"scale": conv(sd["model.norm.weight"])}}
+  params = {
+      "token_embed": conv(sd["model.embed_tokens.weight"]),
+      "layers": layers,
+      "final_norm": {"scale": conv(sd["model.norm.weight"])},
+  }
   if not config.tie_word_embeddings:
     params["lm_head"] = conv(np.asarray(sd["lm_head.weight"]).T)
   return params
@@ -157,22 +180,28 @@ def params_to_hf(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:
   """Params pytree -> HF state dict (numpy, HF names and shapes; dtype kept). Exact inverse
   of ``params_from_hf``."""
   p = jax.tree_util.tree_map(np.asarray, params)
-  out = {"model.embed_tokens.weight": p["token_embed"],
-         "model.norm.weight": p["final_norm"]["scale"]}
+  out = {
+      "model.embed_tokens.weight": p["token_embed"],
+      "model.norm.weight": p["final_norm"]["scale"],
+  }
   if not config.tie_word_embeddings:
     out["lm_head.weight"] = p["lm_head"].T
   for name, (group, leaf), shape, _, to_hf in _layer_map(config):
     stacked = p["layers"][group][leaf]
     if stacked.shape[0] != config.num_layers:
-      raise CheckpointError(f"params layers/{group}/{leaf} has {stacked.shape[0]} layers, "
-                            f"config has {config.num_layers}")
+      raise CheckpointError(
+          f"params layers/{group}/{leaf} has {stacked.shape[0]} layers, "
+          f"config has {config.num_layers}"
+      )
     for i in range(config.num_layers):
       out[name.format(i)] = to_hf(stacked[i])
   out = {n: np.ascontiguousarray(t) for n, t in out.items()}
   for name, shape in hf_shapes(config).items():
     if out[name].shape != tuple(shape):
-      raise CheckpointError(f"params give tensor {name!r} shape {out[name].shape}, expected "
-                            f"{tuple(shape)} for this config")
+      raise CheckpointError(
+          f"params give tensor {name!r} shape {out[name].shape}, expected "
+          f"{tuple(shape)} for this config"
+      )
   return out
 
 
@@ -181,6 +210,7 @@ def params_to_hf(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:
 
 def _read_safetensors(file: str, names: Optional[list[str]] = None) -> dict[str, np.ndarray]:
   from safetensors import safe_open
+
   if not os.path.exists(file):
     raise CheckpointError(f"safetensors file not found: {file}")
   try:
@@ -189,15 +219,17 @@ def _read_safetensors(file: str, names: Optional[list[str]] = None) -> dict[str,
       if names is not None:
         absent = set(names) - set(keys)
         if absent:
-          raise CheckpointError(f"{file} lacks tensors its index assigns to it: "
-                                f"{_names_msg(absent)}")
+          raise CheckpointError(
+              f"{file} lacks tensors its index assigns to it: " f"{_names_msg(absent)}"
+          )
         keys = names
       return {k: f.get_tensor(k) for k in keys}
   except CheckpointError:
     raise
   except Exception as e:  # SafetensorError: bad header, truncated data, ...
-    raise CheckpointError(f"cannot read safetensors file {file} (corrupt or truncated?): "
-                          f"{type(e).__name__}: {e}") from e
+    raise CheckpointError(
+        f"cannot read safetensors file {file} (corrupt or truncated?): " f"{type(e).__name__}: {e}"
+    ) from e
 
 
 def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -223,8 +255,10 @@ def read_hf_state_dict(path: str) -> dict[str, np.ndarray]:
   if os.path.exists(single):
     return _read_safetensors(single)
   present = sorted(os.listdir(path)) if os.path.isdir(path) else []
-  raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path} (found: {present}); "
-                        f"only safetensors HF checkpoints are supported")
+  raise CheckpointError(
+      f"no {SINGLE_FILE} or {INDEX_FILE} in {path} (found: {present}); "
+      f"only safetensors HF checkpoints are supported"
+  )
 
 
 def read_hf_config(path: str) -> dict:
@@ -244,12 +278,14 @@ def load_hf_folder(path: str, **overrides) -> tuple[ModelConfig, dict]:
   return config, params_from_hf(config, read_hf_state_dict(path))
 
 
-def save_hf_folder(path: str, config: ModelConfig, params: Any,
-                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+def save_hf_folder(
+    path: str, config: ModelConfig, params: Any, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> list[str]:
   """Writes ``config.json`` and ``model.safetensors`` (or, above ``max_shard_bytes``,
   ``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``). Tensors keep the
   params' dtype. Returns the safetensors file names written."""
   from safetensors.numpy import save_file
+
   os.makedirs(path, exist_ok=True)
   sd = params_to_hf(config, params)
   hf = config.to_hf()
@@ -259,8 +295,7 @@ def save_hf_folder(path: str, config: ModelConfig, params: Any,
   with open(os.path.join(path, CONFIG_FILE), "w") as fh:
     json.dump(hf, fh, indent=2, sort_keys=True)
   for stale in os.listdir(path):  # a previous export's files must not mix with this one
-    if stale in (SINGLE_FILE, INDEX_FILE) or re.fullmatch(r"model-\d+-of-\d+\.safetensors",
-                                                           stale):
+    if stale in (SINGLE_FILE, INDEX_FILE) or re.fullmatch(r"model-\d+-of-\d+\.safetensors", stale):
       os.remove(os.path.join(path, stale))
   groups: list[dict[str, np.ndarray]] = [{}]
   size = 0
@@ -279,8 +314,10 @@ def save_hf_folder(path: str, config: ModelConfig, params: Any,
   for file, group in zip(files, groups):
     save_file(group, os.path.join(path, file), metadata=meta)
     weight_map.update({n: file for n in group})
-  index = {"metadata": {"total_size": int(sum(t.nbytes for t in sd.values()))},
-           "weight_map": weight_map}
+  index = {
+      "metadata": {"total_size": int(sum(t.nbytes for t in sd.values()))},
+      "weight_map": weight_map,
+  }
   with open(os.path.join(path, INDEX_FILE), "w") as fh:
     json.dump(index, fh, indent=2, sort_keys=True)
   return files
@@ -295,6 +332,7 @@ def load(path: str, *, device_put: bool = True, **overrides) -> tuple[ModelConfi
   path = os.fspath(path)
   if path.endswith(".gguf"):
     from compfn.model.gguf import gguf_to_hf  # lazy: only GGUF users need it
+
     hf_config, state_dict = gguf_to_hf(path)
     config = ModelConfig.from_hf(hf_config, **overrides)
     params = params_from_hf(config, state_dict)

@@ -82,6 +82,7 @@ Gemma 2's alternating local/global attention runs under ``nn.scan``: the per-lay
 'is sliding' flag (and the layer index, which selects the cache slice) is a scanned input, so
 all layers share one compiled body.
 """
+
 from __future__ import annotations
 
 import functools
@@ -107,9 +108,9 @@ CACHE_AXES = (LAYERS, BATCH, LENGTH, KV_HEADS, HEAD_DIM)
 
 @flax.struct.dataclass
 class KVCache:
-  k: Array      # [layers, B, max_len, kv_heads, head_dim]
-  v: Array      # [layers, B, max_len, kv_heads, head_dim]
-  pos: Array    # [B, max_len] int32; -1 = empty slot
+  k: Array  # [layers, B, max_len, kv_heads, head_dim]
+  v: Array  # [layers, B, max_len, kv_heads, head_dim]
+  pos: Array  # [B, max_len] int32; -1 = empty slot
   index: Array  # [B] int32; next slot to write
 
   @property
@@ -121,9 +122,12 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
   """An empty cache (all slots empty, ``index`` 0)."""
   dtype = jnp.dtype(dtype or config.dtype)
   shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                 pos=jnp.full((batch, max_len), -1, jnp.int32),
-                 index=jnp.zeros((batch,), jnp.int32))
+  return KVCache(
+      k=jnp.zeros(shape, dtype),
+      v=jnp.zeros(shape, dtype),
+      pos=jnp.full((batch, max_len), -1, jnp.int32),
+      index=jnp.zeros((batch,), jnp.int32),
+  )
 
 
 # ----------------------------------------------------------------------------------- RoPE
@@ -132,8 +136,7 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   """Inverse frequencies [head_dim // 2] f32, with 'linear' / Llama 3.1 ('llama3') scaling."""
   dim = config.head_dim
-  inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32)
-                                     / dim))
+  inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
   inv = inv.astype(np.float32)
   if config.rope_type == "linear":
     inv = inv / np.float32(config.rope_factor)
@@ -167,8 +170,9 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
 
 def _param(module: nn.Module, name: str, shape, axes, init=None):
   init = init or nn.initializers.normal(stddev=0.02)
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
-                      jnp.dtype(module.config.param_dtype))
+  return module.param(
+      name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(module.config.param_dtype)
+  )
 
 
 class RMSNorm(nn.Module):
@@ -246,8 +250,11 @@ class Attention(nn.Module):
       rows = jnp.arange(b, dtype=jnp.int32)[:, None]
       slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
       write = lambda buf, new: buf.at[layer, rows, slots].set(  # noqa: E731
-          new.astype(buf.dtype), indices_are_sorted=True, unique_indices=True,
-          mode="promise_in_bounds")
+          new.astype(buf.dtype),
+          indices_are_sorted=True,
+          unique_indices=True,
+          mode="promise_in_bounds",
+      )
       k_all = nn.with_logical_constraint(write(k_all, k), CACHE_AXES)
       v_all = nn.with_logical_constraint(write(v_all, v), CACHE_AXES)
       kv = (k_all, v_all)
@@ -277,17 +284,20 @@ class Mlp(nn.Module):
   def __call__(self, x):
     c = self.config
     dt = jnp.dtype(c.dtype)
-    gate = jnp.einsum("btd,df->btf", x,
-                      _param(self, "wi_gate", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt))
-    up = jnp.einsum("btd,df->btf", x,
-                    _param(self, "wi_up", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt))
+    gate = jnp.einsum(
+        "btd,df->btf", x, _param(self, "wi_gate", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
+    )
+    up = jnp.einsum(
+        "btd,df->btf", x, _param(self, "wi_up", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
+    )
     if c.activation == "silu":
       act = jax.nn.silu(gate)
     else:
       act = jax.nn.gelu(gate, approximate=True)
     hid = nn.with_logical_constraint(act * up, (BATCH, LENGTH, MLP))
-    return jnp.einsum("btf,fd->btd", hid,
-                      _param(self, "wo", (c.mlp_dim, c.d_model), (MLP, EMBED)).astype(dt))
+    return jnp.einsum(
+        "btf,fd->btd", hid, _param(self, "wo", (c.mlp_dim, c.d_model), (MLP, EMBED)).astype(dt)
+    )
 
 
 class Block(nn.Module):
@@ -295,6 +305,7 @@ class Block(nn.Module):
 
   The carry is ``(x, kv)``: the residual stream and the whole KV cache ``(k, v)`` (or None), so
   a cached step updates the cache in place instead of slicing it in and stacking it out."""
+
   config: ModelConfig
 
   @nn.compact
@@ -327,18 +338,25 @@ _REMAT_POLICIES = {
 class Transformer(nn.Module):
   """``__call__(tokens, positions, segment_ids, attn_mask, cache, logits_index,
   return_hidden) -> (logits f32 | pre-norm hidden states, cache)``."""
+
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: Array, positions: Array, segment_ids: Optional[Array] = None,
-               attn_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
-               logits_index: Optional[Array] = None, return_hidden: bool = False):
+  def __call__(
+      self,
+      tokens: Array,
+      positions: Array,
+      segment_ids: Optional[Array] = None,
+      attn_mask: Optional[Array] = None,
+      cache: Optional[KVCache] = None,
+      logits_index: Optional[Array] = None,
+      return_hidden: bool = False,
+  ):
     c = self.config
     dt = jnp.dtype(c.dtype)
     tokens = jnp.asarray(tokens, jnp.int32)
     positions = jnp.asarray(positions, jnp.int32)
-    valid = (jnp.ones(tokens.shape, bool) if segment_ids is None
-             else jnp.asarray(segment_ids) > 0)
+    valid = jnp.ones(tokens.shape, bool) if segment_ids is None else jnp.asarray(segment_ids) > 0
     q_pos = positions
     new_pos = jnp.where(valid, positions, -1)
 
@@ -351,7 +369,8 @@ class Transformer(nn.Module):
     else:
       write_index = cache.index
       key_pos = jax.vmap(lambda p, n, i: jax.lax.dynamic_update_slice(p, n, (i,)))(
-          cache.pos, new_pos, write_index)
+          cache.pos, new_pos, write_index
+      )
       mask = key_pos[:, None, :] >= 0
     dist = q_pos[:, :, None] - key_pos[:, None, :]
     mask &= dist >= 0
@@ -367,34 +386,42 @@ class Transformer(nn.Module):
     block = Block
     if c.remat != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast), length=c.num_layers,
-                      metadata_params={nn.PARTITION_NAME: LAYERS})
+    scanned = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast),
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: LAYERS},
+    )
     sliding = jnp.asarray(c.sliding_layers, bool)
     layer_in = (sliding, jnp.arange(c.num_layers, dtype=jnp.int32))
     kv = None if cache is None else (cache.k, cache.v)
-    (x, kv), _ = scanned(c, name="layers")((x, kv), layer_in,
-                                           (positions, mask, dist, write_index))
+    (x, kv), _ = scanned(c, name="layers")((x, kv), layer_in, (positions, mask, dist, write_index))
 
     if logits_index is not None:  # final norm + head only at the given positions of each row
       index = jnp.asarray(logits_index, jnp.int32)
-      index = index.reshape(index.shape[0], -1)                     # [B] -> [B, 1]; [B, N]
+      index = index.reshape(index.shape[0], -1)  # [B] -> [B, 1]; [B, N]
       x = jnp.take_along_axis(x, index[:, :, None], axis=1)
       x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
     if return_hidden:
-      out = x   # pre-final-norm residual stream; ``lm_head`` maps it to logits
+      out = x  # pre-final-norm residual stream; ``lm_head`` maps it to logits
     else:
       x = RMSNorm(c, name="final_norm")(x)
-      head = (embedding if c.tie_word_embeddings else
-              _param(self, "lm_head", (c.d_model, c.vocab_size), (EMBED, VOCAB)))
+      head = (
+          embedding
+          if c.tie_word_embeddings
+          else _param(self, "lm_head", (c.d_model, c.vocab_size), (EMBED, VOCAB))
+      )
       out = _head_logits(c, x, head)
 
     new_cache = None
     if cache is not None:
       t = tokens.shape[1]
       advance = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1)
-      new_cache = KVCache(k=kv[0], v=kv[1], pos=key_pos,
-                          index=cache.index + advance.astype(jnp.int32))
+      new_cache = KVCache(
+          k=kv[0], v=kv[1], pos=key_pos, index=cache.index + advance.astype(jnp.int32)
+      )
     return out, new_cache
 
 
@@ -415,15 +442,24 @@ def init_params(config: ModelConfig, rng: Array, boxed: bool = False) -> Any:
 def param_logical_axes(config: ModelConfig) -> Any:
   """Pytree (like params) of ``PartitionSpec`` over logical axis names, e.g.
   ``layers/attn/wq -> PartitionSpec('layers', 'embed', 'heads', 'head_dim')``."""
-  boxed = jax.eval_shape(lambda: Transformer(config).init(jax.random.PRNGKey(0),
-                                                          *_dummy_inputs())["params"])
+  boxed = jax.eval_shape(
+      lambda: Transformer(config).init(jax.random.PRNGKey(0), *_dummy_inputs())["params"]
+  )
   return nn.get_partition_spec(boxed)
 
 
-def apply(config: ModelConfig, params: Any, tokens: Array, positions: Optional[Array] = None,
-          *, segment_ids: Optional[Array] = None, attn_mask: Optional[Array] = None,
-          cache: Optional[KVCache] = None, logits_index: Optional[Array] = None,
-          return_hidden: bool = False) -> tuple[Array, Optional[KVCache]]:
+def apply(
+    config: ModelConfig,
+    params: Any,
+    tokens: Array,
+    positions: Optional[Array] = None,
+    *,
+    segment_ids: Optional[Array] = None,
+    attn_mask: Optional[Array] = None,
+    cache: Optional[KVCache] = None,
+    logits_index: Optional[Array] = None,
+    return_hidden: bool = False,
+) -> tuple[Array, Optional[KVCache]]:
   """Forward pass: ``(logits f32[B, T, V], new_cache or None)``. Not jitted (jit the caller).
 
   ``positions`` defaults to 0..T-1 in every row. See the module docstring for masking and
@@ -439,8 +475,16 @@ def apply(config: ModelConfig, params: Any, tokens: Array, positions: Optional[A
   tokens = jnp.asarray(tokens)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  return Transformer(config).apply({"params": params}, tokens, positions, segment_ids,
-                                   attn_mask, cache, logits_index, return_hidden)
+  return Transformer(config).apply(
+      {"params": params},
+      tokens,
+      positions,
+      segment_ids,
+      attn_mask,
+      cache,
+      logits_index,
+      return_hidden,
+  )
 
 
 def lm_head(config: ModelConfig, params: Any, hidden: Array) -> Array:
@@ -482,6 +526,7 @@ class DecodeCache:
   ``from_decode_cache``): keys ``k[i]`` ``[B, kv_heads, head_dim, max_len]`` (transposed),
   values ``v[i]`` ``[B, kv_heads, max_len, head_dim]``; ``pos`` and ``index`` as in
   :class:`KVCache`."""
+
   k: tuple
   v: tuple
   pos: Array
@@ -490,36 +535,48 @@ class DecodeCache:
 
 DECODE_K_AXES = (BATCH, KV_HEADS, HEAD_DIM, LENGTH)
 DECODE_V_AXES = (BATCH, KV_HEADS, LENGTH, HEAD_DIM)
-_K_PERM, _V_PERM = (0, 2, 3, 1), (0, 2, 1, 3)     # [B, S, K, Dh] -> decode layout
-_K_INV, _V_INV = (0, 3, 1, 2), (0, 2, 1, 3)       # decode layout -> [B, S, K, Dh]
+_K_PERM, _V_PERM = (0, 2, 3, 1), (0, 2, 1, 3)  # [B, S, K, Dh] -> decode layout
+_K_INV, _V_INV = (0, 3, 1, 2), (0, 2, 1, 3)  # decode layout -> [B, S, K, Dh]
 
 
 def to_decode_cache(cache: KVCache) -> DecodeCache:
   """``KVCache`` ``[L, B, S, K, Dh]`` -> the per-layer decode layout (one copy, outside the
   decode loop)."""
   split = lambda buf, perm, axes: tuple(  # noqa: E731
-      nn.with_logical_constraint(jnp.transpose(buf[i], perm), axes)
-      for i in range(buf.shape[0]))
-  return DecodeCache(k=split(cache.k, _K_PERM, DECODE_K_AXES),
-                     v=split(cache.v, _V_PERM, DECODE_V_AXES), pos=cache.pos, index=cache.index)
+      nn.with_logical_constraint(jnp.transpose(buf[i], perm), axes) for i in range(buf.shape[0])
+  )
+  return DecodeCache(
+      k=split(cache.k, _K_PERM, DECODE_K_AXES),
+      v=split(cache.v, _V_PERM, DECODE_V_AXES),
+      pos=cache.pos,
+      index=cache.index,
+  )
 
 
 def from_decode_cache(dc: DecodeCache) -> KVCache:
   """Inverse of :func:`to_decode_cache`."""
   stack = lambda bufs, perm: nn.with_logical_constraint(  # noqa: E731
-      jnp.stack([jnp.transpose(b, perm) for b in bufs]), CACHE_AXES)
+      jnp.stack([jnp.transpose(b, perm) for b in bufs]), CACHE_AXES
+  )
   return KVCache(k=stack(dc.k, _K_INV), v=stack(dc.v, _V_INV), pos=dc.pos, index=dc.index)
 
 
 def unstack_layers(config: ModelConfig, params: Any) -> tuple:
   """Per-layer params (``params['layers']`` sliced along its leading axis), for
   :func:`decode_step`; call it outside the decode loop so the slices are made once."""
-  return tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"])
-               for i in range(config.num_layers))
+  return tuple(
+      jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(config.num_layers)
+  )
 
 
-def decode_step(config: ModelConfig, params: Any, layers: tuple, tokens: Array,
-                positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+def decode_step(
+    config: ModelConfig,
+    params: Any,
+    layers: tuple,
+    tokens: Array,
+    positions: Array,
+    cache: DecodeCache,
+) -> tuple[Array, DecodeCache]:
   """One cached decode step for ``tokens[B]`` at ``positions[B]`` (every token valid):
   ``(logits f32[B, V], new cache)``, the same computation as ``apply(config, params,
   tokens[:, None], positions[:, None], cache=...)`` (logits ``[:, 0]``). ``layers`` is
@@ -534,14 +591,15 @@ def decode_step(config: ModelConfig, params: Any, layers: tuple, tokens: Array,
   rows = jnp.arange(b, dtype=jnp.int32)
   # The slot of the new token (``apply``'s dynamic_update_slice clamp for T = 1).
   slot = jnp.clip(cache.index, 0, s_len - 1)
-  key_pos = cache.pos.at[rows, slot].set(positions, indices_are_sorted=True,
-                                         unique_indices=True, mode="promise_in_bounds")
-  dist = positions[:, None] - key_pos                                   # [B, S]
+  key_pos = cache.pos.at[rows, slot].set(
+      positions, indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
+  )
+  dist = positions[:, None] - key_pos  # [B, S]
   mask = (key_pos >= 0) & (dist >= 0)
   inv_freq = rope_inv_freq(c)
   row_axes = (BATCH, HEADS, HEAD_DIM)
 
-  def rope(x):   # [B, N, Dh]
+  def rope(x):  # [B, N, Dh]
     return apply_rope(x[:, None], positions[:, None], inv_freq)[:, 0]
 
   embedding = params["token_embed"]
@@ -562,17 +620,35 @@ def decode_step(config: ModelConfig, params: Any, layers: tuple, tokens: Array,
     k = rope(nn.with_logical_constraint(k, (BATCH, KV_HEADS, HEAD_DIM)))
     v = nn.with_logical_constraint(v, (BATCH, KV_HEADS, HEAD_DIM))
     # In place (the while_loop carry): keys at [b, :, :, slot[b]], values at [b, :, slot[b]].
-    kc = nn.with_logical_constraint(cache.k[i].at[rows, :, :, slot].set(
-        k.astype(cache.k[i].dtype), indices_are_sorted=True, unique_indices=True,
-        mode="promise_in_bounds"), DECODE_K_AXES)
-    vc = nn.with_logical_constraint(cache.v[i].at[rows, :, slot].set(
-        v.astype(cache.v[i].dtype), indices_are_sorted=True, unique_indices=True,
-        mode="promise_in_bounds"), DECODE_V_AXES)
+    kc = nn.with_logical_constraint(
+        cache.k[i]
+        .at[rows, :, :, slot]
+        .set(
+            k.astype(cache.k[i].dtype),
+            indices_are_sorted=True,
+            unique_indices=True,
+            mode="promise_in_bounds",
+        ),
+        DECODE_K_AXES,
+    )
+    vc = nn.with_logical_constraint(
+        cache.v[i]
+        .at[rows, :, slot]
+        .set(
+            v.astype(cache.v[i].dtype),
+            indices_are_sorted=True,
+            unique_indices=True,
+            mode="promise_in_bounds",
+        ),
+        DECODE_V_AXES,
+    )
     new_k.append(kc)
     new_v.append(vc)
     qg = q.reshape(b, kh, h // kh, hd)
-    scores = jnp.einsum("bkgd,bkds->bkgs", qg, kc.astype(dt),
-                        preferred_element_type=jnp.float32) * c.attn_scale
+    scores = (
+        jnp.einsum("bkgd,bkds->bkgs", qg, kc.astype(dt), preferred_element_type=jnp.float32)
+        * c.attn_scale
+    )
     if c.attn_logit_softcap:
       scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
     m = mask
@@ -601,6 +677,5 @@ def decode_step(config: ModelConfig, params: Any, layers: tuple, tokens: Array,
   x = _rms_norm(c, params["final_norm"]["scale"], x)
   head = embedding if c.tie_word_embeddings else params["lm_head"]
   logits = _head_logits(c, x[:, None], head)[:, 0]
-  new_cache = DecodeCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos,
-                          index=cache.index + 1)
+  new_cache = DecodeCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos, index=cache.index + 1)
   return logits, new_cache

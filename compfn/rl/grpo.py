@@ -64,6 +64,7 @@ uses the sampler's log-probs instead (importance ratio against the behaviour pol
 Losses are normalised by global token/sequence counts, so micro-batching and the mesh do not
 change the result.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,17 @@ from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
 
 Array = jax.Array
 
-__all__ = ['GRPOConfig', 'Buffer', 'FILTER_ON', 'group_filter', 'generate', 'response_logprobs',
-           'policy_grads', 'grpo_step', 'make_step']
+__all__ = [
+    'GRPOConfig',
+    'Buffer',
+    'FILTER_ON',
+    'group_filter',
+    'generate',
+    'response_logprobs',
+    'policy_grads',
+    'grpo_step',
+    'make_step',
+]
 
 FILTER_ON = ('reward', 'acc')
 
@@ -95,71 +105,91 @@ class GRPOConfig:
   """Static GRPO hyperparameters (hashable). Defaults are the paper's stage-2 run (PAPER §2.3):
   16 prompts x 16 samples at T=1, 32-prompt generation rounds, up to 10 rounds, clip 0.2/0.2,
   token-mean, no KL, no entropy bonus."""
-  num_generations: int = 16         # G samples per prompt
-  batch_prompts: int = 16           # groups per update
-  gen_prompts: int = 32             # prompts sampled per dynamic-sampling round
+
+  num_generations: int = 16  # G samples per prompt
+  batch_prompts: int = 16  # groups per update
+  gen_prompts: int = 32  # prompts sampled per dynamic-sampling round
   max_rounds: int = 10
   dynamic_sampling: bool = True
   max_new_tokens: int = 8192
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  task: str = 'strings_json'        # compfn.rl.rollout.TASKS
-  max_bytes: Optional[int] = None   # byte buffer of the detokeniser (default: rollout's)
+  task: str = 'strings_json'  # compfn.rl.rollout.TASKS
+  max_bytes: Optional[int] = None  # byte buffer of the detokeniser (default: rollout's)
   clip_low: float = 0.2
   clip_high: float = 0.2
-  loss_agg: str = 'token-mean'      # compfn.rl.losses.AGG_MODES
+  loss_agg: str = 'token-mean'  # compfn.rl.losses.AGG_MODES
   kl_coef: float = 0.0
   kl_estimator: str = 'low_var_kl'
   entropy_coef: float = 0.0
-  old_logprobs: str = 'recompute'   # 'recompute' (on-policy, ratio 1) | 'sampler'
-  micro_batches: int = 1            # gradient accumulation over the B*G rows
-  filter_on: str = 'reward'         # dynamic sampling keeps groups whose 'reward' | 'acc' differ
-  min_groups: int = 0               # skip the update when fewer groups were kept
-  logits_chunk: int = 0             # response positions per LM-head chunk (0: <= 64 MiB f32)
-  gen_chunks: int = 1               # sub-batches a generation round is sampled in (one after
-                                    # another: the KV cache holds round_prompts / gen_chunks x G)
+  old_logprobs: str = 'recompute'  # 'recompute' (on-policy, ratio 1) | 'sampler'
+  micro_batches: int = 1  # gradient accumulation over the B*G rows
+  filter_on: str = 'reward'  # dynamic sampling keeps groups whose 'reward' | 'acc' differ
+  min_groups: int = 0  # skip the update when fewer groups were kept
+  logits_chunk: int = 0  # response positions per LM-head chunk (0: <= 64 MiB f32)
+  gen_chunks: int = 1  # sub-batches a generation round is sampled in (one after
+  # another: the KV cache holds round_prompts / gen_chunks x G)
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
       raise ValueError(f'GRPOConfig.loss_agg={self.loss_agg!r}; one of {losses.AGG_MODES}')
     if self.kl_estimator not in losses.KL_ESTIMATORS:
-      raise ValueError(f'GRPOConfig.kl_estimator={self.kl_estimator!r}; one of '
-                       f'{losses.KL_ESTIMATORS}')
+      raise ValueError(
+          f'GRPOConfig.kl_estimator={self.kl_estimator!r}; one of ' f'{losses.KL_ESTIMATORS}'
+      )
     if self.old_logprobs not in ('recompute', 'sampler'):
-      raise ValueError("GRPOConfig.old_logprobs must be 'recompute' or 'sampler', got "
-                       f'{self.old_logprobs!r}')
-    for name in ('num_generations', 'batch_prompts', 'gen_prompts', 'max_rounds',
-                 'micro_batches', 'max_new_tokens', 'gen_chunks'):
+      raise ValueError(
+          "GRPOConfig.old_logprobs must be 'recompute' or 'sampler', got " f'{self.old_logprobs!r}'
+      )
+    for name in (
+        'num_generations',
+        'batch_prompts',
+        'gen_prompts',
+        'max_rounds',
+        'micro_batches',
+        'max_new_tokens',
+        'gen_chunks',
+    ):
       if getattr(self, name) < 1:
         raise ValueError(f'GRPOConfig.{name} must be >= 1, got {getattr(self, name)}')
     if self.logits_chunk < 0:
-      raise ValueError(f'GRPOConfig.logits_chunk must be >= 0 (0 = auto), got '
-                       f'{self.logits_chunk}')
+      raise ValueError(
+          f'GRPOConfig.logits_chunk must be >= 0 (0 = auto), got ' f'{self.logits_chunk}'
+      )
     if self.filter_on not in FILTER_ON:
-      raise ValueError(f'GRPOConfig.filter_on={self.filter_on!r}; one of {FILTER_ON} (the '
-                       'per-sample signal whose spread makes a group "mixed")')
+      raise ValueError(
+          f'GRPOConfig.filter_on={self.filter_on!r}; one of {FILTER_ON} (the '
+          'per-sample signal whose spread makes a group "mixed")'
+      )
     if not 0 <= self.min_groups <= self.batch_prompts:
-      raise ValueError(f'GRPOConfig.min_groups must be in [0, batch_prompts={self.batch_prompts}]'
-                       f', got {self.min_groups} (a larger value would skip every step)')
+      raise ValueError(
+          f'GRPOConfig.min_groups must be in [0, batch_prompts={self.batch_prompts}]'
+          f', got {self.min_groups} (a larger value would skip every step)'
+      )
     if self.temperature < 0:
       raise ValueError(f'GRPOConfig.temperature must be >= 0, got {self.temperature}')
     if self.top_k != 0 or self.top_p != 1.0:
       raise ValueError(
           f'GRPOConfig.top_k={self.top_k}, top_p={self.top_p}: GRPO supports only top_k=0 and '
           'top_p=1.0. The sampler would draw from the truncated (top-k/top-p renormalised) '
-          'distribution, but both the sampler\'s and the trainer\'s log-probs are of the full '
+          "distribution, but both the sampler's and the trainer's log-probs are of the full "
           'softmax(logits / T), so the policy-gradient log-prob (and the importance ratio of '
           "old_logprobs='sampler') would not be that of the sampling distribution. Use "
-          'temperature alone.')
+          'temperature alone.'
+      )
     if (self.batch_prompts * self.num_generations) % self.micro_batches:
-      raise ValueError(f'GRPOConfig: batch_prompts * num_generations = '
-                       f'{self.batch_prompts * self.num_generations} rows is not divisible by '
-                       f'micro_batches={self.micro_batches}')
+      raise ValueError(
+          f'GRPOConfig: batch_prompts * num_generations = '
+          f'{self.batch_prompts * self.num_generations} rows is not divisible by '
+          f'micro_batches={self.micro_batches}'
+      )
     if self.round_prompts % self.gen_chunks:
-      raise ValueError(f'GRPOConfig: a generation round of {self.round_prompts} prompts '
-                       f'({"gen_prompts" if self.dynamic_sampling else "batch_prompts"}) is not '
-                       f'divisible by gen_chunks={self.gen_chunks}')
+      raise ValueError(
+          f'GRPOConfig: a generation round of {self.round_prompts} prompts '
+          f'({"gen_prompts" if self.dynamic_sampling else "batch_prompts"}) is not '
+          f'divisible by gen_chunks={self.gen_chunks}'
+      )
 
   @property
   def rounds(self) -> int:
@@ -181,11 +211,16 @@ class GRPOConfig:
 
   def sampler_config(self, stop_ids=(), pad_id: int = 0) -> sampling.SamplerConfig:
     """The sampler of this config: log-probs of ``softmax(logits / T)``, as the trainer's."""
-    return sampling.SamplerConfig(max_new_tokens=self.max_new_tokens,
-                                  temperature=self.temperature, top_k=self.top_k,
-                                  top_p=self.top_p, stop_ids=tuple(stop_ids),
-                                  num_samples=self.num_generations, pad_id=pad_id,
-                                  logprobs='temperature')
+    return sampling.SamplerConfig(
+        max_new_tokens=self.max_new_tokens,
+        temperature=self.temperature,
+        top_k=self.top_k,
+        top_p=self.top_p,
+        stop_ids=tuple(stop_ids),
+        num_samples=self.num_generations,
+        pad_id=pad_id,
+        logprobs='temperature',
+    )
 
   def check_sampler(self, sampler_cfg: sampling.SamplerConfig) -> None:
     """Raises ValueError unless ``sampler_cfg`` is ``self.sampler_config(...)`` (any stop ids
@@ -193,36 +228,59 @@ class GRPOConfig:
     want = self.sampler_config(sampler_cfg.stop_ids, sampler_cfg.pad_id)
     if sampler_cfg == want:
       return
-    diff = [f'{f.name}={getattr(sampler_cfg, f.name)!r} (GRPOConfig wants '
-            f'{getattr(want, f.name)!r})' for f in dataclasses.fields(want)
-            if getattr(sampler_cfg, f.name) != getattr(want, f.name)]
-    raise ValueError('the SamplerConfig does not match the GRPOConfig: ' + ', '.join(diff) +
-                     '; build it with GRPOConfig.sampler_config(stop_ids, pad_id)')
+    diff = [
+        f'{f.name}={getattr(sampler_cfg, f.name)!r} (GRPOConfig wants '
+        f'{getattr(want, f.name)!r})'
+        for f in dataclasses.fields(want)
+        if getattr(sampler_cfg, f.name) != getattr(want, f.name)
+    ]
+    raise ValueError(
+        'the SamplerConfig does not match the GRPOConfig: '
+        + ', '.join(diff)
+        + '; build it with GRPOConfig.sampler_config(stop_ids, pad_id)'
+    )
 
 
 @flax.struct.dataclass
 class Buffer:
   """The kept groups of one step: ``[P, ...]`` per prompt, ``[P, G, ...]`` per sample."""
-  prompts: Array       # int32[P, Lp]
-  prompt_lens: Array   # int32[P]
-  tokens: Array        # int32[P, G, N]
-  mask: Array          # bool[P, G, N]
-  logprobs: Array      # f32[P, G, N] sampler log-probs
-  advantage: Array     # f32[P, G]
-  reward: Array        # f32[P, G]
-  filled: Array        # int32[]  groups kept (<= P)
+
+  prompts: Array  # int32[P, Lp]
+  prompt_lens: Array  # int32[P]
+  tokens: Array  # int32[P, G, N]
+  mask: Array  # bool[P, G, N]
+  logprobs: Array  # f32[P, G, N] sampler log-probs
+  advantage: Array  # f32[P, G]
+  reward: Array  # f32[P, G]
+  filled: Array  # int32[]  groups kept (<= P)
 
 
 def _empty_buffer(p: int, g: int, n: int, lp: int) -> Buffer:
-  return Buffer(prompts=jnp.zeros((p, lp), jnp.int32), prompt_lens=jnp.ones((p,), jnp.int32),
-                tokens=jnp.zeros((p, g, n), jnp.int32), mask=jnp.zeros((p, g, n), bool),
-                logprobs=jnp.zeros((p, g, n), jnp.float32),
-                advantage=jnp.zeros((p, g), jnp.float32), reward=jnp.zeros((p, g), jnp.float32),
-                filled=jnp.zeros((), jnp.int32))
+  return Buffer(
+      prompts=jnp.zeros((p, lp), jnp.int32),
+      prompt_lens=jnp.ones((p,), jnp.int32),
+      tokens=jnp.zeros((p, g, n), jnp.int32),
+      mask=jnp.zeros((p, g, n), bool),
+      logprobs=jnp.zeros((p, g, n), jnp.float32),
+      advantage=jnp.zeros((p, g), jnp.float32),
+      reward=jnp.zeros((p, g), jnp.float32),
+      filled=jnp.zeros((), jnp.int32),
+  )
 
 
-_STATS = ('samples', 'reward_sum', 'correct', 'response_tokens', 'truncated', 'groups',
-          'mixed_groups', 'mixed_acc_groups', 'rounds', 'byte_overflow', 'neg_score')
+_STATS = (
+    'samples',
+    'reward_sum',
+    'correct',
+    'response_tokens',
+    'truncated',
+    'groups',
+    'mixed_groups',
+    'mixed_acc_groups',
+    'rounds',
+    'byte_overflow',
+    'neg_score',
+)
 
 
 def group_filter(reward: Array, acc: Array, group_size: int, filter_on: str = 'reward') -> Array:
@@ -236,8 +294,15 @@ def group_filter(reward: Array, acc: Array, group_size: int, filter_on: str = 'r
   return mixed_groups(reward if filter_on == 'reward' else acc, group_size)
 
 
-def _round_rollout(model_config: ModelConfig, params: Any, sub: RolloutBatch, rng: Array,
-                   cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig, detok: DetokTables):
+def _round_rollout(
+    model_config: ModelConfig,
+    params: Any,
+    sub: RolloutBatch,
+    rng: Array,
+    cfg: GRPOConfig,
+    sampler_cfg: sampling.SamplerConfig,
+    detok: DetokTables,
+):
   """One generation round's Rollout (``round_prompts`` x G rows). With ``cfg.gen_chunks`` =
   k > 1 the round is sampled as k consecutive sub-batches of ``round_prompts / k`` prompts
   (``lax.map``: one sub-batch's KV cache and decode state live at a time), sub-batch i with
@@ -246,15 +311,24 @@ def _round_rollout(model_config: ModelConfig, params: Any, sub: RolloutBatch, rn
   for every k; sampled ones draw different (equally distributed) tokens."""
   k = cfg.gen_chunks
   if k == 1:
-    return rollout_fn(model_config, params, sub, rng, sampler_cfg, cfg.task, detok=detok,
-                      max_bytes=cfg.max_bytes)
+    return rollout_fn(
+        model_config, params, sub, rng, sampler_cfg, cfg.task, detok=detok, max_bytes=cfg.max_bytes
+    )
   per = cfg.round_prompts // k
   chunks = jax.tree.map(lambda x: x.reshape((k, per) + x.shape[1:]), sub)
 
   def one(args):
     i, part = args
-    return rollout_fn(model_config, params, part, jax.random.fold_in(rng, i), sampler_cfg,
-                      cfg.task, detok=detok, max_bytes=cfg.max_bytes)
+    return rollout_fn(
+        model_config,
+        params,
+        part,
+        jax.random.fold_in(rng, i),
+        sampler_cfg,
+        cfg.task,
+        detok=detok,
+        max_bytes=cfg.max_bytes,
+    )
 
   ro = jax.lax.map(one, (jnp.arange(k, dtype=jnp.int32), chunks))
   # Group ids are per sub-batch; offset them to the round's prompt index.
@@ -262,17 +336,25 @@ def _round_rollout(model_config: ModelConfig, params: Any, sub: RolloutBatch, rn
   return jax.tree.map(lambda x: x.reshape((k * x.shape[1],) + x.shape[2:]), ro)
 
 
-def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Array,
-             cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig,
-             detok: DetokTables) -> tuple[Buffer, dict]:
+def generate(
+    model_config: ModelConfig,
+    params: Any,
+    pool: RolloutBatch,
+    rng: Array,
+    cfg: GRPOConfig,
+    sampler_cfg: sampling.SamplerConfig,
+    detok: DetokTables,
+) -> tuple[Buffer, dict]:
   """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics).
   Each round is sampled in ``cfg.gen_chunks`` sub-batches (:func:`_round_rollout`)."""
   cfg.check_sampler(sampler_cfg)
   p, g, n = cfg.batch_prompts, cfg.num_generations, cfg.max_new_tokens
   gen, rounds = cfg.round_prompts, cfg.rounds
   if pool.prompts.shape[0] != cfg.pool_size:
-    raise ValueError(f'the prompt pool has {pool.prompts.shape[0]} rows; GRPOConfig needs '
-                     f'pool_size = {cfg.pool_size}')
+    raise ValueError(
+        f'the prompt pool has {pool.prompts.shape[0]} rows; GRPOConfig needs '
+        f'pool_size = {cfg.pool_size}'
+    )
   buf0 = _empty_buffer(p, g, n, pool.prompts.shape[1])
   stats0 = {k: jnp.zeros((), jnp.float32) for k in _STATS}
 
@@ -283,29 +365,41 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
   def body(c):
     r, buf, st = c
     sub = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * gen, gen, 0), pool)
-    ro = _round_rollout(model_config, params, sub, jax.random.fold_in(rng, r), cfg,
-                        sampler_cfg, detok)
-    keep = (group_filter(ro.reward, ro.acc, g, cfg.filter_on) if cfg.dynamic_sampling
-            else jnp.ones((gen,), bool))
-    dest = jnp.where(keep, buf.filled + jnp.cumsum(keep) - 1, p)   # p = out of bounds: dropped
+    ro = _round_rollout(
+        model_config, params, sub, jax.random.fold_in(rng, r), cfg, sampler_cfg, detok
+    )
+    keep = (
+        group_filter(ro.reward, ro.acc, g, cfg.filter_on)
+        if cfg.dynamic_sampling
+        else jnp.ones((gen,), bool)
+    )
+    dest = jnp.where(keep, buf.filled + jnp.cumsum(keep) - 1, p)  # p = out of bounds: dropped
     put = lambda b, x: b.at[dest].set(x, mode='drop')  # noqa: E731
     grp = lambda x: x.reshape((gen, g) + x.shape[1:])  # noqa: E731
-    new = Buffer(prompts=put(buf.prompts, sub.prompts),
-                 prompt_lens=put(buf.prompt_lens, sub.prompt_lens),
-                 tokens=put(buf.tokens, grp(ro.tokens)), mask=put(buf.mask, grp(ro.mask)),
-                 logprobs=put(buf.logprobs, grp(ro.logprobs)),
-                 advantage=put(buf.advantage, grp(ro.advantage)),
-                 reward=put(buf.reward, grp(ro.reward)),
-                 filled=jnp.minimum(buf.filled + keep.sum(), p).astype(jnp.int32))
+    new = Buffer(
+        prompts=put(buf.prompts, sub.prompts),
+        prompt_lens=put(buf.prompt_lens, sub.prompt_lens),
+        tokens=put(buf.tokens, grp(ro.tokens)),
+        mask=put(buf.mask, grp(ro.mask)),
+        logprobs=put(buf.logprobs, grp(ro.logprobs)),
+        advantage=put(buf.advantage, grp(ro.advantage)),
+        reward=put(buf.reward, grp(ro.reward)),
+        filled=jnp.minimum(buf.filled + keep.sum(), p).astype(jnp.int32),
+    )
     f32 = lambda x: jnp.asarray(x, jnp.float32).sum()  # noqa: E731
-    st = {'samples': st['samples'] + gen * g, 'reward_sum': st['reward_sum'] + f32(ro.reward),
-          'correct': st['correct'] + f32(ro.acc),
-          'response_tokens': st['response_tokens'] + f32(ro.lengths),
-          'truncated': st['truncated'] + f32(ro.truncated), 'groups': st['groups'] + gen,
-          'mixed_groups': st['mixed_groups'] + f32(mixed_groups(ro.reward, g)),
-          'mixed_acc_groups': st['mixed_acc_groups'] + f32(mixed_groups(ro.acc, g)),
-          'rounds': st['rounds'] + 1, 'byte_overflow': st['byte_overflow'] + f32(ro.byte_overflow),
-          'neg_score': st['neg_score'] + f32(ro.score < 0)}
+    st = {
+        'samples': st['samples'] + gen * g,
+        'reward_sum': st['reward_sum'] + f32(ro.reward),
+        'correct': st['correct'] + f32(ro.acc),
+        'response_tokens': st['response_tokens'] + f32(ro.lengths),
+        'truncated': st['truncated'] + f32(ro.truncated),
+        'groups': st['groups'] + gen,
+        'mixed_groups': st['mixed_groups'] + f32(mixed_groups(ro.reward, g)),
+        'mixed_acc_groups': st['mixed_acc_groups'] + f32(mixed_groups(ro.acc, g)),
+        'rounds': st['rounds'] + 1,
+        'byte_overflow': st['byte_overflow'] + f32(ro.byte_overflow),
+        'neg_score': st['neg_score'] + f32(ro.score < 0),
+    }
     return r + 1, new, st
 
   _, buf, stats = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), buf0, stats0))
@@ -314,22 +408,29 @@ def generate(model_config: ModelConfig, params: Any, pool: RolloutBatch, rng: Ar
 
 def _flat_rows(buf: Buffer, cfg: GRPOConfig):
   p, g, n = buf.tokens.shape
-  valid = jnp.arange(p) < buf.filled                                    # [P]
+  valid = jnp.arange(p) < buf.filled  # [P]
   mask = buf.mask & valid[:, None, None]
-  samples = sampling.Samples(tokens=buf.tokens.reshape(p * g, n),
-                             lengths=mask.sum(-1).reshape(p * g).astype(jnp.int32),
-                             logprobs=buf.logprobs.reshape(p * g, n),
-                             mask=mask.reshape(p * g, n),
-                             truncated=jnp.zeros((p * g,), bool),
-                             group=jnp.repeat(jnp.arange(p, dtype=jnp.int32), g))
+  samples = sampling.Samples(
+      tokens=buf.tokens.reshape(p * g, n),
+      lengths=mask.sum(-1).reshape(p * g).astype(jnp.int32),
+      logprobs=buf.logprobs.reshape(p * g, n),
+      mask=mask.reshape(p * g, n),
+      truncated=jnp.zeros((p * g,), bool),
+      group=jnp.repeat(jnp.arange(p, dtype=jnp.int32), g),
+  )
   full, positions, seg = sampling.full_sequences(buf.prompts, buf.prompt_lens, samples, g)
-  src = sampling.response_logit_positions(jnp.repeat(buf.prompt_lens, g),
-                                          buf.prompts.shape[1], n)
-  return {'tokens': full, 'positions': positions, 'segment_ids': seg, 'src': src,
-          'response': samples.tokens, 'mask': samples.mask,
-          'old_logprobs': samples.logprobs,
-          'advantage': jnp.where(valid[:, None], buf.advantage, 0.0).reshape(p * g),
-          'row_valid': jnp.repeat(valid, g)}
+  src = sampling.response_logit_positions(jnp.repeat(buf.prompt_lens, g), buf.prompts.shape[1], n)
+  return {
+      'tokens': full,
+      'positions': positions,
+      'segment_ids': seg,
+      'src': src,
+      'response': samples.tokens,
+      'mask': samples.mask,
+      'old_logprobs': samples.logprobs,
+      'advantage': jnp.where(valid[:, None], buf.advantage, 0.0).reshape(p * g),
+      'row_valid': jnp.repeat(valid, g),
+  }
 
 
 def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 'none') -> dict:
@@ -339,16 +440,29 @@ def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 
   from. The trunk runs over ``[prompt | response]``; the final norm and LM head only at the N
   positions predicting response tokens, ``cfg.logits_chunk`` positions at a time, so no
   ``[rows, T, V]`` (nor ``[rows, N, V]``) f32 logits tensor is materialised."""
-  hidden, _ = T.apply(model_config, params, rows['tokens'], rows['positions'],
-                      segment_ids=rows['segment_ids'], logits_index=rows['src'],
-                      return_hidden=True)                            # [rows, N, D]
-  return losses.token_stats_from_hidden(model_config, params, hidden, rows['response'],
-                                        cfg.logits_chunk, scale=cfg.logit_scale,
-                                        entropy=entropy)
+  hidden, _ = T.apply(
+      model_config,
+      params,
+      rows['tokens'],
+      rows['positions'],
+      segment_ids=rows['segment_ids'],
+      logits_index=rows['src'],
+      return_hidden=True,
+  )  # [rows, N, D]
+  return losses.token_stats_from_hidden(
+      model_config,
+      params,
+      hidden,
+      rows['response'],
+      cfg.logits_chunk,
+      scale=cfg.logit_scale,
+      entropy=entropy,
+  )
 
 
-def response_logprobs(model_config: ModelConfig, params: Any, buf: Buffer,
-                      cfg: GRPOConfig) -> Array:
+def response_logprobs(
+    model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOConfig
+) -> Array:
   """f32[P*G, N]: the trainer's teacher-forced log-probs of the buffer's tokens (what the loss
   uses), 0 outside the mask and on unfilled rows; comparable with ``buf.logprobs``."""
   rows = _flat_rows(buf, cfg)
@@ -356,8 +470,14 @@ def response_logprobs(model_config: ModelConfig, params: Any, buf: Buffer,
   return jnp.where(rows['mask'], lp, 0.0)
 
 
-def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOConfig,
-                 sampler_cfg: Optional[sampling.SamplerConfig] = None, ref_params: Any = None):
+def policy_grads(
+    model_config: ModelConfig,
+    params: Any,
+    buf: Buffer,
+    cfg: GRPOConfig,
+    sampler_cfg: Optional[sampling.SamplerConfig] = None,
+    ref_params: Any = None,
+):
   """(grads, loss, metrics) of the GRPO loss over the kept groups (pure, jittable).
 
   The log-probs are of ``logits / cfg.temperature`` (raw logits when greedy), as the sampler's;
@@ -370,6 +490,7 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
   micro-batch (no gradient), from ``ref_params`` — pass them as an argument of the jitted step,
   never as a closed-over constant."""
   from compfn.optim import accumulate
+
   if sampler_cfg is not None:
     cfg.check_sampler(sampler_cfg)
   rows = _flat_rows(buf, cfg)
@@ -382,26 +503,42 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
   def loss_fn(prm, mb):
     st = _response_stats(model_config, prm, mb, cfg, entropy=entropy_mode)
     lp, ent_tok = st['logprobs'], st['entropy']
-    old = (jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute'
-           else mb['old_logprobs'])
-    pg, pm = losses.policy_loss(lp, old, mb['advantage'], mb['mask'], cfg.clip_low,
-                                cfg.clip_high, cfg.loss_agg, num_tokens, num_seqs)
+    old = jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute' else mb['old_logprobs']
+    pg, pm = losses.policy_loss(
+        lp,
+        old,
+        mb['advantage'],
+        mb['mask'],
+        cfg.clip_low,
+        cfg.clip_high,
+        cfg.loss_agg,
+        num_tokens,
+        num_seqs,
+    )
     loss = pg
     if cfg.entropy_coef != 0:
       ent = losses.aggregate(ent_tok, mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
       loss = loss - cfg.entropy_coef * ent
     m = mb['mask'].astype(jnp.float32)
-    w = m.sum() / num_tokens                 # this micro-batch's share of the tokens
-    aux = {'pg_loss': pg, 'entropy': (ent_tok * m).sum() / num_tokens,
-           'clip_frac': pm['clip_frac'] * w, 'approx_kl': pm['approx_kl'] * w,
-           'sampler_logprob_gap': (jnp.abs(jax.lax.stop_gradient(lp) - mb['old_logprobs'])
-                                   * m).sum() / num_tokens,
-           'kl': jnp.zeros((), jnp.float32)}
+    w = m.sum() / num_tokens  # this micro-batch's share of the tokens
+    aux = {
+        'pg_loss': pg,
+        'entropy': (ent_tok * m).sum() / num_tokens,
+        'clip_frac': pm['clip_frac'] * w,
+        'approx_kl': pm['approx_kl'] * w,
+        'sampler_logprob_gap': (jnp.abs(jax.lax.stop_gradient(lp) - mb['old_logprobs']) * m).sum()
+        / num_tokens,
+        'kl': jnp.zeros((), jnp.float32),
+    }
     if cfg.kl_coef > 0:
-      ref_lp = jax.lax.stop_gradient(
-          _response_stats(model_config, ref_params, mb, cfg)['logprobs'])
-      kl = losses.aggregate(losses.kl_penalty(lp, ref_lp, cfg.kl_estimator),
-                            mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
+      ref_lp = jax.lax.stop_gradient(_response_stats(model_config, ref_params, mb, cfg)['logprobs'])
+      kl = losses.aggregate(
+          losses.kl_penalty(lp, ref_lp, cfg.kl_estimator),
+          mb['mask'],
+          cfg.loss_agg,
+          num_tokens,
+          num_seqs,
+      )
       loss = loss + cfg.kl_coef * kl
       aux['kl'] = kl
     return loss, aux
@@ -411,9 +548,16 @@ def policy_grads(model_config: ModelConfig, params: Any, buf: Buffer, cfg: GRPOC
   return grads, loss, aux
 
 
-def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
-              sampler_cfg: sampling.SamplerConfig, state, pool: RolloutBatch,
-              detok: DetokTables, ref_params: Any = None):
+def grpo_step(
+    model_config: ModelConfig,
+    tx,
+    cfg: GRPOConfig,
+    sampler_cfg: sampling.SamplerConfig,
+    state,
+    pool: RolloutBatch,
+    detok: DetokTables,
+    ref_params: Any = None,
+):
   """One whole RL step (pure; jit it with the state donated): generate with dynamic sampling,
   compute the loss and apply one AdamW update. Returns (state, metrics).
 
@@ -423,6 +567,7 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
   ``state.params`` (copy them once: ``jax.tree.map(jnp.copy, params)``). It is only read when
   ``cfg.kl_coef > 0``; pass None otherwise."""
   from compfn.optim import apply_gradients
+
   cfg.check_sampler(sampler_cfg)
   rng, gen_rng = jax.random.split(state.rng)
   buf, st = generate(model_config, state.params, pool, gen_rng, cfg, sampler_cfg, detok)
@@ -435,38 +580,59 @@ def grpo_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
   trained = jnp.where(skip, 0.0, kept)
   reward, acc = st['reward_sum'] / samples, st['correct'] / samples
   mixed = st['mixed_groups'] / groups
-  metrics = {'loss': loss, **aux, **upd,
-             'reward': reward, 'reward_mean': reward, 'accuracy': acc, 'sample_acc': acc,
-             'response_length': st['response_tokens'] / samples,
-             'truncated_frac': st['truncated'] / samples,
-             'overlong_frac': st['neg_score'] / samples,
-             'byte_overflow_frac': st['byte_overflow'] / samples,
-             'mixed_frac': mixed, 'kept_groups': mixed,   # kept_groups: former name (plots)
-             'mixed_acc_frac': st['mixed_acc_groups'] / groups,
-             'groups_kept': kept, 'groups_trained': trained,
-             'filled': trained / cfg.batch_prompts, 'rounds_used': st['rounds'],
-             'generated_tokens': st['response_tokens'], 'generated_samples': st['samples']}
+  metrics = {
+      'loss': loss,
+      **aux,
+      **upd,
+      'reward': reward,
+      'reward_mean': reward,
+      'accuracy': acc,
+      'sample_acc': acc,
+      'response_length': st['response_tokens'] / samples,
+      'truncated_frac': st['truncated'] / samples,
+      'overlong_frac': st['neg_score'] / samples,
+      'byte_overflow_frac': st['byte_overflow'] / samples,
+      'mixed_frac': mixed,
+      'kept_groups': mixed,  # kept_groups: former name (plots)
+      'mixed_acc_frac': st['mixed_acc_groups'] / groups,
+      'groups_kept': kept,
+      'groups_trained': trained,
+      'filled': trained / cfg.batch_prompts,
+      'rounds_used': st['rounds'],
+      'generated_tokens': st['response_tokens'],
+      'generated_samples': st['samples'],
+  }
   return state, metrics
 
 
-def make_step(model_config: ModelConfig, tx, cfg: GRPOConfig,
-              sampler_cfg: sampling.SamplerConfig):
+def make_step(model_config: ModelConfig, tx, cfg: GRPOConfig, sampler_cfg: sampling.SamplerConfig):
   """``step(state, pool, detok, ref_params=None) -> (state, metrics)``: :func:`grpo_step` with
   the static configuration bound and every array an argument, for
   ``train.compile_step(make_step(...))`` (which donates the state, argument 0)."""
   cfg.check_sampler(sampler_cfg)
 
   def step(state, pool: RolloutBatch, detok: DetokTables, ref_params: Any = None):
-    return grpo_step(model_config, tx, cfg, sampler_cfg, state, pool, detok,
-                     ref_params if cfg.kl_coef > 0 else None)
+    return grpo_step(
+        model_config,
+        tx,
+        cfg,
+        sampler_cfg,
+        state,
+        pool,
+        detok,
+        ref_params if cfg.kl_coef > 0 else None,
+    )
+
   return step
 
 
-def pool_from_host(prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: int,
-                   pad_id: int = 0) -> RolloutBatch:
+def pool_from_host(
+    prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: int, pad_id: int = 0
+) -> RolloutBatch:
   """A fixed-shape pool (numpy) of ``cfg.pool_size`` prompts: static prompt/ref widths so one
   compiled step serves every batch. Raises if a prompt or reference does not fit."""
   if len(prompt_ids) != cfg.pool_size:
     raise ValueError(f'{len(prompt_ids)} prompts for a pool of {cfg.pool_size}')
-  return RolloutBatch.from_host(prompt_ids, refs, pad_id=pad_id, prompt_len=prompt_len,
-                                ref_len=ref_len)
+  return RolloutBatch.from_host(
+      prompt_ids, refs, pad_id=pad_id, prompt_len=prompt_len, ref_len=ref_len
+  )

@@ -53,6 +53,7 @@ FSDP-sharded weights; a training rule set may map 'embed' to 'fsdp')::
     out = rollout(model_config, params, batch, rng, cfg, detok=detok, mesh=mesh,
                   rules=DEFAULT_RULES)
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,8 +74,19 @@ from compfn.tasks import registry as task_registry
 
 Array = jax.Array
 
-__all__ = ["DEFAULT_RULES", "RolloutBatch", "DetokTables", "Rollout", "rollout", "rollout_fn",
-           "score_samples", "make_mesh", "shard_params", "shard_batch", "TASKS"]
+__all__ = [
+    "DEFAULT_RULES",
+    "RolloutBatch",
+    "DetokTables",
+    "Rollout",
+    "rollout",
+    "rollout_fn",
+    "score_samples",
+    "make_mesh",
+    "shard_params",
+    "shard_batch",
+    "TASKS",
+]
 
 
 class _DeviceScorers(Mapping):
@@ -103,15 +115,22 @@ TASKS = _DeviceScorers()
 
 @flax.struct.dataclass
 class RolloutBatch:
-  prompts: Array       # int32[B, P] right-padded prompt ids
-  prompt_lens: Array   # int32[B]
-  ref: Array           # int32[B, R] reference output, UTF-8 bytes
-  ref_len: Array       # int32[B]
+  prompts: Array  # int32[B, P] right-padded prompt ids
+  prompt_lens: Array  # int32[B]
+  ref: Array  # int32[B, R] reference output, UTF-8 bytes
+  ref_len: Array  # int32[B]
 
   @classmethod
-  def from_host(cls, prompt_ids: Sequence[Sequence[int]], refs: Sequence, *,
-                min_bucket: int = 16, pad_id: int = 0, prompt_len: Optional[int] = None,
-                ref_len: Optional[int] = None) -> "RolloutBatch":
+  def from_host(
+      cls,
+      prompt_ids: Sequence[Sequence[int]],
+      refs: Sequence,
+      *,
+      min_bucket: int = 16,
+      pad_id: int = 0,
+      prompt_len: Optional[int] = None,
+      ref_len: Optional[int] = None,
+  ) -> "RolloutBatch":
     """Right-pads prompts and references (``str`` or UTF-8 ``bytes``) into numpy arrays.
 
     Widths default to ``bucket_length`` of the longest prompt and a power of two >= 16 for the
@@ -132,17 +151,21 @@ class RolloutBatch:
         raise ValueError(f"prompt {i} has {len(x)} tokens > prompt_len={p}")
       if len(y) > r:
         raise ValueError(f"reference {i} has {len(y)} bytes > ref_len={r}")
-      prompts[i, :len(x)] = x
-      ref[i, :len(y)] = np.frombuffer(y, np.uint8)
-    return cls(prompts=prompts, prompt_lens=np.array([len(x) for x in prompt_ids], np.int32),
-               ref=ref, ref_len=np.array([len(y) for y in enc], np.int32))
+      prompts[i, : len(x)] = x
+      ref[i, : len(y)] = np.frombuffer(y, np.uint8)
+    return cls(
+        prompts=prompts,
+        prompt_lens=np.array([len(x) for x in prompt_ids], np.int32),
+        ref=ref,
+        ref_len=np.array([len(y) for y in enc], np.int32),
+    )
 
 
 @flax.struct.dataclass
 class DetokTables:
-  table: Array         # uint8[V, Pb] token bytes
-  lengths: Array       # int32[V] (0 for special tokens)
-  first_skip: Array    # int32[V] (SentencePiece first-piece rule; zeros otherwise)
+  table: Array  # uint8[V, Pb] token bytes
+  lengths: Array  # int32[V] (0 for special tokens)
+  first_skip: Array  # int32[V] (SentencePiece first-piece rule; zeros otherwise)
 
   @classmethod
   def from_tokenizer(cls, tokenizer) -> "DetokTables":
@@ -152,67 +175,103 @@ class DetokTables:
 
 @flax.struct.dataclass
 class Rollout:
-  tokens: Array           # int32[B*G, N]
-  mask: Array             # bool[B*G, N]
-  logprobs: Array         # f32[B*G, N]
-  lengths: Array          # int32[B*G] generated tokens incl. the stop token
-  reward: Array           # f32[B*G]
-  score: Array            # int32[B*G]
-  acc: Array              # int32[B*G]
-  advantage: Array        # f32[B*G]
-  truncated: Array        # bool[B*G]
-  group: Array            # int32[B*G]
-  response_bytes: Array   # int32[B*G, M]
-  response_len: Array     # int32[B*G]
-  byte_overflow: Array    # bool[B*G]
+  tokens: Array  # int32[B*G, N]
+  mask: Array  # bool[B*G, N]
+  logprobs: Array  # f32[B*G, N]
+  lengths: Array  # int32[B*G] generated tokens incl. the stop token
+  reward: Array  # f32[B*G]
+  score: Array  # int32[B*G]
+  acc: Array  # int32[B*G]
+  advantage: Array  # f32[B*G]
+  truncated: Array  # bool[B*G]
+  group: Array  # int32[B*G]
+  response_bytes: Array  # int32[B*G, M]
+  response_len: Array  # int32[B*G]
+  byte_overflow: Array  # bool[B*G]
 
 
 def _default_max_bytes(detok: DetokTables, cfg: sampling.SamplerConfig) -> int:
   return cfg.max_new_tokens * min(int(detok.table.shape[1]), 8)
 
 
-def score_samples(samples: sampling.Samples, batch: RolloutBatch, detok: DetokTables,
-                  cfg: sampling.SamplerConfig, task: str = "strings_json",
-                  max_bytes: Optional[int] = None) -> Rollout:
+def score_samples(
+    samples: sampling.Samples,
+    batch: RolloutBatch,
+    detok: DetokTables,
+    cfg: sampling.SamplerConfig,
+    task: str = "strings_json",
+    max_bytes: Optional[int] = None,
+) -> Rollout:
   """Detokenise ``samples`` on device and score them against ``batch.ref`` (pure, jittable)."""
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
   m = _default_max_bytes(detok, cfg) if max_bytes is None else int(max_bytes)
   g = cfg.num_samples
-  resp, n = tokenizers.jax_detokenize(detok.table, detok.lengths, samples.tokens, samples.mask,
-                                      detok.first_skip, max_bytes=m)
+  resp, n = tokenizers.jax_detokenize(
+      detok.table, detok.lengths, samples.tokens, samples.mask, detok.first_skip, max_bytes=m
+  )
   overflow = n > m
   rep = lambda x: jnp.repeat(jnp.asarray(x, jnp.int32), g, axis=0)  # noqa: E731
-  score, acc = TASKS[task](resp, jnp.minimum(n, m), rep(batch.ref), rep(batch.ref_len),
-                           samples.truncated | overflow)
+  score, acc = TASKS[task](
+      resp, jnp.minimum(n, m), rep(batch.ref), rep(batch.ref_len), samples.truncated | overflow
+  )
   reward = score.astype(jnp.float32)
-  return Rollout(tokens=samples.tokens, mask=samples.mask, logprobs=samples.logprobs,
-                 lengths=samples.lengths, reward=reward, score=score, acc=acc,
-                 advantage=group_advantages(reward, g), truncated=samples.truncated,
-                 group=samples.group, response_bytes=resp, response_len=n,
-                 byte_overflow=overflow)
+  return Rollout(
+      tokens=samples.tokens,
+      mask=samples.mask,
+      logprobs=samples.logprobs,
+      lengths=samples.lengths,
+      reward=reward,
+      score=score,
+      acc=acc,
+      advantage=group_advantages(reward, g),
+      truncated=samples.truncated,
+      group=samples.group,
+      response_bytes=resp,
+      response_len=n,
+      byte_overflow=overflow,
+  )
 
 
-def rollout_fn(model_config: ModelConfig, params: Any, batch: RolloutBatch, rng: Array,
-               cfg: sampling.SamplerConfig, task: str = "strings_json", *,
-               detok: DetokTables, max_bytes: Optional[int] = None) -> Rollout:
+def rollout_fn(
+    model_config: ModelConfig,
+    params: Any,
+    batch: RolloutBatch,
+    rng: Array,
+    cfg: sampling.SamplerConfig,
+    task: str = "strings_json",
+    *,
+    detok: DetokTables,
+    max_bytes: Optional[int] = None,
+) -> Rollout:
   """Sample, detokenise and score: a pure function (not jitted)."""
   samples = sampling.sample_fn(model_config, params, batch.prompts, batch.prompt_lens, rng, cfg)
   return score_samples(samples, batch, detok, cfg, task, max_bytes)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "cfg", "task", "max_bytes",
-                                             "mesh", "rules"))
-def _rollout_jit(model_config, params, batch, rng, cfg, task, detok, max_bytes=None,
-                 mesh=None, rules=None):
+@functools.partial(
+    jax.jit, static_argnames=("model_config", "cfg", "task", "max_bytes", "mesh", "rules")
+)
+def _rollout_jit(
+    model_config, params, batch, rng, cfg, task, detok, max_bytes=None, mesh=None, rules=None
+):
   del mesh, rules
-  return rollout_fn(model_config, params, batch, rng, cfg, task, detok=detok,
-                    max_bytes=max_bytes)
+  return rollout_fn(model_config, params, batch, rng, cfg, task, detok=detok, max_bytes=max_bytes)
 
 
-def rollout(model_config: ModelConfig, params: Any, batch: RolloutBatch, rng: Array,
-            cfg: sampling.SamplerConfig, task: str = "strings_json", *, detok: DetokTables,
-            max_bytes: Optional[int] = None, mesh=None, rules=None) -> Rollout:
+def rollout(
+    model_config: ModelConfig,
+    params: Any,
+    batch: RolloutBatch,
+    rng: Array,
+    cfg: sampling.SamplerConfig,
+    task: str = "strings_json",
+    *,
+    detok: DetokTables,
+    max_bytes: Optional[int] = None,
+    mesh=None,
+    rules=None,
+) -> Rollout:
   """One jitted call: prompts -> samples -> bytes -> rewards -> advantages (module docstring).
 
   ``mesh``/``rules``: run under ``jax.set_mesh(mesh)`` + ``nn.logical_axis_rules(rules)``
@@ -223,8 +282,18 @@ def rollout(model_config: ModelConfig, params: Any, batch: RolloutBatch, rng: Ar
     rules = DEFAULT_RULES
   mesh, rules = sampling._check_rules(mesh, rules)
   with sampling._MeshContext(mesh, rules):
-    return _rollout_jit(model_config, params, batch, rng, cfg, task, detok,
-                        max_bytes=max_bytes, mesh=mesh, rules=rules)
+    return _rollout_jit(
+        model_config,
+        params,
+        batch,
+        rng,
+        cfg,
+        task,
+        detok,
+        max_bytes=max_bytes,
+        mesh=mesh,
+        rules=rules,
+    )
 
 
 # ------------------------------------------------------------------------------- sharding

@@ -23,6 +23,7 @@ The loss is the token mean over the *global* batch: :func:`sft_step` counts the 
 the whole batch before it splits it into micro-batches for gradient accumulation, so the result
 does not depend on the number of micro-batches or on the mesh (``tests/test_train.py``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -38,20 +39,33 @@ from compfn.rl import losses
 
 Array = jax.Array
 
-__all__ = ['SFTBatch', 'make_batch', 'pack_batch', 'packed_rows', 'sft_loss_fn', 'sft_grads', 'sft_step']
+__all__ = [
+    'SFTBatch',
+    'make_batch',
+    'pack_batch',
+    'packed_rows',
+    'sft_loss_fn',
+    'sft_grads',
+    'sft_step',
+]
 
 
 @flax.struct.dataclass
 class SFTBatch:
-  inputs: Array        # int32[B, T]
-  targets: Array       # int32[B, T]
-  loss_mask: Array     # f32[B, T]   1 where targets[t] is a response token or the EOS
-  segment_ids: Array   # int32[B, T] 1 for real tokens, 0 for padding (packed: 1, 2, ... per row)
+  inputs: Array  # int32[B, T]
+  targets: Array  # int32[B, T]
+  loss_mask: Array  # f32[B, T]   1 where targets[t] is a response token or the EOS
+  segment_ids: Array  # int32[B, T] 1 for real tokens, 0 for padding (packed: 1, 2, ... per row)
   positions: Any = None  # int32[B, T] per-segment positions (packed batches); None = 0..T-1
 
 
-def make_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
-               eos_id: int, pad_id: int = 0, truncate: bool = False) -> SFTBatch:
+def make_batch(
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    length: int,
+    eos_id: int,
+    pad_id: int = 0,
+    truncate: bool = False,
+) -> SFTBatch:
   """Pack (prompt_ids, target_ids) pairs into a right-padded :class:`SFTBatch` (numpy).
 
   ``length`` is the static sequence length. An example longer than ``length`` + 1 tokens
@@ -70,14 +84,16 @@ def make_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: 
       raise ValueError(f'make_batch: example {i} has an empty prompt')
     seq = prompt + target + [eos_id]
     if len(seq) - 1 > length and not truncate:
-      raise ValueError(f'make_batch: example {i} has {len(seq)} tokens (prompt {len(prompt)} + '
-                       f'target {len(target)} + EOS) > length + 1 = {length + 1}; raise the '
-                       'sequence length or filter long examples')
-    seq = seq[:length + 1]
+      raise ValueError(
+          f'make_batch: example {i} has {len(seq)} tokens (prompt {len(prompt)} + '
+          f'target {len(target)} + EOS) > length + 1 = {length + 1}; raise the '
+          'sequence length or filter long examples'
+      )
+    seq = seq[: length + 1]
     n = len(seq) - 1
     inputs[i, :n] = seq[:-1]
     targets[i, :n] = seq[1:]
-    mask[i, len(prompt) - 1:n] = 1.0
+    mask[i, len(prompt) - 1 : n] = 1.0
     seg[i, :n] = 1
   return SFTBatch(inputs=inputs, targets=targets, loss_mask=mask, segment_ids=seg)
 
@@ -88,11 +104,13 @@ def _check(examples, length: int, truncate: bool):
     prompt, target = list(prompt), list(target)
     if not prompt:
       raise ValueError(f'example {i} has an empty prompt')
-    n = len(prompt) + len(target)       # prompt + target + EOS, minus the unpredicted last one
+    n = len(prompt) + len(target)  # prompt + target + EOS, minus the unpredicted last one
     if n > length and not truncate:
-      raise ValueError(f'example {i} has {n + 1} tokens (prompt {len(prompt)} + target '
-                       f'{len(target)} + EOS) > length + 1 = {length + 1}; raise the sequence '
-                       'length or filter long examples')
+      raise ValueError(
+          f'example {i} has {n + 1} tokens (prompt {len(prompt)} + target '
+          f'{len(target)} + EOS) > length + 1 = {length + 1}; raise the sequence '
+          'length or filter long examples'
+      )
     out.append((prompt, target))
   return out
 
@@ -120,9 +138,15 @@ def packed_rows(examples, length: int) -> int:
   return len(_first_fit(sizes, length))
 
 
-def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int,
-               eos_id: int, pad_id: int = 0, min_rows: int = 0, row_multiple: int = 8,
-               truncate: bool = False) -> SFTBatch:
+def pack_batch(
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    length: int,
+    eos_id: int,
+    pad_id: int = 0,
+    min_rows: int = 0,
+    row_multiple: int = 8,
+    truncate: bool = False,
+) -> SFTBatch:
   """Pack (prompt_ids, target_ids) pairs several to a row (numpy :class:`SFTBatch` with
   ``positions``). Rows: first-fit decreasing, at least ``min_rows``, rounded up to a multiple of
   ``row_multiple`` (static shapes: a stage fixes ``min_rows`` from its data so almost every
@@ -144,26 +168,32 @@ def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: 
     at = 0
     for s, i in enumerate(members, start=1):
       prompt, target = ex[i]
-      seq = (prompt + target + [eos_id])[:length + 1]
+      seq = (prompt + target + [eos_id])[: length + 1]
       n = len(seq) - 1
-      inputs[r, at:at + n] = seq[:-1]
-      targets[r, at:at + n] = seq[1:]
-      mask[r, at + len(prompt) - 1:at + n] = 1.0
-      seg[r, at:at + n] = s
-      pos[r, at:at + n] = np.arange(n)
+      inputs[r, at : at + n] = seq[:-1]
+      targets[r, at : at + n] = seq[1:]
+      mask[r, at + len(prompt) - 1 : at + n] = 1.0
+      seg[r, at : at + n] = s
+      pos[r, at : at + n] = np.arange(n)
       at += n
-  return SFTBatch(inputs=inputs, targets=targets, loss_mask=mask, segment_ids=seg,
-                  positions=pos)
+  return SFTBatch(inputs=inputs, targets=targets, loss_mask=mask, segment_ids=seg, positions=pos)
 
 
 def sft_loss_fn(model_config: ModelConfig, params: Any, batch: SFTBatch, num_tokens):
   """(loss, aux) of one (micro-)batch; ``num_tokens`` is the global loss-token count."""
   # The LM head runs in chunks of positions from the hidden states (no [B, T, V] logits tensor
   # is materialised at once; ``compfn.rl.losses.sft_loss_from_hidden``).
-  hidden, _ = T.apply(model_config, params, batch.inputs, batch.positions,
-                      segment_ids=batch.segment_ids, return_hidden=True)
-  loss, correct = losses.sft_loss_from_hidden(model_config, params, hidden, batch.targets,
-                                              batch.loss_mask, num_tokens=num_tokens)
+  hidden, _ = T.apply(
+      model_config,
+      params,
+      batch.inputs,
+      batch.positions,
+      segment_ids=batch.segment_ids,
+      return_hidden=True,
+  )
+  loss, correct = losses.sft_loss_from_hidden(
+      model_config, params, hidden, batch.targets, batch.loss_mask, num_tokens=num_tokens
+  )
   return loss, {'correct_tokens': correct, 'loss_tokens': batch.loss_mask.sum()}
 
 
@@ -171,19 +201,24 @@ def sft_grads(model_config: ModelConfig, params: Any, batch: SFTBatch, micro_bat
   """(grads, metrics) of the token-mean NLL over the whole batch, accumulated over
   ``micro_batches`` sequential micro-batches (``lax.scan``); pure, jittable."""
   from compfn.optim import accumulate
+
   num_tokens = jnp.maximum(batch.loss_mask.sum(), 1.0)
   fn = lambda p, mb: sft_loss_fn(model_config, p, mb, num_tokens)  # noqa: E731
   grads, loss, aux = accumulate(fn, params, batch, micro_batches)
-  metrics = {'loss': loss, 'token_accuracy': aux['correct_tokens'] / num_tokens,
-             'loss_tokens': aux['loss_tokens'],
-             'tokens': batch.segment_ids.sum().astype(jnp.float32),
-             'sequences': batch.segment_ids.max(-1).sum().astype(jnp.float32)}
+  metrics = {
+      'loss': loss,
+      'token_accuracy': aux['correct_tokens'] / num_tokens,
+      'loss_tokens': aux['loss_tokens'],
+      'tokens': batch.segment_ids.sum().astype(jnp.float32),
+      'sequences': batch.segment_ids.max(-1).sum().astype(jnp.float32),
+  }
   return grads, metrics
 
 
 def sft_step(model_config: ModelConfig, tx, state, batch: SFTBatch, micro_batches: int = 1):
   """One SFT update (pure; jit it with the state donated): (state, metrics)."""
   from compfn.optim import apply_gradients
+
   grads, metrics = sft_grads(model_config, state.params, batch, micro_batches)
   state, upd = apply_gradients(state, grads, tx, metrics['loss'])
   return state, {**metrics, **upd}

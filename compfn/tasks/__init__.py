@@ -19,6 +19,7 @@ countdown              ``{"numbers": [..], "target": N}`` JSON     ``countdown.v
 ``strings/paper`` and ``strings/trace`` are aliases of ``strings_json`` and ``strings_trace``.
 Device scorers are :class:`~compfn.tasks.registry.Lazy` (JAX is imported on their first call).
 """
+
 import operator
 
 from compfn.tasks import countdown as _countdown
@@ -35,36 +36,69 @@ _PROMPT = operator.attrgetter('prompt')
 
 def _register_builtin():
   task = registry.Task
-  registry.register(task(
-      'strings_json', _strings_generator.generate, _PROMPT, operator.attrgetter('output'),
-      _strings_scoring.score, registry.Lazy(_STRINGS_DEVICE + 'score_json'),
-      description="The paper's forward-prediction prompt, answer as the last JSON object."),
-      aliases=('strings/paper',))
-  registry.register(task(
-      'strings_trace', _strings_generator.generate_trace, _PROMPT, operator.attrgetter('answer'),
-      _strings_scoring.score_trace, registry.Lazy(_STRINGS_DEVICE + 'score_trace'),
-      metrics=('accuracy', 'pass_at_k', 'failure_modes'),
-      description='Trace format for small from-scratch models (spec/MINIATURE.md).'),
-      aliases=('strings/trace',))
-  registry.register(task(
-      'strings_trace_steps', _strings_generator.generate_trace, _PROMPT,
-      operator.attrgetter('target'), _strings_scoring.score_trace_steps,
-      registry.Lazy(_STRINGS_DEVICE + 'score_trace_steps'),
-      description='Trace format with credit for correct leading steps (ref = the whole '
-                  "reference trace; a departure from the paper's final-answer reward)."))
-  registry.register(task(
-      'strings_trace_shape', _strings_generator.generate_trace, _PROMPT,
-      operator.attrgetter('target'), _strings_scoring.score_trace_shape,
-      registry.Lazy(_STRINGS_DEVICE + 'score_trace_shape'),
-      description='Trace format, shape-aware: credit for the right calls in the right order, '
-                  'for right steps and for the right answer; overlong keeps its step credit '
-                  "(ref = the whole reference trace; a departure from the paper's reward)."))
-  registry.register(task(
-      'countdown', _countdown.generate, _PROMPT, operator.attrgetter('reference'),
-      _countdown_scoring.score, registry.Lazy('compfn.tasks.countdown.verifier:score_refs'),
-      encode_reference=_countdown_scoring.reference_json,
-      description="reasoning-gym Countdown (paper §4.3): the paper's prompt, answer in the last "
-                  '<answer>...</answer>, exact multiset + value check, binary reward.'))
+  registry.register(
+      task(
+          'strings_json',
+          _strings_generator.generate,
+          _PROMPT,
+          operator.attrgetter('output'),
+          _strings_scoring.score,
+          registry.Lazy(_STRINGS_DEVICE + 'score_json'),
+          description="The paper's forward-prediction prompt, answer as the last JSON object.",
+      ),
+      aliases=('strings/paper',),
+  )
+  registry.register(
+      task(
+          'strings_trace',
+          _strings_generator.generate_trace,
+          _PROMPT,
+          operator.attrgetter('answer'),
+          _strings_scoring.score_trace,
+          registry.Lazy(_STRINGS_DEVICE + 'score_trace'),
+          metrics=('accuracy', 'pass_at_k', 'failure_modes'),
+          description='Trace format for small from-scratch models (spec/MINIATURE.md).',
+      ),
+      aliases=('strings/trace',),
+  )
+  registry.register(
+      task(
+          'strings_trace_steps',
+          _strings_generator.generate_trace,
+          _PROMPT,
+          operator.attrgetter('target'),
+          _strings_scoring.score_trace_steps,
+          registry.Lazy(_STRINGS_DEVICE + 'score_trace_steps'),
+          description='Trace format with credit for correct leading steps (ref = the whole '
+          "reference trace; a departure from the paper's final-answer reward).",
+      )
+  )
+  registry.register(
+      task(
+          'strings_trace_shape',
+          _strings_generator.generate_trace,
+          _PROMPT,
+          operator.attrgetter('target'),
+          _strings_scoring.score_trace_shape,
+          registry.Lazy(_STRINGS_DEVICE + 'score_trace_shape'),
+          description='Trace format, shape-aware: credit for the right calls in the right order, '
+          'for right steps and for the right answer; overlong keeps its step credit '
+          "(ref = the whole reference trace; a departure from the paper's reward).",
+      )
+  )
+  registry.register(
+      task(
+          'countdown',
+          _countdown.generate,
+          _PROMPT,
+          operator.attrgetter('reference'),
+          _countdown_scoring.score,
+          registry.Lazy('compfn.tasks.countdown.verifier:score_refs'),
+          encode_reference=_countdown_scoring.reference_json,
+          description="reasoning-gym Countdown (paper §4.3): the paper's prompt, answer in the last "
+          '<answer>...</answer>, exact multiset + value check, binary reward.',
+      )
+  )
 
 
 _register_builtin()

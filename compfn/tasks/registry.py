@@ -17,6 +17,7 @@ the task modules and registers the built-in tasks (``strings_json``, ``strings_t
 themselves with :func:`register`. This module imports nothing of the tasks (and not JAX): a
 device scorer may be a :class:`Lazy` reference, imported on its first call.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ METRICS = ('accuracy', 'pass_at_k', 'failure_modes')
 class Lazy:
   """A function named ``'module:attr'``, imported on its first call (so that registering a
   device scorer does not import JAX). Calling it calls the function."""
+
   path: str
 
   def __post_init__(self):
@@ -76,6 +78,7 @@ class Task:
       reads it (validated; raises ``ValueError`` on a bad one). Identity for the string tasks.
     description: one line for listings.
   """
+
   name: str
   generate: Callable[..., list]
   prompt: Callable[[Any], str]
@@ -91,11 +94,14 @@ class Task:
       raise ValueError(f'a task needs a non-empty name, got {self.name!r}')
     for field in ('generate', 'prompt', 'score', 'device_score', 'encode_reference'):
       if not callable(getattr(self, field)):
-        raise TypeError(f'task {self.name!r}: {field} must be callable, got '
-                        f'{getattr(self, field)!r}')
+        raise TypeError(
+            f'task {self.name!r}: {field} must be callable, got ' f'{getattr(self, field)!r}'
+        )
     if self.reference != STORED and not callable(self.reference):
-      raise TypeError(f'task {self.name!r}: reference must be callable or {STORED!r}, got '
-                      f'{self.reference!r}')
+      raise TypeError(
+          f'task {self.name!r}: reference must be callable or {STORED!r}, got '
+          f'{self.reference!r}'
+      )
     object.__setattr__(self, 'metrics', tuple(self.metrics))
     unknown = [m for m in self.metrics if m not in METRICS]
     if unknown:

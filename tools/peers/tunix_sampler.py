@@ -31,106 +31,138 @@ import time
 
 
 class _IdTokenizer:
-    """encode('5 6 7') -> [5, 6, 7]; no BOS (bos_id 0 is falsy, so tunix prepends none)."""
+  """encode('5 6 7') -> [5, 6, 7]; no BOS (bos_id 0 is falsy, so tunix prepends none)."""
 
-    def __init__(self, eos, pad):
-        self._eos, self._pad = eos, pad
+  def __init__(self, eos, pad):
+    self._eos, self._pad = eos, pad
 
-    def encode(self, text, **kw):
-        return [int(t) for t in text.split()]
+  def encode(self, text, **kw):
+    return [int(t) for t in text.split()]
 
-    def decode(self, ids, **kw):
-        return ' '.join(str(int(i)) for i in ids)
+  def decode(self, ids, **kw):
+    return ' '.join(str(int(i)) for i in ids)
 
-    def bos_id(self):
-        return 0
+  def bos_id(self):
+    return 0
 
-    def eos_id(self):
-        return self._eos
+  def eos_id(self):
+    return self._eos
 
-    def pad_id(self):
-        return self._pad
+  def pad_id(self):
+    return self._pad
 
 
 def main(spec):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from tunix.generate.sampler import CacheConfig, Sampler
-    from tunix.models.llama3 import model as llama3_model
-    from tunix.models.llama3 import params as llama3_params
-    from importlib.metadata import version
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from tunix.generate.sampler import CacheConfig, Sampler
+  from tunix.models.llama3 import model as llama3_model
+  from tunix.models.llama3 import params as llama3_params
+  from importlib.metadata import version
 
-    tc = dict(spec['tunix_config'])
-    theta = tc['rope_theta']
-    _orig = llama3_model.apply_rope
-    llama3_model.apply_rope = (lambda inputs, positions, head_dim, rope_theta=None:
-                               _orig(inputs, positions, head_dim, rope_theta=theta))
-    cfg = llama3_model.ModelConfig(**tc)
-    t = time.perf_counter()
-    model = llama3_params.create_model_from_safe_tensors(spec['model_dir'], cfg,
-                                                         dtype=jnp.float32)
-    load_s = time.perf_counter() - t
-    ids = [int(i) for i in spec['prompt_ids']]
-    B, N, P = int(spec['batch']), int(spec['new_tokens']), len(ids)
-    eos = int(spec['eos_id'])
+  tc = dict(spec['tunix_config'])
+  theta = tc['rope_theta']
+  _orig = llama3_model.apply_rope
+  llama3_model.apply_rope = lambda inputs, positions, head_dim, rope_theta=None: _orig(
+      inputs, positions, head_dim, rope_theta=theta
+  )
+  cfg = llama3_model.ModelConfig(**tc)
+  t = time.perf_counter()
+  model = llama3_params.create_model_from_safe_tensors(spec['model_dir'], cfg, dtype=jnp.float32)
+  load_s = time.perf_counter() - t
+  ids = [int(i) for i in spec['prompt_ids']]
+  B, N, P = int(spec['batch']), int(spec['new_tokens']), len(ids)
+  eos = int(spec['eos_id'])
 
-    if spec.get('has_tokenizer'):
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(spec['model_dir'])
-        tok.pad_token = '<|endoftext|>'          # BASELINES §2 pitfall: default pad is EOS
-        assert tok.pad_token_id == int(spec['pad_id']) == 0
-        prompt = tok.decode(ids, skip_special_tokens=False)
-    else:
-        tok = _IdTokenizer(eos, int(spec['pad_id']))
-        prompt = ' '.join(map(str, ids))
+  if spec.get('has_tokenizer'):
+    from transformers import AutoTokenizer
 
-    smp = Sampler(model, tok, CacheConfig(cache_size=P + N, num_layers=tc['num_layers'],
-                                          num_kv_heads=tc['num_kv_heads'],
-                                          head_dim=tc['head_dim']))
-    got = [int(i) for i in smp.tokenize(prompt)]
-    assert got == ids, ('tunix tokenisation differs from the prompt ids', got[:8], ids[:8])
+    tok = AutoTokenizer.from_pretrained(spec['model_dir'])
+    tok.pad_token = '<|endoftext|>'  # BASELINES §2 pitfall: default pad is EOS
+    assert tok.pad_token_id == int(spec['pad_id']) == 0
+    prompt = tok.decode(ids, skip_special_tokens=False)
+  else:
+    tok = _IdTokenizer(eos, int(spec['pad_id']))
+    prompt = ' '.join(map(str, ids))
 
-    T = {}
-    for name in ('_compiled_prefill_fn', '_compiled_decode_fn'):
-        f = getattr(smp, name)
+  smp = Sampler(
+      model,
+      tok,
+      CacheConfig(
+          cache_size=P + N,
+          num_layers=tc['num_layers'],
+          num_kv_heads=tc['num_kv_heads'],
+          head_dim=tc['head_dim'],
+      ),
+  )
+  got = [int(i) for i in smp.tokenize(prompt)]
+  assert got == ids, ('tunix tokenisation differs from the prompt ids', got[:8], ids[:8])
 
-        def g(*a, _f=f, _n=name, **k):
-            t0 = time.perf_counter()
-            out = _f(*a, **k)
-            jax.block_until_ready(out.token_buffer)
-            T[_n] = time.perf_counter() - t0
-            return out
-        setattr(smp, name, g)
+  T = {}
+  for name in ('_compiled_prefill_fn', '_compiled_decode_fn'):
+    f = getattr(smp, name)
 
-    def call(seed):
-        t0 = time.perf_counter()
-        out = smp([prompt] * B, max_generation_steps=N, max_prompt_length=P, temperature=1.0,
-                  top_p=1.0, top_k=None, eos_tokens=[eos], forbidden_tokens=[eos], seed=seed)
-        total = time.perf_counter() - t0
-        assert len(out.tokens) == B and all(len(x) == N for x in out.tokens), \
-            [len(x) for x in out.tokens]
-        assert not any(int(v) == eos for x in out.tokens for v in np.asarray(x))
-        return dict(prefill=T['_compiled_prefill_fn'], decode=T['_compiled_decode_fn'],
-                    total=total)
+    def g(*a, _f=f, _n=name, **k):
+      t0 = time.perf_counter()
+      out = _f(*a, **k)
+      jax.block_until_ready(out.token_buffer)
+      T[_n] = time.perf_counter() - t0
+      return out
 
-    warm = call(0)
-    runs = [call(seed) for seed in range(1, int(spec['repeats']) + 1)]
-    med = {k: statistics.median(r[k] for r in runs) for k in ('prefill', 'decode', 'total')}
-    res = dict(system='tunix', tunix=version('google-tunix'), jax=jax.__version__,
-               flax=version('flax'), transformers=version('transformers'),
-               batch=B, prompt_len=P, new_tokens=N, cache_size=P + N, load_s=load_s,
-               prefill_s=med['prefill'], decode_s=med['decode'], total_s=med['total'],
-               decode_forward_steps=N, ms_per_step=1e3 * med['decode'] / N,
-               decode_tok_s=B * N / med['decode'], prefill_tok_s=B * P / med['prefill'],
-               e2e_tok_s=B * N / med['total'], first_call_s=warm['total'],
-               first_call_extra_s=warm['total'] - med['total'],
-               compile_s=(warm['prefill'] - med['prefill']) + (warm['decode'] - med['decode']),
-               runs=runs)
-    res['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print('RESULT ' + json.dumps(res), flush=True)
+    setattr(smp, name, g)
+
+  def call(seed):
+    t0 = time.perf_counter()
+    out = smp(
+        [prompt] * B,
+        max_generation_steps=N,
+        max_prompt_length=P,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=None,
+        eos_tokens=[eos],
+        forbidden_tokens=[eos],
+        seed=seed,
+    )
+    total = time.perf_counter() - t0
+    assert len(out.tokens) == B and all(len(x) == N for x in out.tokens), [
+        len(x) for x in out.tokens
+    ]
+    assert not any(int(v) == eos for x in out.tokens for v in np.asarray(x))
+    return dict(prefill=T['_compiled_prefill_fn'], decode=T['_compiled_decode_fn'], total=total)
+
+  warm = call(0)
+  runs = [call(seed) for seed in range(1, int(spec['repeats']) + 1)]
+  med = {k: statistics.median(r[k] for r in runs) for k in ('prefill', 'decode', 'total')}
+  res = dict(
+      system='tunix',
+      tunix=version('google-tunix'),
+      jax=jax.__version__,
+      flax=version('flax'),
+      transformers=version('transformers'),
+      batch=B,
+      prompt_len=P,
+      new_tokens=N,
+      cache_size=P + N,
+      load_s=load_s,
+      prefill_s=med['prefill'],
+      decode_s=med['decode'],
+      total_s=med['total'],
+      decode_forward_steps=N,
+      ms_per_step=1e3 * med['decode'] / N,
+      decode_tok_s=B * N / med['decode'],
+      prefill_tok_s=B * P / med['prefill'],
+      e2e_tok_s=B * N / med['total'],
+      first_call_s=warm['total'],
+      first_call_extra_s=warm['total'] - med['total'],
+      compile_s=(warm['prefill'] - med['prefill']) + (warm['decode'] - med['decode']),
+      runs=runs,
+  )
+  res['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print('RESULT ' + json.dumps(res), flush=True)
 
 
 if __name__ == '__main__':
-    with open(sys.argv[1]) as f:
-        main(json.load(f))
+  with open(sys.argv[1]) as f:
+    main(json.load(f))

@@ -10,12 +10,36 @@ The task ``'countdown'`` of :mod:`compfn.tasks.registry` is registered by :mod:`
 :func:`compfn.tasks.countdown.verifier.score_refs`, which reads the problem from the reference's
 JSON bytes). This package does not import the registry.
 """
-from compfn.tasks.countdown.generator import (PAPER_SETS, CountdownConfig, Problem, generate,
-                                              iter_generate, make_problem)
-from compfn.tasks.countdown.prompts import TEMPLATE, prompt
-from compfn.tasks.countdown.scoring import (Verdict, parse_reference, reference_json, score,
-                                            score_answer)
 
-__all__ = ['PAPER_SETS', 'CountdownConfig', 'Problem', 'generate', 'iter_generate',
-           'make_problem', 'TEMPLATE', 'prompt', 'Verdict', 'score', 'score_answer',
-           'parse_reference', 'reference_json']
+from compfn.tasks.countdown.generator import (
+    PAPER_SETS,
+    CountdownConfig,
+    Problem,
+    generate,
+    iter_generate,
+    make_problem,
+)
+from compfn.tasks.countdown.prompts import TEMPLATE, prompt
+from compfn.tasks.countdown.scoring import (
+    Verdict,
+    parse_reference,
+    reference_json,
+    score,
+    score_answer,
+)
+
+__all__ = [
+    'PAPER_SETS',
+    'CountdownConfig',
+    'Problem',
+    'generate',
+    'iter_generate',
+    'make_problem',
+    'TEMPLATE',
+    'prompt',
+    'Verdict',
+    'score',
+    'score_answer',
+    'parse_reference',
+    'reference_json',
+]

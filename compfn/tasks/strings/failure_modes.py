@@ -52,6 +52,7 @@ Example::
     >>> c.category, c.step, c.shape_ok
     ('atomic_error', 2, True)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,17 +63,37 @@ from compfn.tasks.strings import functions as F
 from compfn.tasks.strings import generic as G
 from compfn.tasks.strings import scoring
 
-__all__ = ['CATEGORIES', 'Classification', 'classify', 'shape_ok', 'parse_call', 'tally',
-           'shares', 'markdown_table', 'plot_stacked']
+__all__ = [
+    'CATEGORIES',
+    'Classification',
+    'classify',
+    'shape_ok',
+    'parse_call',
+    'tally',
+    'shares',
+    'markdown_table',
+    'plot_stacked',
+]
 
 #: The paper's five categories (PAPER §3.5) plus ``format_error``, in reporting order.
-CATEGORIES = ('correct', 'ignores_composition', 'incomplete_trace', 'incorrect_composition',
-              'atomic_error', 'format_error')
+CATEGORIES = (
+    'correct',
+    'ignores_composition',
+    'incomplete_trace',
+    'incorrect_composition',
+    'atomic_error',
+    'format_error',
+)
 
 #: Plot colours, one per category.
-COLORS = {'correct': '#4caf50', 'ignores_composition': '#9c27b0', 'incomplete_trace': '#ff9800',
-          'incorrect_composition': '#f44336', 'atomic_error': '#2196f3',
-          'format_error': '#9e9e9e'}
+COLORS = {
+    'correct': '#4caf50',
+    'ignores_composition': '#9c27b0',
+    'incomplete_trace': '#ff9800',
+    'incorrect_composition': '#f44336',
+    'atomic_error': '#2196f3',
+    'format_error': '#9e9e9e',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +106,7 @@ class Classification:
   num_steps: the number of steps the response wrote.
   detail: a short human-readable reason.
   """
+
   category: str
   step: Optional[int] = None
   shape_ok: bool = False
@@ -95,6 +117,7 @@ class Classification:
 @dataclasses.dataclass(frozen=True)
 class _Call:
   """A parsed step call ``fid(args...)``; args are str, int or nested :class:`_Call`."""
+
   fid: str
   args: tuple
 
@@ -144,13 +167,13 @@ def _call_at(text: str, i: int):
 def parse_call(text: str) -> Optional[_Call]:
   """Parse a step call such as ``func_7('fgi','dnqjwha')``; None if it is not ``fid(args)``.
 
-      >>> parse_call("func_8('abc',2)")
-      _Call(fid='func_8', args=('abc', 2))
-      >>> parse_call("('ab'+'c')") is None
-      True
+  >>> parse_call("func_8('abc',2)")
+  _Call(fid='func_8', args=('abc', 2))
+  >>> parse_call("('ab'+'c')") is None
+  True
   """
   got = _call_at(text, 0)
-  if got is None or text[got[1]:].strip():
+  if got is None or text[got[1] :].strip():
     return None
   return got[0]
 
@@ -183,6 +206,7 @@ def _parse(text: str):
 # ------------------------------------------------------------------------------------------------
 # Classification
 # ------------------------------------------------------------------------------------------------
+
 
 def _chain_positions(spec, expected_args: tuple, expected_prev: str) -> list:
   """Argument positions that carry the previous step's value in a target step."""
@@ -249,12 +273,14 @@ def classify(response: str, target: str, ref: str, truncated: bool = False) -> C
   expected = [c.fid for c, _ in exp]
   n = len(expected)
   if truncated:
-    return Classification('format_error', num_steps=len(scoring.parse_trace(response)[0]),
-                          detail='truncated (no EOS)')
+    return Classification(
+        'format_error', num_steps=len(scoring.parse_trace(response)[0]), detail='truncated (no EOS)'
+    )
   parsed = _parse(response)
   if isinstance(parsed, str):
-    return Classification('format_error', num_steps=len(scoring.parse_trace(response)[0]),
-                          detail=parsed)
+    return Classification(
+        'format_error', num_steps=len(scoring.parse_trace(response)[0]), detail=parsed
+    )
   resp, answer = parsed
   got = [c.fid for c, _ in resp]
   ok = got == expected
@@ -266,8 +292,9 @@ def classify(response: str, target: str, ref: str, truncated: bool = False) -> C
   if answer == ref:
     return verdict('correct', 'answer equals ref')
   if n >= 2 and m <= 1:
-    return verdict('ignores_composition',
-                   f'{m} step for a {n}-call composition' if m else 'no steps')
+    return verdict(
+        'ignores_composition', f'{m} step for a {n}-call composition' if m else 'no steps'
+    )
   if m < n:
     return verdict('incomplete_trace', f'{m} of {n} steps')
   if not ok:
@@ -290,9 +317,9 @@ def classify(response: str, target: str, ref: str, truncated: bool = False) -> C
 def shape_ok(response: str, target: str) -> bool:
   """Whether the response's steps call the target's functions, innermost first, same count.
 
-      >>> t = ";func_0('qdq')=qqd;func_11('qqd',4)=uuh;uuh"
-      >>> shape_ok(";func_0('qdq')=qdq;func_11('qdq',4)=uhu;uhu", t)
-      True
+  >>> t = ";func_0('qdq')=qqd;func_11('qqd',4)=uuh;uuh"
+  >>> shape_ok(";func_0('qdq')=qdq;func_11('qdq',4)=uhu;uhu", t)
+  True
   """
   a, b = _parse(response), _parse(target)
   if isinstance(b, str):
@@ -306,13 +333,15 @@ def shape_ok(response: str, target: str) -> bool:
 # Tallies, tables and plots
 # ------------------------------------------------------------------------------------------------
 
+
 def _level_key(level) -> tuple:
   s = str(level)
   return (0, int(s), s) if s.lstrip('-').isdigit() else (1, 0, s)
 
 
-def tally(classifications: Iterable[Union[Classification, str]],
-          levels: Iterable) -> dict[str, dict[str, int]]:
+def tally(
+    classifications: Iterable[Union[Classification, str]], levels: Iterable
+) -> dict[str, dict[str, int]]:
   """Counts per level: ``{'1': {'correct': 3, 'atomic_error': 1, ...}, ...}`` (every category
   present; levels as strings, in numeric order). Items may be Classifications or category names.
 
@@ -335,8 +364,8 @@ def tally(classifications: Iterable[Union[Classification, str]],
 def shares(classifications, levels=None) -> dict[str, dict[str, float]]:
   """Fractions per level; pass (classifications, levels) or a :func:`tally` result alone.
 
-      >>> shares({'2': {'correct': 1, 'atomic_error': 3}})['2']['atomic_error']
-      0.75
+  >>> shares({'2': {'correct': 1, 'atomic_error': 3}})['2']['atomic_error']
+  0.75
   """
   t = classifications if levels is None else tally(classifications, levels)
   out = {}
@@ -351,8 +380,9 @@ def _levels(tallies: Mapping[str, Mapping]) -> list[str]:
   return sorted(found, key=_level_key)
 
 
-def markdown_table(tallies: Mapping[str, Mapping[str, Mapping[str, int]]],
-                   title: Optional[str] = None) -> str:
+def markdown_table(
+    tallies: Mapping[str, Mapping[str, Mapping[str, int]]], title: Optional[str] = None
+) -> str:
   """A markdown table of several named evaluations' tallies: one row per (evaluation, level),
   one column per category as ``percent (count)``.
 
@@ -369,21 +399,26 @@ def markdown_table(tallies: Mapping[str, Mapping[str, Mapping[str, int]]],
     for level in sorted(t, key=_level_key):
       row = t[level]
       total = sum(row.values())
-      cells = [f'{100 * row.get(c, 0) / total:.1f}% ({row.get(c, 0)})' if total else '-'
-               for c in CATEGORIES]
+      cells = [
+          f'{100 * row.get(c, 0) / total:.1f}% ({row.get(c, 0)})' if total else '-'
+          for c in CATEGORIES
+      ]
       lines.append(f'| {name} | {level} | {total} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def plot_stacked(tallies: Mapping[str, Mapping[str, Mapping[str, int]]], path: str,
-                 title: Optional[str] = None) -> str:
+def plot_stacked(
+    tallies: Mapping[str, Mapping[str, Mapping[str, int]]], path: str, title: Optional[str] = None
+) -> str:
   """Stacked bars of category shares: one group per level, one bar per evaluation; returns path.
 
-      plot_stacked({'before_rl': t0, 'after_rl': t1}, 'failure_modes.png')
+  plot_stacked({'before_rl': t0, 'after_rl': t1}, 'failure_modes.png')
   """
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   names, levels = list(tallies), _levels(tallies)
   width = 0.8 / max(len(names), 1)
   fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(levels) * max(len(names), 1) + 2), 3.6))
@@ -396,8 +431,14 @@ def plot_stacked(tallies: Mapping[str, Mapping[str, Mapping[str, int]]], path: s
       bottom = 0.0
       for c in CATEGORIES:
         h = 100.0 * row.get(c, 0) / total if total else 0.0
-        ax.bar(x, h, width * 0.92, bottom=bottom, color=COLORS[c],
-               label=c if (g == 0 and b == 0) else None)
+        ax.bar(
+            x,
+            h,
+            width * 0.92,
+            bottom=bottom,
+            color=COLORS[c],
+            label=c if (g == 0 and b == 0) else None,
+        )
         bottom += h
       ticks.append(x)
       labels.append(f'{name}\nL{level}' if len(names) > 1 else f'L{level}')

@@ -19,90 +19,98 @@ Examples (``s = 'abcdef'``)::
     swap_ends(s) -> 'fbcdea'   append_len(s) -> 'abcdef6' half_reverse(s) -> 'cbadef'
     double_vowels(s) -> 'aabcdeef'   wrap(s, 'q') -> 'qabcdefq'   cut_middle(s) -> 'abef'
 """
+
 from __future__ import annotations
 
 from compfn.tasks.strings.functions import FunctionSpec
 
 
 def take(s, n):
-    """Keep the first n characters."""
-    return s[:n]
+  """Keep the first n characters."""
+  return s[:n]
 
 
 def drop(s, n):
-    """Drop the first n characters."""
-    return s[n:]
+  """Drop the first n characters."""
+  return s[n:]
 
 
 def evens(s):
-    """Keep the characters at even positions."""
-    return s[::2]
+  """Keep the characters at even positions."""
+  return s[::2]
 
 
 def swap_pairs(s):
-    """Swap each pair of adjacent characters (a trailing odd one stays)."""
-    out = []
-    for i in range(0, len(s) - 1, 2):
-        out.append(s[i + 1] + s[i])
-    if len(s) % 2:
-        out.append(s[-1])
-    return ''.join(out)
+  """Swap each pair of adjacent characters (a trailing odd one stays)."""
+  out = []
+  for i in range(0, len(s) - 1, 2):
+    out.append(s[i + 1] + s[i])
+  if len(s) % 2:
+    out.append(s[-1])
+  return ''.join(out)
 
 
 def atbash(s):
-    """Mirror lowercase letters in the alphabet (a <-> z, b <-> y); keep the rest."""
-    return ''.join(chr(ord('a') + ord('z') - ord(c)) if 'a' <= c <= 'z' else c for c in s)
+  """Mirror lowercase letters in the alphabet (a <-> z, b <-> y); keep the rest."""
+  return ''.join(chr(ord('a') + ord('z') - ord(c)) if 'a' <= c <= 'z' else c for c in s)
 
 
 def uniq(s):
-    """Keep the first occurrence of every character."""
-    seen = []
-    for c in s:
-        if c not in seen:
-            seen.append(c)
-    return ''.join(seen)
+  """Keep the first occurrence of every character."""
+  seen = []
+  for c in s:
+    if c not in seen:
+      seen.append(c)
+  return ''.join(seen)
 
 
 def swap_ends(s):
-    """Swap the first and the last character."""
-    if len(s) < 2:
-        return s
-    return s[-1] + s[1:-1] + s[0]
+  """Swap the first and the last character."""
+  if len(s) < 2:
+    return s
+  return s[-1] + s[1:-1] + s[0]
 
 
 def append_len(s):
-    """Append the last digit of the length."""
-    return s + str(len(s) % 10)
+  """Append the last digit of the length."""
+  return s + str(len(s) % 10)
 
 
 def half_reverse(s):
-    """Reverse the first half (the first len(s) // 2 characters)."""
-    h = len(s) // 2
-    return s[:h][::-1] + s[h:]
+  """Reverse the first half (the first len(s) // 2 characters)."""
+  h = len(s) // 2
+  return s[:h][::-1] + s[h:]
 
 
 def double_vowels(s):
-    """Write every lowercase vowel twice."""
-    return ''.join(c + c if c in 'aeiou' else c for c in s)
+  """Write every lowercase vowel twice."""
+  return ''.join(c + c if c in 'aeiou' else c for c in s)
 
 
 def wrap(s, c):
-    """Put a marker string before and after the string."""
-    return c + s + c
+  """Put a marker string before and after the string."""
+  return c + s + c
 
 
 def cut_middle(s):
-    """Remove the middle third (characters from len//3 up to 2*len//3)."""
-    n = len(s)
-    return s[:n // 3] + s[2 * n // 3:]
+  """Remove the middle third (characters from len//3 up to 2*len//3)."""
+  n = len(s)
+  return s[: n // 3] + s[2 * n // 3 :]
 
 
 _ORDERED = [
-    ('take', 'param', 'int'), ('drop', 'param', 'int'), ('evens', 'noparam', None),
-    ('swap_pairs', 'noparam', None), ('atbash', 'noparam', None), ('uniq', 'noparam', None),
-    ('swap_ends', 'noparam', None), ('append_len', 'noparam', None),
-    ('half_reverse', 'noparam', None), ('double_vowels', 'noparam', None),
-    ('wrap', 'param', 'str'), ('cut_middle', 'noparam', None),
+    ('take', 'param', 'int'),
+    ('drop', 'param', 'int'),
+    ('evens', 'noparam', None),
+    ('swap_pairs', 'noparam', None),
+    ('atbash', 'noparam', None),
+    ('uniq', 'noparam', None),
+    ('swap_ends', 'noparam', None),
+    ('append_len', 'noparam', None),
+    ('half_reverse', 'noparam', None),
+    ('double_vowels', 'noparam', None),
+    ('wrap', 'param', 'str'),
+    ('cut_middle', 'noparam', None),
 ]
 
 GENERIC_FUNCTIONS: dict[str, FunctionSpec] = {
@@ -123,7 +131,8 @@ ALIAS_IDS: dict[str, tuple[str, ...]] = {
 #: Family 'generic_func': one spec per alias, keyed ``'<behaviour>@<id>'`` (e.g. ``'take@func_25'``).
 GENERIC_FUNC_ALIASES: dict[str, FunctionSpec] = {
     f'{name}@{fid}': FunctionSpec(f'{name}@{fid}', fid, spec.kind, spec.fn, spec.param, 'generic')
-    for name, spec in GENERIC_FUNCTIONS.items() for fid in ALIAS_IDS[name]
+    for name, spec in GENERIC_FUNCTIONS.items()
+    for fid in ALIAS_IDS[name]
 }
 
 #: Family 'generic_func_wide': the same behaviours under ids func_25 .. func_199 (two- and
@@ -135,10 +144,11 @@ ALIAS_IDS_WIDE: dict[str, tuple[str, ...]] = {
 }
 GENERIC_FUNC_ALIASES_WIDE: dict[str, FunctionSpec] = {
     f'{name}@{fid}': FunctionSpec(f'{name}@{fid}', fid, spec.kind, spec.fn, spec.param, 'generic')
-    for name, spec in GENERIC_FUNCTIONS.items() for fid in ALIAS_IDS_WIDE[name]
+    for name, spec in GENERIC_FUNCTIONS.items()
+    for fid in ALIAS_IDS_WIDE[name]
 }
 
 
 def base_name(name: str) -> str:
-    """``'take@func_25'`` -> ``'take'`` (the behaviour of an alias); other names unchanged."""
-    return name.split('@', 1)[0]
+  """``'take@func_25'`` -> ``'take'`` (the behaviour of an alias); other names unchanged."""
+  return name.split('@', 1)[0]

@@ -22,9 +22,25 @@ And their host conveniences::
 ``capacity`` code points); ``score_batch(responses, refs, overlong=None, fmt='json') ->
 (scores, accs)`` as numpy int32 arrays.
 """
-from compfn.tasks.strings.device_scoring import score_batch, score_json, score_trace
-from compfn.tasks.strings.interpreter import (EncodedPrograms, decode, encode, encode_strings,
-                                              execute, execute_batch)
 
-__all__ = ['execute', 'execute_batch', 'encode', 'encode_strings', 'decode', 'EncodedPrograms',
-           'score_json', 'score_trace', 'score_batch']
+from compfn.tasks.strings.device_scoring import score_batch, score_json, score_trace
+from compfn.tasks.strings.interpreter import (
+    EncodedPrograms,
+    decode,
+    encode,
+    encode_strings,
+    execute,
+    execute_batch,
+)
+
+__all__ = [
+    'execute',
+    'execute_batch',
+    'encode',
+    'encode_strings',
+    'decode',
+    'EncodedPrograms',
+    'score_json',
+    'score_trace',
+    'score_batch',
+]
