@@ -181,7 +181,7 @@ def _ref_parts(ref, parent_scope):
 def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> list[StageRef]:
   """The stages ``pipeline.stages`` runs, in order, with their scopes and names (``branch``
   stages expanded, their names prefixed ``<branch>/``). Nothing is evaluated."""
-  from compfn import experiment as X
+  from compfn import experiment
 
   if refs is None:
     bound = gin.get_bindings('pipeline', resolve_references=False)
@@ -192,13 +192,13 @@ def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> l
       )
     refs = bound['stages']
   fns = {
-      'sft_stage': X.sft_stage,
-      'rl_stage': X.rl_stage,
-      'eval_stage': X.eval_stage,
-      'gate_stage': X.gate_stage,
-      'rft_stage': X.rft_stage,
-      'export_stage': X.export_stage,
-      'branch': X.branch,
+      'sft_stage': experiment.sft_stage,
+      'rl_stage': experiment.rl_stage,
+      'eval_stage': experiment.eval_stage,
+      'gate_stage': experiment.gate_stage,
+      'rft_stage': experiment.rft_stage,
+      'export_stage': experiment.export_stage,
+      'branch': experiment.branch,
   }
   out = []
   for ref in refs:
@@ -237,16 +237,20 @@ class TokenizerInfo:
 def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str, Any]:
   """(model config, where it came from, the tokenizer or None) from ``load_model``'s bindings
   without loading any weights (see the module docstring)."""
-  from compfn import experiment as X
-  from compfn import model as M
+  from compfn import experiment
+  from compfn import model
   from compfn import tokenizers
 
   b = stage_bindings(
-      'load_model', X.load_model, (), ['checkpoint', 'tokenizer', 'overrides'], raw=['config']
+      'load_model',
+      experiment.load_model,
+      (),
+      ['checkpoint', 'tokenizer', 'overrides'],
+      raw=['config'],
   )
   ckpt, tok_path = b['checkpoint'], b['tokenizer']
   if model_preset:
-    config, origin = M.preset(model_preset), f'preset:{model_preset}'
+    config, origin = model.preset(model_preset), f'preset:{model_preset}'
   elif ckpt is not None:
     path = os.fspath(ckpt)
     cfg_json = os.path.join(path, 'config.json')
@@ -254,7 +258,7 @@ def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str
       raise errors.ConfigError(
           f'--compile_only: load_model.checkpoint={path!r} has no config.json here; '
           '--compile_only reads only that file. Pass --model_preset=NAME (one of '
-          f'{", ".join(sorted(M.PRESETS))}) to compile the model without its checkpoint'
+          f'{", ".join(sorted(model.PRESETS))}) to compile the model without its checkpoint'
       )
     from compfn.model import hf_io
 
@@ -421,12 +425,12 @@ class _Abstract:
   """Abstract (ShapeDtypeStruct) arrays placed as the run places them, on ``mesh``."""
 
   def __init__(self, config: ModelConfig, mesh, rules):
-    from compfn.model import transformer as T
+    from compfn.model import transformer
 
     self.config, self.mesh, self.rules = config, mesh, rules
     self.repl = NamedSharding(mesh, PartitionSpec())
     self.param_sh = parallel.param_shardings(config, mesh, rules)
-    shapes = jax.eval_shape(lambda: T.init_params(config, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: transformer.init_params(config, jax.random.PRNGKey(0)))
     pdt = jnp.dtype(config.param_dtype)
     self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, pdt), shapes)
     self.params = jax.tree.map(
@@ -603,7 +607,7 @@ def _in_scope(scope, fn, *args, **kwargs):
 def _plan(
     stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: int, ref_len: int
 ) -> tuple[list[Program], list[dict]]:
-  from compfn import experiment as X
+  from compfn import experiment
   from compfn.rl import grpo as R
 
   programs, notes = [], []
@@ -612,7 +616,7 @@ def _plan(
     if s.kind == 'sft_stage':
       b = stage_bindings(
           'sft_stage',
-          X.sft_stage,
+          experiment.sft_stage,
           sc,
           [
               'batch_size',
@@ -648,7 +652,7 @@ def _plan(
     elif s.kind == 'rl_stage':
       b = stage_bindings(
           'rl_stage',
-          X.rl_stage,
+          experiment.rl_stage,
           sc,
           [
               'grpo',
@@ -681,7 +685,7 @@ def _plan(
             )
         )
     elif s.kind in ('eval_stage', 'gate_stage'):
-      fn = X.eval_stage if s.kind == 'eval_stage' else X.gate_stage
+      fn = experiment.eval_stage if s.kind == 'eval_stage' else experiment.gate_stage
       names = ['task', 'num_samples', 'temperature', 'max_new_tokens', 'batch_size']
       b = stage_bindings(s.kind, fn, sc, names + (['greedy'] if s.kind == 'eval_stage' else []))
       greedy = b.get('greedy', False)
@@ -712,7 +716,7 @@ def _plan(
     elif s.kind == 'rft_stage':
       b = stage_bindings(
           'rft_stage',
-          X.rft_stage,
+          experiment.rft_stage,
           sc,
           ['num_samples', 'temperature', 'max_new_tokens', 'task', 'sample_batch_size', 'train'],
       )
@@ -735,7 +739,7 @@ def _plan(
       if b['train']:
         sb = stage_bindings(
             'sft_stage',
-            X.sft_stage,
+            experiment.sft_stage,
             sc,
             ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed', 'num_steps', 'packing'],
         )
@@ -954,10 +958,10 @@ def compile_report(
   allow_split_physical_axes: lay out a mesh that ``parallel.make_mesh`` (``jax.make_mesh``)
     refuses on this torus by splitting physical axes — what the run would NOT do (it fails);
     only to measure such a mesh's memory. Recorded in the report."""
-  from compfn import experiment as X
+  from compfn import experiment
 
   t0 = time.time()
-  mesh_shape = stage_bindings('pipeline', X.pipeline, (), ['mesh_shape'])['mesh_shape']
+  mesh_shape = stage_bindings('pipeline', experiment.pipeline, (), ['mesh_shape'])['mesh_shape']
   devices, topo = topology_devices(topology)
   mesh = _mesh(tuple(mesh_shape), devices, topo, allow_split_physical_axes)
   rules = parallel.logical_rules()
@@ -966,7 +970,7 @@ def compile_report(
   stages = pipeline_stages()
   if prompt_len is None:
     bound = [
-        stage_bindings('rl_stage', X.rl_stage, s.scope, ['prompt_len'])['prompt_len']
+        stage_bindings('rl_stage', experiment.rl_stage, s.scope, ['prompt_len'])['prompt_len']
         for s in stages
         if s.kind == 'rl_stage'
     ]

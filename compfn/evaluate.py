@@ -582,11 +582,11 @@ def write_report(
   """Write ``results.md``, ``results.csv`` (long format: name, group, level, metric, k,
   value; level 'all' = every level, group '' = every problem), ``accuracy_by_level.png`` and
   ``pass_at_k.png`` (skipped when no run sampled) into ``outdir``; returns {kind: path}."""
-  from compfn import workdir as W
+  from compfn import workdir
 
-  outdir = W.makedirs(outdir)
+  outdir = workdir.makedirs(outdir)
   paths = {}
-  md = W.join(outdir, 'results.md')
+  md = workdir.join(outdir, 'results.md')
   f = io.StringIO()
   f.write(f'# {title}\n\n')
   f.write(markdown_table(results))
@@ -599,14 +599,14 @@ def write_report(
           f"(acc {e['acc']}): `{_md_code(e['response'])}` "
           f"(ref `{_md_code(e['ref'])}`)\n"
       )
-  W.write_text(md, f.getvalue(), lead_only=False)
+  workdir.write_text(md, f.getvalue(), lead_only=False)
   paths['markdown'] = md
-  path = W.join(outdir, 'results.csv')
+  path = workdir.join(outdir, 'results.csv')
   f = io.StringIO(newline='')
   w = csv.writer(f)
   w.writerow(['name', 'group', 'level', 'metric', 'k', 'value'])
   w.writerows(_csv_rows(results))
-  W.write_text(path, f.getvalue(), lead_only=False)
+  workdir.write_text(path, f.getvalue(), lead_only=False)
   paths['csv'] = path
   paths.update(_plots(results, outdir, title))
   return paths
@@ -623,7 +623,7 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  from compfn import workdir as W
+  from compfn import workdir
 
   paths = {}
   lines = []
@@ -656,8 +656,8 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = W.join(outdir, 'accuracy_by_level.png')
-    with W.local_file(path) as local:
+    path = workdir.join(outdir, 'accuracy_by_level.png')
+    with workdir.local_file(path) as local:
       fig.savefig(local, dpi=120)
     plt.close(fig)
     paths['accuracy_plot'] = path
@@ -686,8 +686,8 @@ def _plots(results: Mapping[str, EvalResult], outdir: str, title: str) -> dict[s
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path = W.join(outdir, 'pass_at_k.png')
-    with W.local_file(path) as local:
+    path = workdir.join(outdir, 'pass_at_k.png')
+    with workdir.local_file(path) as local:
       fig.savefig(local, dpi=120)
     plt.close(fig)
     paths['pass_at_k_plot'] = path

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compfn import errors, parallel, train
-from compfn import workdir as W
+from compfn import workdir as workdir_lib
 from compfn.data import sources  # noqa: F401  (registers the gin record sources)
 from compfn.rl import grpo as _grpo  # noqa: F401  (registers GRPOConfig)
 from compfn.model.config import ModelConfig
@@ -85,7 +85,7 @@ class Run:
   lineage: list = dataclasses.field(default_factory=list)  # what produced the current params
 
   def stage_dir(self, name: str) -> str:
-    return W.makedirs(W.join(self.workdir, self.prefix + name))
+    return workdir_lib.makedirs(workdir_lib.join(self.workdir, self.prefix + name))
 
   def key(self, name: str) -> str:
     return self.prefix + name
@@ -149,16 +149,16 @@ def load_model(
   template string (``Tokenizer.apply_chat_template``).
   overrides: ModelConfig fields to replace (e.g. ``{'remat': 'full', 'dtype': 'bfloat16'}``
   from a hardware gin file); a checkpoint's weights are cast to ``param_dtype``."""
-  from compfn import model as M
+  from compfn import model
   from compfn import tokenizers
-  from compfn.model import transformer as T
+  from compfn.model import transformer
 
   if checkpoint is not None:
-    config_, params = M.load(checkpoint, device_put=False)  # host arrays: placed sharded
+    config_, params = model.load(checkpoint, device_put=False)  # host arrays: placed sharded
     tok = tokenizers.load_tokenizer(tokenizer or checkpoint)
   elif config is not None:
     config_ = config
-    params = T.init_params(config, jax.random.PRNGKey(seed))
+    params = transformer.init_params(config, jax.random.PRNGKey(seed))
     tok = tokenizers.load_tokenizer(tokenizer or 'char')
   else:
     raise ValueError(
@@ -240,9 +240,9 @@ def _record_iterator(
   """Batches of ``global_batch`` records. Every process reads the same whole global batch (the
   records are small host data; :func:`_put` places each process's rows on its devices), so a
   run's batches, and hence its losses, do not depend on the number of processes."""
-  from compfn.data import pipeline as P
+  from compfn.data import pipeline as pipeline_lib
 
-  ds = P.make_dataset(
+  ds = pipeline_lib.make_dataset(
       list(records),
       global_batch,
       seed=seed,
@@ -484,17 +484,17 @@ def sft_stage(
 
 
 def _eval_hook(run: Run, records, task: str, max_new_tokens: int):
-  from compfn import evaluate as E
+  from compfn import evaluate
 
   problems = [
-      E.EvalProblem(
+      evaluate.EvalProblem(
           prompt=r['prompt'], ref=r['ref'], level=int(r['level']), group=r.get('group', '')
       )
       for r in records
   ]
 
   def fn(step, state):
-    res = E.evaluate(
+    res = evaluate.evaluate(
         run.model_config,
         state.params,
         run.tokenizer,
@@ -539,12 +539,12 @@ def rl_stage(
 ):
   """GRPO (``compfn.rl.grpo``) on ``records`` (``prompt``, ``ref``): one fused XLA program per
   step. The KL reference (when ``grpo.kl_coef > 0``) is the stage's initial policy."""
-  from compfn.rl import grpo as R
+  from compfn.rl import grpo as grpo_lib
   from compfn.rl.rollout import DetokTables
   from compfn import sampling
 
   t0 = time.time()
-  cfg = grpo or R.GRPOConfig()
+  cfg = grpo or grpo_lib.GRPOConfig()
   opt = optimizer or train.OptimizerConfig(
       learning_rate=1e-6, schedule='constant', warmup_ratio=0.0, b2=0.999
   )
@@ -627,11 +627,11 @@ def rl_stage(
   # the program as constants). The KL reference is a copy: the state's params are donated.
   ref_params = jax.tree.map(jnp.copy, run.params) if cfg.kl_coef > 0 else None
   detok = _put(detok, run.mesh, run.rules, replicate=True)
-  compiled = train.compile_step(R.make_step(mc, tx, cfg, sampler_cfg), run.mesh, run.rules)
+  compiled = train.compile_step(grpo_lib.make_step(mc, tx, cfg, sampler_cfg), run.mesh, run.rules)
   step_fn = lambda state, pool: compiled(state, pool, detok, ref_params)  # noqa: E731
 
   def make(recs):
-    pool = R.pool_from_host(
+    pool = grpo_lib.pool_from_host(
         [p for p, _ in recs], [r for _, r in recs], cfg, plen, rlen, tok.pad_id or 0
     )
     return _put(pool, run.mesh, run.rules, replicate=True)
@@ -697,16 +697,16 @@ def rft_stage(
   records = list(records)
   for k in range(iterations):
     d = run.stage_dir(f'{name}/iter_{k}')
-    path = W.join(d, 'rft_records.jsonl')
-    stats_path = W.join(d, 'rft_stats.json')
+    path = workdir_lib.join(d, 'rft_records.jsonl')
+    stats_path = workdir_lib.join(d, 'rft_stats.json')
     if problems_per_iteration:
       lo = (k * problems_per_iteration) % len(records)
       chunk = [records[(lo + i) % len(records)] for i in range(problems_per_iteration)]
     else:
       chunk = records
-    if W.exists(stats_path):
+    if workdir_lib.exists(stats_path):
       kept = rft.read_records(path)
-      stats = W.read_json(stats_path)
+      stats = workdir_lib.read_json(stats_path)
       print(f'[{run.key(name)}/iter_{k}] reusing {len(kept):,} collected records', flush=True)
     else:
       problems = [
@@ -735,10 +735,12 @@ def rft_stage(
           mesh=run.mesh,
           rules=run.rules,
       )
-      if W.is_lead():
+      if workdir_lib.is_lead():
         rft.write_records(kept, path)
-      W.write_json(stats_path, stats, indent=1)  # after the records: it marks them complete
-      W.barrier(f'rft:{stats_path}')
+      workdir_lib.write_json(
+          stats_path, stats, indent=1
+      )  # after the records: it marks them complete
+      workdir_lib.barrier(f'rft:{stats_path}')
     print(f'[{run.key(name)}/iter_{k}] RFT collection: {json.dumps(stats)}', flush=True)
     run.summaries[run.key(f'{name}/iter_{k}/collect')] = stats
     if not train:
@@ -752,10 +754,10 @@ def rft_stage(
 
 
 def _eval_problems(records):
-  from compfn import evaluate as E
+  from compfn import evaluate
 
   return [
-      E.EvalProblem(
+      evaluate.EvalProblem(
           prompt=r['prompt'],
           ref=r['ref'],
           level=int(r['level']),
@@ -769,7 +771,7 @@ def _eval_problems(records):
 def _classify(res, sampled: bool = False):
   """Failure-mode classifications of an evaluation's kept responses (trace task): a flat
   list for greedy, a list per problem for samples."""
-  from compfn.tasks.strings import failure_modes as FM
+  from compfn.tasks.strings import failure_modes as failure_modes_lib
 
   if any(p.target is None for p in res.problems):
     raise ValueError('failure-mode analysis needs trace records with a target')
@@ -780,11 +782,11 @@ def _classify(res, sampled: bool = False):
         else np.zeros(len(res.problems), np.int32)
     )
     return [
-        FM.classify(t, p.target, p.ref, truncated=bool(tr))
+        failure_modes_lib.classify(t, p.target, p.ref, truncated=bool(tr))
         for p, t, tr in zip(res.problems, res.greedy_responses, trunc)
     ]
   return [
-      [FM.classify(t, p.target, p.ref) for t in row]
+      [failure_modes_lib.classify(t, p.target, p.ref) for t in row]
       for p, row in zip(res.problems, res.sample_responses)
   ]
 
@@ -792,7 +794,7 @@ def _classify(res, sampled: bool = False):
 def _failure_summary(res, classes) -> dict:
   """{'failure_modes': {level: {category: count}}, 'shape_rate_by_level': {level: rate}} per
   group (key '' = every problem)."""
-  from compfn.tasks.strings import failure_modes as FM
+  from compfn.tasks.strings import failure_modes as failure_modes_lib
 
   out = {}
   for g in [None] + res.groups:
@@ -803,21 +805,24 @@ def _failure_summary(res, classes) -> dict:
     for level in sorted(set(lv)):
       sel = [c for c, x in zip(cl, lv) if x == level]
       shape[str(level)] = sum(c.shape_ok for c in sel) / len(sel)
-    out[g or 'all'] = {'failure_modes': FM.tally(cl, lv), 'shape_rate_by_level': shape}
+    out[g or 'all'] = {
+        'failure_modes': failure_modes_lib.tally(cl, lv),
+        'shape_rate_by_level': shape,
+    }
   return out
 
 
 def _evaluate_cached(run: Run, name: str, records, **kw):
-  from compfn import evaluate as E
+  from compfn import evaluate
 
   d = run.stage_dir(name)
-  path = W.join(d, 'eval.json')
+  path = workdir_lib.join(d, 'eval.json')
   problems = _eval_problems(records)
   settings = json.dumps({'kw': kw, 'problems': len(problems)}, sort_keys=True, default=str)
-  if W.exists(path):
-    saved = W.read_json(path)
+  if workdir_lib.exists(path):
+    saved = workdir_lib.read_json(path)
     if saved.get('lineage') == run.lineage and saved.get('settings') == settings:
-      res = E.EvalResult.from_json(saved['result'])
+      res = evaluate.EvalResult.from_json(saved['result'])
       run.resumed.append(run.key(name))
       print(f'[{run.key(name)}] already evaluated these parameters — read {path}', flush=True)
       return res
@@ -826,7 +831,7 @@ def _evaluate_cached(run: Run, name: str, records, **kw):
         'was written; re-evaluating',
         flush=True,
     )
-  res = E.evaluate(
+  res = evaluate.evaluate(
       run.model_config,
       run.params,
       run.tokenizer,
@@ -836,8 +841,10 @@ def _evaluate_cached(run: Run, name: str, records, **kw):
       rules=run.rules,
       **kw,
   )
-  W.write_json(path, {'lineage': run.lineage, 'settings': settings, 'result': res.to_json()})
-  W.barrier(f'eval:{path}')
+  workdir_lib.write_json(
+      path, {'lineage': run.lineage, 'settings': settings, 'result': res.to_json()}
+  )
+  workdir_lib.barrier(f'eval:{path}')
   return res
 
 
@@ -863,7 +870,7 @@ def eval_stage(
   trace / incorrect composition / atomic error / format error) and report the counts and the
   trace-shape rate (the right calls, innermost first) per level; the pipeline tabulates and
   plots them for every evaluation that has them."""
-  from compfn import evaluate as E
+  from compfn import evaluate
 
   if _dry(run, name, records=records, task=task, greedy=greedy, num_samples=num_samples):
     return
@@ -888,7 +895,7 @@ def eval_stage(
   if failure_modes:
     summary['failure_analysis'] = _failure_summary(res, _classify(res))
   run.summaries[run.key(name)] = summary
-  print(E.markdown_table({run.key(name): res}), flush=True)
+  print(evaluate.markdown_table({run.key(name): res}), flush=True)
 
 
 @gin.configurable
@@ -983,15 +990,15 @@ def export_stage(run: Run, name: str = 'export'):
   if _dry(run, name, path=d):
     return
   params = parallel.to_host(run.params)  # a collective: every process gathers the whole model
-  if W.is_lead():
-    with W.local_dir(d) as local:
+  if workdir_lib.is_lead():
+    with workdir_lib.local_dir(d) as local:
       hf_io.save_hf_folder(local, run.model_config, params)
       if hasattr(run.tokenizer, 'save') and not isinstance(run.tokenizer, _char_tokenizer_cls()):
         try:
           run.tokenizer.save(local)
         except TypeError:
           run.tokenizer.save(os.path.join(local, 'tokenizer.model'))
-  W.barrier(f'export:{d}')
+  workdir_lib.barrier(f'export:{d}')
   run.summaries[run.key(name)] = {'path': d}
   print(f'[{run.key(name)}] exported to {d}', flush=True)
 
@@ -1036,7 +1043,7 @@ def plot_training_curves(
   logged scalars vs step."""
   from compfn.train import read_metrics
 
-  data = [(s, read_metrics(W.join(workdir, s))) for s in stages]
+  data = [(s, read_metrics(workdir_lib.join(workdir, s))) for s in stages]
   data = [(s, rows) for s, rows in data if rows]
   if not data:
     return None
@@ -1061,8 +1068,8 @@ def plot_training_curves(
       ax.tick_params(labelsize=7)
       ax.set_xlabel('step', fontsize=7)
   fig.tight_layout()
-  path = W.join(out or workdir, 'training_curves.png')
-  with W.local_file(path) as f:
+  path = workdir_lib.join(out or workdir, 'training_curves.png')
+  with workdir_lib.local_file(path) as f:
     fig.savefig(f, dpi=110)
   plt.close(fig)
   return path
@@ -1071,7 +1078,7 @@ def plot_training_curves(
 def _failure_report(run: Run, workdir: str) -> dict:
   """Append the failure-mode tables of every evaluation that classified its responses to
   results.md, and plot them as stacked bars (``failure_modes.png``; one panel per group)."""
-  from compfn.tasks.strings import failure_modes as FM
+  from compfn.tasks.strings import failure_modes as failure_modes_lib
 
   by_group: dict = {}
   for name, summ in run.summaries.items():
@@ -1092,14 +1099,16 @@ def _failure_report(run: Run, workdir: str) -> dict:
   ]
   paths = {}
   for g in groups:
-    text.append(FM.markdown_table(by_group[g], title=f'group: {g}'))
+    text.append(failure_modes_lib.markdown_table(by_group[g], title=f'group: {g}'))
     text.append('')
-    path = W.join(workdir, f'failure_modes_{g}.png')
-    with W.local_file(path) as f:
-      if FM.plot_stacked(by_group[g], f, title=f'failure modes, {g} functions'):
+    path = workdir_lib.join(workdir, f'failure_modes_{g}.png')
+    with workdir_lib.local_file(path) as f:
+      if failure_modes_lib.plot_stacked(by_group[g], f, title=f'failure modes, {g} functions'):
         paths[f'failure_modes_{g}'] = path
-  md = W.join(workdir, 'results.md')
-  W.write_text(md, (W.read_text(md) if W.exists(md) else '') + '\n'.join(text) + '\n')
+  md = workdir_lib.join(workdir, 'results.md')
+  workdir_lib.write_text(
+      md, (workdir_lib.read_text(md) if workdir_lib.exists(md) else '') + '\n'.join(text) + '\n'
+  )
   return paths
 
 
@@ -1121,7 +1130,7 @@ def pipeline(
   ~290 GFLOP/s f32; set it in the hardware gin files). dry_run: load the model and resolve
   every stage's configuration (gin bindings, optimizer, GRPO config) without touching data or
   training — ``tests/test_gin_configs.py`` dry-runs every gin file with the model shrunk."""
-  from compfn import evaluate as E
+  from compfn import evaluate
 
   t0 = time.time()
   parallel.initialize_distributed()
@@ -1178,16 +1187,16 @@ def pipeline(
     )
   if jax.process_index() == 0:
     if evals:
-      out['reports'] = E.write_report(evals, workdir, title=report_title)
-      print(E.markdown_table(evals), flush=True)
+      out['reports'] = evaluate.write_report(evals, workdir, title=report_title)
+      print(evaluate.markdown_table(evals), flush=True)
       fm = _failure_report(run, workdir)
       if fm:
         out['reports'].update(fm)
     curves = plot_training_curves(workdir, [k for k, v in run.summaries.items() if 'steps' in v])
     if curves:
       out.setdefault('reports', {})['training_curves'] = curves
-    path = W.join(workdir, 'results.json')
-    W.write_json(path, out, indent=1, default=float)
+    path = workdir_lib.join(workdir, 'results.json')
+    workdir_lib.write_json(path, out, indent=1, default=float)
     print(f'wrote {path}: accuracy_by_level = {out["accuracy_by_level"]}', flush=True)
     if run.resumed:
       print(

@@ -52,8 +52,8 @@ def build_datasets(
   Writes ``WORKDIR/datasets.json``: per config, its path, size and
   :func:`compfn.tasks.strings.stats.summarize` (trace and Countdown configs: counts per level).
   """
-  from compfn import workdir as W
-  from compfn.data import countdown_tfds as C, pipeline, strings_tfds as S
+  from compfn import workdir as workdir_lib
+  from compfn.data import countdown_tfds, pipeline, strings_tfds
   from compfn.tasks.strings import generator, stats
 
   data_dir = data_dir or os.path.join(workdir, 'data')
@@ -61,14 +61,14 @@ def build_datasets(
   for name in configs:
     t = time.perf_counter()
     countdown = name.startswith('countdown/')
-    mod = C if countdown else S
+    mod = countdown_tfds if countdown else strings_tfds
     cname = name.split('/', 1)[1] if countdown else name
     # The lead process builds; the others wait, then find it (shared data_dir) or build
     # the same deterministic data on their own disk.
-    if W.is_lead():
+    if workdir_lib.is_lead():
       builder = mod.prepare(cname, data_dir, progress=progress)
-    W.barrier(f'build_datasets:{name}')
-    if not W.is_lead():
+    workdir_lib.barrier(f'build_datasets:{name}')
+    if not workdir_lib.is_lead():
       builder = mod.prepare(cname, data_dir, progress=False)
     config = mod.config_from_name(cname)
     split = next(iter(builder.info.splits))
@@ -80,7 +80,7 @@ def build_datasets(
         'num': len(records),
         'seconds': round(time.perf_counter() - t, 2),
     }
-    if isinstance(config, S.StringTaskConfig):
+    if isinstance(config, strings_tfds.StringTaskConfig):
       problems = [
           generator.Problem(
               **{
@@ -98,14 +98,14 @@ def build_datasets(
           for lv in sorted({r['level'] for r in records})
       }
     if export_jsonl:
-      path = W.join(workdir, 'jsonl', f'{name.replace("/", "_")}.jsonl')
-      if W.is_lead():
+      path = workdir_lib.join(workdir, 'jsonl', f'{name.replace("/", "_")}.jsonl')
+      if workdir_lib.is_lead():
         pipeline.write_jsonl(records, path)
       entry['jsonl'] = str(path)
     summary[name] = entry
     print(f'{name}: {entry["num"]:,} examples -> {entry["path"]}', flush=True)
-  out = W.join(workdir, 'datasets.json')
-  if W.write_json(out, summary, indent=1, ensure_ascii=False):
+  out = workdir_lib.join(workdir, 'datasets.json')
+  if workdir_lib.write_json(out, summary, indent=1, ensure_ascii=False):
     print(f'wrote {out}')
   return summary
 
@@ -273,10 +273,12 @@ def _run(args) -> int:
   gin.clear_config()
   _parse_gin(args.gin_file, args.gin_param)
   workdir = args.workdir or os.path.join('runs', pathlib.Path(args.gin_file[0]).stem)
-  from compfn import workdir as W
+  from compfn import workdir as workdir_lib
 
-  W.makedirs(workdir)
-  W.write_text(W.join(workdir, 'config.gin'), gin.config_str())  # the lead process
+  workdir_lib.makedirs(workdir)
+  workdir_lib.write_text(
+      workdir_lib.join(workdir, 'config.gin'), gin.config_str()
+  )  # the lead process
   if args.compile_only:
     compile_report.compile_report(
         workdir,

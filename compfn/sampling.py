@@ -97,7 +97,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 
 Array = jax.Array
@@ -174,7 +174,7 @@ class DecodeState:
   step: Array  # int32[]        tokens generated so far (all rows)
   tokens: Array  # int32[B*G, N]
   logprobs: Array  # f32[B*G, N]
-  cache: T.KVCache  # batch B*G, max_len P + N
+  cache: transformer.KVCache  # batch B*G, max_len P + N
   last: Array  # int32[B*G]     the latest token (the next decode input)
   positions: Array  # int32[B*G]     RoPE position of ``last``
   done: Array  # bool[B*G]      a stop token was produced
@@ -226,7 +226,7 @@ def _is_stop(tok: Array, cfg: SamplerConfig) -> Array:
 
 
 def _constrain_rows(x: Array) -> Array:
-  return nn.with_logical_constraint(x, (T.BATCH,) + (None,) * (x.ndim - 1))
+  return nn.with_logical_constraint(x, (transformer.BATCH,) + (None,) * (x.ndim - 1))
 
 
 def _record(state: DecodeState, tok: Array, lp: Array, cfg: SamplerConfig) -> DecodeState:
@@ -263,10 +263,10 @@ def prefill_fn(
   g, n = cfg.num_samples, cfg.max_new_tokens
   valid = jnp.arange(p, dtype=jnp.int32)[None, :] < prompt_lens[:, None]
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-  cache = T.init_cache(model_config, batch=b, max_len=p + n)
+  cache = transformer.init_cache(model_config, batch=b, max_len=p + n)
   last = jnp.clip(prompt_lens - 1, 0, p - 1)
   # Logits only at each row's last prompt position: [B, 1, V], never [B, P, V].
-  logits, cache = T.apply(
+  logits, cache = transformer.apply(
       model_config,
       params,
       prompts,
@@ -278,7 +278,7 @@ def prefill_fn(
   last_logits = logits[:, 0]
   if g > 1:  # one prefill, G decodes: repeat along the batch (sample-major within a prompt)
     rep = functools.partial(jnp.repeat, repeats=g, total_repeat_length=b * g)
-    cache = T.KVCache(
+    cache = transformer.KVCache(
         k=rep(cache.k, axis=1),
         v=rep(cache.v, axis=1),
         pos=rep(cache.pos, axis=0),
@@ -287,8 +287,8 @@ def prefill_fn(
     last_logits = rep(last_logits, axis=0)
     prompt_lens = rep(prompt_lens, axis=0)
   cache = cache.replace(
-      k=nn.with_logical_constraint(cache.k, T.CACHE_AXES),
-      v=nn.with_logical_constraint(cache.v, T.CACHE_AXES),
+      k=nn.with_logical_constraint(cache.k, transformer.CACHE_AXES),
+      v=nn.with_logical_constraint(cache.v, transformer.CACHE_AXES),
       pos=_constrain_rows(cache.pos),
       index=_constrain_rows(cache.index),
   )
@@ -315,7 +315,7 @@ def decode_fn(
   n = cfg.max_new_tokens
   # Per-layer weights sliced once here (loop invariants) and the cache in the attention's
   # layout for the whole loop (``T.decode_step``): no per-step copy of weights or cache.
-  layers = T.unstack_layers(model_config, params)
+  layers = transformer.unstack_layers(model_config, params)
 
   def cond(carry):
     s, _ = carry
@@ -323,15 +323,15 @@ def decode_fn(
 
   def body(carry):
     s, dc = carry
-    logits, dc = T.decode_step(model_config, params, layers, s.last, s.positions, dc)
+    logits, dc = transformer.decode_step(model_config, params, layers, s.last, s.positions, dc)
     s = s.replace(positions=s.positions + 1)
     tok, lp = _choose(logits, jax.random.fold_in(s.rng, s.step), cfg)
     return _record(s, tok, lp, cfg), dc
 
   s, dc = jax.lax.while_loop(
-      cond, body, (state.replace(cache=None), T.to_decode_cache(state.cache))
+      cond, body, (state.replace(cache=None), transformer.to_decode_cache(state.cache))
   )
-  return s.replace(cache=T.from_decode_cache(dc))
+  return s.replace(cache=transformer.from_decode_cache(dc))
 
 
 def samples_from_state(state: DecodeState, cfg: SamplerConfig) -> Samples:
@@ -510,7 +510,7 @@ def teacher_forced_logprobs(
   tokens, positions, seg = full_sequences(prompts, prompt_lens, samples, cfg.num_samples)
   p = jnp.asarray(prompts).shape[1]
   n = samples.tokens.shape[1]
-  logits, _ = T.apply(model_config, params, tokens, positions, segment_ids=seg)
+  logits, _ = transformer.apply(model_config, params, tokens, positions, segment_ids=seg)
   src = response_logit_positions(
       jnp.repeat(jnp.asarray(prompt_lens, jnp.int32), cfg.num_samples), p, n
   )

@@ -41,7 +41,7 @@ import numpy as np
 from compfn import checkpoint as ckpt_lib
 from compfn import errors
 from compfn import parallel
-from compfn import workdir as W
+from compfn import workdir
 
 Array = jax.Array
 
@@ -83,25 +83,25 @@ class MetricsWriter:
   def __init__(
       self, directory: str, resume_step: int = 0, tensorboard: bool = True, flush_s: float = 30.0
   ):
-    self.path = W.join(directory, 'metrics.jsonl')
-    self._lead = W.is_lead()
+    self.path = workdir.join(directory, 'metrics.jsonl')
+    self._lead = workdir.is_lead()
     self._f = self._tb = None
     self._rows: list[str] = []
     self._flush_s, self._last_flush = flush_s, time.monotonic()
     if not self._lead:
       return
-    W.makedirs(directory)
-    if W.exists(self.path):
-      rows = [ln for ln in W.read_text(self.path).splitlines() if ln.strip()]
+    workdir.makedirs(directory)
+    if workdir.exists(self.path):
+      rows = [ln for ln in workdir.read_text(self.path).splitlines() if ln.strip()]
       kept = [ln for ln in rows if json.loads(ln).get('step', 0) <= resume_step]
       if len(kept) != len(rows):
-        W.write_text(self.path, ''.join(ln + '\n' for ln in kept))
+        workdir.write_text(self.path, ''.join(ln + '\n' for ln in kept))
       self._rows = kept
-    self._f = W.open_append(self.path)
+    self._f = workdir.open_append(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(W.join(directory, 'tensorboard'))
+      self._tb = SummaryWriter(workdir.join(directory, 'tensorboard'))
 
   def write(self, step: int, scalars: dict):
     if not self._lead:
@@ -121,7 +121,7 @@ class MetricsWriter:
           self._tb.add_scalar(k, v, int(step))
 
   def _rewrite(self):
-    W.write_text(self.path, ''.join(ln + '\n' for ln in self._rows))
+    workdir.write_text(self.path, ''.join(ln + '\n' for ln in self._rows))
     self._last_flush = time.monotonic()
 
   def close(self):
@@ -134,10 +134,10 @@ class MetricsWriter:
 
 
 def read_metrics(directory: str) -> list[dict]:
-  path = W.join(directory, 'metrics.jsonl')
-  if not W.exists(path):
+  path = workdir.join(directory, 'metrics.jsonl')
+  if not workdir.exists(path):
     return []
-  return [json.loads(ln) for ln in W.read_text(path).splitlines() if ln.strip()]
+  return [json.loads(ln) for ln in workdir.read_text(path).splitlines() if ln.strip()]
 
 
 def config_fingerprint(config: dict) -> str:
@@ -335,29 +335,29 @@ class Trainer:
     self.keep, self.log_every, self.progress, self.name = keep, log_every, progress, name
     self.async_save = async_save
     self.tensorboard = tensorboard
-    W.makedirs(directory)
+    workdir.makedirs(directory)
     self.fingerprint = config_fingerprint(config) if config is not None else None
     self.checkpointer = ckpt_lib.Checkpointer(
-        W.join(directory, 'checkpoints'), keep=keep, async_save=async_save
+        workdir.join(directory, 'checkpoints'), keep=keep, async_save=async_save
     )
     if config is not None:
       self._check_config(config)
 
   @property
   def done_path(self) -> str:
-    return W.join(self.directory, 'DONE')
+    return workdir.join(self.directory, 'DONE')
 
   @property
   def config_path(self) -> str:
-    return W.join(self.directory, 'stage_config.json')
+    return workdir.join(self.directory, 'stage_config.json')
 
   def _check_config(self, config: dict):
     """Refuse (:class:`compfn.errors.CheckpointMismatch`, exit code 5) to resume or reuse a
     stage whose configuration changed since its checkpoints were written: comparing
     ``stage_config.json`` (the fingerprint and the settings) with ``config``. A stage folder
     without one (written before fingerprints existed) adopts the current configuration."""
-    if W.exists(self.config_path):
-      saved = W.read_json(self.config_path)
+    if workdir.exists(self.config_path):
+      saved = workdir.read_json(self.config_path)
       if saved.get('fingerprint') != self.fingerprint:
         old = saved.get('config', {})
         new = json.loads(json.dumps(config, sort_keys=True, default=repr))
@@ -372,18 +372,18 @@ class Trainer:
             f'delete {self.directory}) to run this stage again'
         )
     else:
-      W.write_json(
+      workdir.write_json(
           self.config_path,
           {'fingerprint': self.fingerprint, 'config': config},
           indent=1,
           sort_keys=True,
           default=repr,
       )
-    W.barrier(f'stage_config:{self.directory}')
+    workdir.barrier(f'stage_config:{self.directory}')
 
   def finished(self) -> Optional[dict]:
-    if W.exists(self.done_path):
-      return W.read_json(self.done_path)
+    if workdir.exists(self.done_path):
+      return workdir.read_json(self.done_path)
     return None
 
   def restore(self, state: TrainState) -> tuple[TrainState, Optional[dict]]:
@@ -417,7 +417,7 @@ class Trainer:
     return restored, meta.get('data')
 
   def _step_dir(self, step: int) -> str:
-    return W.join(self.checkpointer.directory, str(step))
+    return workdir.join(self.checkpointer.directory, str(step))
 
   def _mismatch(self, step: Optional[int], diff: list) -> errors.CheckpointMismatch:
     shown = '; '.join(diff[:4]) + (f'; ... ({len(diff)} differences)' if len(diff) > 4 else '')
@@ -517,10 +517,10 @@ class Trainer:
     return state
 
   def _write_done(self, step: int):
-    W.write_json(
+    workdir.write_json(
         self.done_path, {'step': step, 'time': time.time(), 'fingerprint': self.fingerprint}
     )
-    W.barrier(f'DONE:{self.directory}')
+    workdir.barrier(f'DONE:{self.directory}')
 
   def save(self, step: int, state: TrainState, iterator=None):
     data = iterator.get_state() if hasattr(iterator, 'get_state') else None

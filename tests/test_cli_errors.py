@@ -15,7 +15,7 @@ import gin
 import pytest
 
 from compfn import errors, parallel
-from compfn import main as M
+from compfn import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def test_gin_errors_name_the_binding(tmp_path, capsys, text, params, want):
   f = tmp_path / 'bad.gin'
   f.write_text(text)
   try:
-    rc = M.main(
+    rc = main.main(
         [f'--gin_file={f}', f'--workdir={tmp_path / "w"}', *[f'--gin_param={p}' for p in params]],
         exit_codes=True,
     )
@@ -166,7 +166,7 @@ def test_called_with_argv_raises_config_error(tmp_path):
   f = tmp_path / 'bad.gin'
   f.write_text('run.job = @build_datasets\nbuild_datasets.cnfigs = 3\n')
   with pytest.raises(errors.ConfigError, match='cnfigs') as e:
-    M.main([f'--gin_file={f}', f'--workdir={tmp_path / "w"}'])
+    main.main([f'--gin_file={f}', f'--workdir={tmp_path / "w"}'])
   gin.clear_config()
   assert isinstance(e.value, ValueError) and e.value.exit_code == 2
 
@@ -358,10 +358,10 @@ def test_boundary_maps_known_errors_and_keeps_the_rest():
       (errors.CheckpointMismatch, 5),
       (errors.Preempted, 75),
   ]:
-    assert M._known_failure(cls('a\nb')) == (code, 'a b') and errors.EXIT_CODES[code] is cls
-  assert M._known_failure(checkpoint.NonFiniteError('refusing'))[0] == 4
-  assert M._known_failure(RuntimeError('a bug')) is None
-  assert M._known_failure(KeyError('x')) is None
+    assert main._known_failure(cls('a\nb')) == (code, 'a b') and errors.EXIT_CODES[code] is cls
+  assert main._known_failure(checkpoint.NonFiniteError('refusing'))[0] == 4
+  assert main._known_failure(RuntimeError('a bug')) is None
+  assert main._known_failure(KeyError('x')) is None
   # gin re-raises errors from configurables as a proxy with "In call to configurable" appended.
   from gin import utils
 
@@ -372,7 +372,7 @@ def test_boundary_maps_known_errors_and_keeps_the_rest():
       utils.augment_exception_message_and_reraise(e, "\n  In call to configurable 'pipeline'")
   except errors.GateNotMet as proxy:
     assert 'In call to' in str(proxy)
-    assert M._known_failure(proxy) == (3, 'gate not met')
+    assert main._known_failure(proxy) == (3, 'gate not met')
   from compfn import experiment, train
 
   assert issubclass(experiment.GateError, errors.GateNotMet)

@@ -11,9 +11,9 @@ import pathlib
 import gin
 import pytest
 
-from compfn import compile_report as CR
+from compfn import compile_report
 from compfn import errors
-from compfn import main as M
+from compfn import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def _gin(tmp_path, body, name='tiny.gin'):
 
 
 def _main(*argv):
-  return M.main(list(argv), exit_codes=True)
+  return main.main(list(argv), exit_codes=True)
 
 
 def test_tiny_pipeline_compiles_on_local_devices(tmp_path, capsys):
@@ -136,7 +136,7 @@ def test_shortfall_exits_6_naming_memory(tmp_path, capsys):
       f'--workdir={work}',
   )
   err = capsys.readouterr().err
-  assert code == CR.DoesNotFit.exit_code == 6
+  assert code == compile_report.DoesNotFit.exit_code == 6
   line = err.strip().splitlines()[-1]
   assert line.startswith('compfn-train: error: does not fit device memory'), err
   assert '[sft] sft_step needs' in line and 'short by' in line and '1000 B' in line
@@ -149,13 +149,13 @@ def test_shortfall_exits_6_naming_memory(tmp_path, capsys):
 def test_compile_only_flags_need_compile_only(tmp_path):
   gin_file = _gin(tmp_path, SFT_ONLY)
   with pytest.raises(errors.ConfigError, match='only apply with --compile_only'):
-    M.main([f'--gin_file={gin_file}', '--topology=v5e:2x2', f'--workdir={tmp_path}'])
+    main.main([f'--gin_file={gin_file}', '--topology=v5e:2x2', f'--workdir={tmp_path}'])
 
 
 def test_mesh_that_does_not_cover_the_devices_is_a_config_error(tmp_path):
   gin_file = _gin(tmp_path, SFT_ONLY)
   with pytest.raises(errors.ConfigError, match=r'pipeline.mesh_shape=\(3, 1, 1\)'):
-    M.main(
+    main.main(
         [
             f'--gin_file={gin_file}',
             '--gin_param=pipeline.mesh_shape = (3, 1, 1)',
@@ -193,7 +193,7 @@ def test_tiny_pipeline_compiles_for_a_tpu_topology(tmp_path):
 def test_gin_reading_follows_scopes():
   """stage_bindings: the most specific scope wins, unbound parameters take the default, and
   references are evaluated in the stage's scope; records are never evaluated."""
-  from compfn import experiment as X
+  from compfn import experiment
 
   gin.parse_config(
       """
@@ -204,24 +204,26 @@ def test_gin_reading_follows_scopes():
     a/rl_stage.records = @a/tfds_records()
   """
   )
-  b = CR.stage_bindings(
-      'rl_stage', X.rl_stage, ('a',), ['num_steps', 'grpo', 'seed'], raw=['records']
+  b = compile_report.stage_bindings(
+      'rl_stage', experiment.rl_stage, ('a',), ['num_steps', 'grpo', 'seed'], raw=['records']
   )
   assert b['num_steps'] == 9 and b['seed'] == 0
   assert b['grpo'].num_generations == 2
   assert isinstance(b['records'], gin.config.ConfigurableReference)
   assert (
-      CR.stage_bindings('rl_stage', X.rl_stage, (), ['num_steps', 'grpo'])['grpo'].num_generations
+      compile_report.stage_bindings('rl_stage', experiment.rl_stage, (), ['num_steps', 'grpo'])[
+          'grpo'
+      ].num_generations
       == 16
   )
 
 
 def test_oom_message_numbers():
-  assert CR._oom_numbers(
+  assert compile_report._oom_numbers(
       'RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory '
       'required for HLO temporaries (64.00G) exceeds available HBM '
       '(15.75G).'
   ) == {'required_bytes': 64 * 2**30, 'available_bytes': int(15.75 * 2**30)}
-  assert CR._oom_numbers('Ran out of memory in memory space hbm. Used 120.50G of 95.74G hbm.')[
-      'required_bytes'
-  ] == int(120.5 * 2**30)
+  assert compile_report._oom_numbers(
+      'Ran out of memory in memory space hbm. Used 120.50G of 95.74G hbm.'
+  )['required_bytes'] == int(120.5 * 2**30)

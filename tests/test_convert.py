@@ -26,7 +26,7 @@ def test_smollm2_gguf_to_hf_folder(tmp_path):
     pytest.skip(str(e))
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  from compfn import model as M
+  from compfn import model
 
   out = tmp_path / 'smol'
   assert _tool().main(['--smollm2', '--output', str(out)]) == 0
@@ -42,8 +42,8 @@ def test_smollm2_gguf_to_hf_folder(tmp_path):
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   with torch.no_grad():
     want = hf(torch.tensor([ids])).logits.numpy()
-  config, params = M.load(str(out))
-  got = np.asarray(M.logits(config, params, np.array([ids], np.int32)))
+  config, params = model.load(str(out))
+  got = np.asarray(model.logits(config, params, np.array([ids], np.int32)))
   assert np.max(np.abs(got - want)) < 1e-3
   assert (got.argmax(-1) == want.argmax(-1)).all()
 
@@ -58,12 +58,12 @@ def test_hf_folder_input_keeps_its_tokenizer(tmp_path):
   """An HF folder's tokenizer and generation config are copied next to the converted weights
   (compfn's load_model needs tokenizer.json or tokenizer.model there)."""
   import jax
-  from compfn import model as M
+  from compfn import model
 
-  config = M.tiny('llama')
-  params = M.init_params(config, jax.random.PRNGKey(0))
+  config = model.tiny('llama')
+  params = model.init_params(config, jax.random.PRNGKey(0))
   src = tmp_path / 'hf'
-  M.save_hf_folder(str(src), config, params)
+  model.save_hf_folder(str(src), config, params)
   (src / 'tokenizer.json').write_text('{"version": "1.0", "model": {}}')
   (src / 'generation_config.json').write_text('{"temperature": 0.6}')
   out = tmp_path / 'out'

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 from compfn.tasks import registry
-from compfn.tasks.countdown import generator as G
-from compfn.tasks.countdown import prompts as P
-from compfn.tasks.countdown import scoring as S
-from compfn.tasks.countdown import verifier as V
+from compfn.tasks.countdown import generator
+from compfn.tasks.countdown import prompts
+from compfn.tasks.countdown import scoring
+from compfn.tasks.countdown import verifier
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'countdown_reference.json')
 N_FUZZ = 100_000
@@ -65,9 +65,9 @@ def _record(p):
 
 
 def test_paper_example():
-  p = G.generate(level=3, num=1)[0]
+  p = generator.generate(level=3, num=1)[0]
   assert (p.numbers, p.target, p.expression) == ((95, 14, 18), 99, '18 + 95 - 14')
-  assert G.make_problem(0, 42, G.CountdownConfig(3, 3)) == p
+  assert generator.make_problem(0, 42, generator.CountdownConfig(3, 3)) == p
   assert p.level == 3 and p.index == 0 and p.seed == 42
   assert json.loads(p.reference) == {'answer': 99, 'numbers': [95, 14, 18]}
 
@@ -77,8 +77,8 @@ def test_paper_sets_match_reasoning_gym(reference, name):
   ref = reference['sets'][name]
   level = int(name[1:])
   assert ref['config']['min_numbers'] == ref['config']['max_numbers'] == level
-  assert ref['config']['seed'] == 42 and ref['config']['size'] == G.PAPER_SETS[level]
-  problems = G.generate(level, G.PAPER_SETS[level])
+  assert ref['config']['seed'] == 42 and ref['config']['size'] == generator.PAPER_SETS[level]
+  problems = generator.generate(level, generator.PAPER_SETS[level])
   assert _record(problems[0]) == ref['first'] and _record(problems[-1]) == ref['last']
   assert _digests(problems) == (ref['sha256'], ref['prompts_sha256'])
 
@@ -88,7 +88,7 @@ def test_other_configs_match_reasoning_gym(reference):
   for name, ref in reference['extra_sets'].items():
     cfg = dict(ref['config'])
     size, seed = cfg.pop('size'), cfg.pop('seed')
-    problems = G.generate(None, size, seed, **cfg)
+    problems = generator.generate(None, size, seed, **cfg)
     assert _record(problems[0]) == ref['first'], name
     assert _digests(problems) == (ref['sha256'], ref['prompts_sha256']), name
 
@@ -97,22 +97,22 @@ def test_chain_templates_match_sympy(reference):
   templates = reference['templates']
   assert len(templates) == 4 + 16 + 64 + 256 + 1024
   for ops, text in templates.items():
-    assert G.chain_template(ops) == text, ops
-  assert G.chain_template('+/-') == '-x_3 + (x_0 + x_1)/x_2'
+    assert generator.chain_template(ops) == text, ops
+  assert generator.chain_template('+/-') == '-x_3 + (x_0 + x_1)/x_2'
 
 
 def test_generator_values_and_options():
-  for p in G.generate(None, 300, 3, min_numbers=2, max_numbers=5):
+  for p in generator.generate(None, 300, 3, min_numbers=2, max_numbers=5):
     assert 2 <= p.level <= 5 and 1 <= p.target <= 999
     assert all(1 <= v <= 100 for v in p.numbers)
     # reasoning-gym's expression is a correct answer to its own problem
-    assert S.score_answer(f'<answer>{p.expression}</answer>', p.numbers, p.target) == (
+    assert scoring.score_answer(f'<answer>{p.expression}</answer>', p.numbers, p.target) == (
         1,
         1,
         'correct',
     )
-  assert [p.index for p in G.iter_generate(3, 5, start=2)] == [2, 3, 4]
-  assert G.generate(4, 3, seed=7) == G.generate(4, 3, seed=7)
+  assert [p.index for p in generator.iter_generate(3, 5, start=2)] == [2, 3, 4]
+  assert generator.generate(4, 3, seed=7) == generator.generate(4, 3, seed=7)
   for bad in (
       dict(level=1),
       dict(level=3, min_value=0),
@@ -123,9 +123,9 @@ def test_generator_values_and_options():
       dict(level=3, min_numbers=3, max_numbers=3),
   ):
     with pytest.raises(ValueError):
-      G.generate(num=1, **bad)
+      generator.generate(num=1, **bad)
   with pytest.raises(ValueError, match='Failed to generate'):
-    G.generate(2, 1, min_target=990, max_target=990, operators=('+',))
+    generator.generate(2, 1, min_target=990, max_target=990, operators=('+',))
 
 
 # ================================================================================================
@@ -140,10 +140,10 @@ def test_prompt_bytes():
       'Show your work in <think> </think> tags. And return the final answer in '
       '<answer> </answer> tags, for example <answer> (1 + 2) / 3 * 4 </answer>.'
   )
-  assert P.prompt([95, 14, 18], 99) == expected
-  assert P.prompt((np.int32(95), 14, 18), np.int64(99)) == expected
-  assert G.generate(3, 1)[0].prompt == expected
-  assert P.TEMPLATE.format(numbers='[95, 14, 18]', target=99) == expected
+  assert prompts.prompt([95, 14, 18], 99) == expected
+  assert prompts.prompt((np.int32(95), 14, 18), np.int64(99)) == expected
+  assert generator.generate(3, 1)[0].prompt == expected
+  assert prompts.TEMPLATE.format(numbers='[95, 14, 18]', target=99) == expected
 
 
 # ================================================================================================
@@ -239,37 +239,41 @@ CASES = [
 
 
 def _code(reason):
-  return 2 if reason == 'correct' else 1 if reason in S.WRONG_REASONS else 0
+  return 2 if reason == 'correct' else 1 if reason in scoring.WRONG_REASONS else 0
 
 
 def test_hand_cases_python():
   reasons = set()
   for resp, nums, tgt, reason in CASES:
-    v = S.score_answer(resp, nums, tgt)
+    v = scoring.score_answer(resp, nums, tgt)
     assert v == ((1, 1) if reason == 'correct' else (0, 0)) + (reason,), (resp, v)
-    shaped = S.score_answer(resp, nums, tgt, reward='reasoning_gym')
+    shaped = scoring.score_answer(resp, nums, tgt, reward='reasoning_gym')
     assert shaped.score == (1.0, 0.05, 0.01)[2 - _code(reason)] and shaped.reason == reason
     reasons.add(reason)
-  assert reasons >= set(S.INVALID_REASONS) - {'overlong'} | set(S.WRONG_REASONS) | {'correct'}
+  assert reasons >= set(scoring.INVALID_REASONS) - {'overlong'} | set(scoring.WRONG_REASONS) | {
+      'correct'
+  }
 
 
 def test_hand_cases_device():
   resps = [c[0] for c in CASES]
-  s, a = V.score_batch(resps, [c[1] for c in CASES], [c[2] for c in CASES])
+  s, a = verifier.score_batch(resps, [c[1] for c in CASES], [c[2] for c in CASES])
   want = np.array([_code(c[3]) == 2 for c in CASES], np.int32)
   bad = [(CASES[i][0], CASES[i][3], s[i]) for i in np.nonzero(s != want)[0]]
   assert not bad
   assert s.dtype == np.int32 and np.array_equal(a, want)
-  s, a = V.score_batch(resps, [c[1] for c in CASES], [c[2] for c in CASES], reward='reasoning_gym')
+  s, a = verifier.score_batch(
+      resps, [c[1] for c in CASES], [c[2] for c in CASES], reward='reasoning_gym'
+  )
   assert s.dtype == np.float32
   assert np.array_equal(s, np.array([(0.01, 0.05, 1.0)[_code(c[3])] for c in CASES], np.float32))
 
 
 def test_overlong():
   good = '<answer>18 + 95 - 14</answer>'
-  assert S.score_answer(good, N3, T3, overlong=True) == (0, 0, 'overlong')
-  assert S.score_answer(good, N3, T3, overlong=True, reward='reasoning_gym').score == 0.01
-  s, a = V.score_batch([good, good], [N3, N3], [T3, T3], overlong=[True, False])
+  assert scoring.score_answer(good, N3, T3, overlong=True) == (0, 0, 'overlong')
+  assert scoring.score_answer(good, N3, T3, overlong=True, reward='reasoning_gym').score == 0.01
+  s, a = verifier.score_batch([good, good], [N3, N3], [T3, T3], overlong=[True, False])
   assert s.tolist() == [0, 1] and a.tolist() == [0, 1]
 
 
@@ -288,7 +292,7 @@ def _base9999(n):
 def test_exactness_adversarial():
   """Numbers divisible by some of the residue primes but not zero, near misses, and the largest
   values the caps allow."""
-  p1, p2, p3 = V.PRIMES[:3]
+  p1, p2, p3 = verifier.PRIMES[:3]
   cases = []
   x12, l12 = _base9999(p1 * p2)  # 5 literals, value = p1 * p2
   cases.append((f'1 + 2 / {x12}', [1, 2] + l12, 1, 'wrong_value'))  # divisor = 0 mod p1, p2
@@ -314,19 +318,21 @@ def test_exactness_adversarial():
   ]
   resps = [f'<answer>{c[0]}</answer>' for c in cases]
   for r, (_, nums, tgt, reason) in zip(resps, cases):
-    assert S.score_answer(r, nums, tgt).reason == reason, r
-  s, a = V.score_batch(resps, [c[1] for c in cases], [c[2] for c in cases], reward='reasoning_gym')
+    assert scoring.score_answer(r, nums, tgt).reason == reason, r
+  s, a = verifier.score_batch(
+      resps, [c[1] for c in cases], [c[2] for c in cases], reward='reasoning_gym'
+  )
   want = [(0.01, 0.05, 1.0)[_code(c[3])] for c in cases]
   assert s.tolist() == pytest.approx(want) and a.tolist() == [int(w == 1.0) for w in want]
 
 
 def test_primes_cover_the_bound():
-  bound = 2 ** (S.MAX_OPERANDS - 1) * (10**S.MAX_INT_DIGITS - 1) ** S.MAX_OPERANDS
+  bound = 2 ** (scoring.MAX_OPERANDS - 1) * (10**scoring.MAX_INT_DIGITS - 1) ** scoring.MAX_OPERANDS
   prod = 1
-  for p in V.PRIMES:
+  for p in verifier.PRIMES:
     prod *= p
     assert p * p < 2**31
-  assert prod > 2 * bound * (S.MAX_ABS_TARGET + 1)
+  assert prod > 2 * bound * (scoring.MAX_ABS_TARGET + 1)
 
 
 def test_registry_and_reference_forms():
@@ -338,31 +344,31 @@ def test_registry_and_reference_forms():
   assert ref == '{"answer": 99, "numbers": [95, 14, 18]}'
   assert task.score('<answer>95+18-14</answer>', ref) == (1, 1)
   assert task.score('<answer>95+18-14</answer>', ref, True) == (0, 0)
-  assert S.score(
+  assert scoring.score(
       '<answer>95+18</answer>', {'answer': 99, 'numbers': [95, 14, 18]}, reward='reasoning_gym'
   ) == (0.05, 0)
-  assert S.score('<answer>95+18-14</answer>', probs[0]) == (1, 1)
-  nums, lens, tg = V.encode_references([ref, probs[1]])
-  assert nums.shape == (2, S.MAX_OPERANDS) and lens.tolist() == [3, 3] and tg[0] == 99
+  assert scoring.score('<answer>95+18-14</answer>', probs[0]) == (1, 1)
+  nums, lens, tg = verifier.encode_references([ref, probs[1]])
+  assert nums.shape == (2, scoring.MAX_OPERANDS) and lens.tolist() == [3, 3] and tg[0] == 99
   for bad in ([], [1] * 9, [10000], [-1], [1.5]):
     with pytest.raises(ValueError):
-      S.score_answer('<answer>1</answer>', bad, 1)
+      scoring.score_answer('<answer>1</answer>', bad, 1)
   for bad_t in (10000, -10000, 2.0, True):
     with pytest.raises(ValueError):
-      S.score_answer('<answer>1</answer>', [1], bad_t)
+      scoring.score_answer('<answer>1</answer>', [1], bad_t)
   with pytest.raises(ValueError):
-    S.score_answer('<answer>1</answer>', [1], 1, reward='shaped')
+    scoring.score_answer('<answer>1</answer>', [1], 1, reward='shaped')
   with pytest.raises(ValueError):
-    S.parse_reference('{"numbers": [1]}')
+    scoring.parse_reference('{"numbers": [1]}')
 
 
 def test_parse_answer():
-  assert S.parse_answer(' (1 + 2) / 3 * 4 ') == (Fraction(4), [1, 2, 3, 4])
-  assert S.parse_answer('-(7)/-2') == (Fraction(7, 2), [7, 2])
-  with pytest.raises(S.AnswerError) as e:
-    S.parse_answer('1 +')
+  assert scoring.parse_answer(' (1 + 2) / 3 * 4 ') == (Fraction(4), [1, 2, 3, 4])
+  assert scoring.parse_answer('-(7)/-2') == (Fraction(7, 2), [7, 2])
+  with pytest.raises(scoring.AnswerError) as e:
+    scoring.parse_answer('1 +')
   assert e.value.reason == 'syntax_error'
-  assert S.extract_answer('a<answer>b</answer>c<answer>d</answer>e') == 'd'
+  assert scoring.extract_answer('a<answer>b</answer>c<answer>d</answer>e') == 'd'
 
 
 # ================================================================================================
@@ -388,13 +394,13 @@ def test_device_under_jit_and_vmap():
 
   @jax.jit
   def outer(resp, rl, numbers, nl, tgt, ol):
-    shaped, a = V.score(resp, rl, numbers, nl, tgt, ol, reward='reasoning_gym')
+    shaped, a = verifier.score(resp, rl, numbers, nl, tgt, ol, reward='reasoning_gym')
     return shaped, a, jnp.sum(a)
 
   shaped, a, tot = outer(resp, rl, numbers, nl, tgt, ol)
   assert shaped.tolist() == pytest.approx([1.0, 0.05, 0.01]) and a.tolist() == [1, 0, 0]
   assert shaped.dtype == jnp.float32 and int(tot) == 1
-  binary = jax.jit(V.score)
+  binary = jax.jit(verifier.score)
   s, a = binary(resp, rl, numbers, nl, tgt, ol)
   assert s.dtype == jnp.int32 and s.tolist() == [1, 0, 0] and a.tolist() == [1, 0, 0]
   # out-of-range problems (numbers_len 0 or > M, a target beyond the cap) score invalid
@@ -407,28 +413,28 @@ def test_device_under_jit_and_vmap():
   s, _ = binary(resp2, rl, numbers, nl, tgt, ol)
   assert s.tolist() == [1, 0, 0]
   # vmap over an extra leading axis
-  f = jax.jit(jax.vmap(lambda *xs: V.verify(*xs)))
+  f = jax.jit(jax.vmap(lambda *xs: verifier.verify(*xs)))
   out = f(*(np.stack([x, x]) for x in (resp, rl, numbers, nl, tgt, ol)))
   assert out.tolist() == [[2, 1, 0], [2, 1, 0]]
 
 
 def test_score_batch_inputs():
-  s, a = V.score_batch([], [], [])
+  s, a = verifier.score_batch([], [], [])
   assert s.shape == a.shape == (0,)
   with pytest.raises(ValueError):
-    V.score_batch('<answer>1</answer>', [[1]], [1])
+    verifier.score_batch('<answer>1</answer>', [[1]], [1])
   with pytest.raises(ValueError):
-    V.score_batch(['a', 'b'], [[1]], [1])
+    verifier.score_batch(['a', 'b'], [[1]], [1])
   with pytest.raises(ValueError):
-    V.score_batch(['a'], [[1]], [1], overlong=[True, False])
+    verifier.score_batch(['a'], [[1]], [1], overlong=[True, False])
   with pytest.raises(ValueError):
-    V.score_batch(['a'], [[1]], [1], reward='nope')
+    verifier.score_batch(['a'], [[1]], [1], reward='nope')
   with pytest.raises(ValueError):
-    V.score_batch([1], [[1]], [1])
+    verifier.score_batch([1], [[1]], [1])
   with pytest.raises(ValueError):
-    V.score_batch(['\ud800'], [[1]], [1])
+    verifier.score_batch(['\ud800'], [[1]], [1])
   long = '<think>' + 'x' * 300 + '</think><answer>95 + 18 - 14</answer>'
-  s, _ = V.score_batch([long, b'<answer>95 + 18 - 14</answer>\xff'], [N3, N3], [T3, T3])
+  s, _ = verifier.score_batch([long, b'<answer>95 + 18 - 14</answer>\xff'], [N3, N3], [T3, T3])
   assert s.tolist() == [1, 1]
 
 
@@ -606,13 +612,13 @@ def fuzz():
   verdicts = []
   for resp, nums, tgt, ol in cases:
     text = resp.decode('utf-8', errors='replace') if isinstance(resp, bytes) else resp
-    verdicts.append(S.score_answer(text, nums, tgt, overlong=ol, reward='reasoning_gym'))
+    verdicts.append(scoring.score_answer(text, nums, tgt, overlong=ol, reward='reasoning_gym'))
   return cases, verdicts
 
 
 def test_fuzz_device_matches_reference(fuzz):
   cases, verdicts = fuzz
-  s, a = V.score_batch(
+  s, a = verifier.score_batch(
       [c[0] for c in cases],
       [c[1] for c in cases],
       [c[2] for c in cases],
@@ -628,7 +634,7 @@ def test_fuzz_device_matches_reference(fuzz):
 def test_fuzz_binary_matches_reference(fuzz):
   cases, verdicts = fuzz
   cases, verdicts = cases[:3000], verdicts[:3000]
-  s, a = V.score_batch(
+  s, a = verifier.score_batch(
       [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases], [c[3] for c in cases]
   )
   assert s.tolist() == [int(v.reason == 'correct') for v in verdicts] == a.tolist()
@@ -638,7 +644,7 @@ def test_fuzz_is_not_vacuous(fuzz):
   cases, verdicts = fuzz
   assert len(cases) >= 100_000
   counts = collections.Counter(v.reason for v in verdicts)
-  for reason in S.INVALID_REASONS + S.WRONG_REASONS + ('correct',):
+  for reason in scoring.INVALID_REASONS + scoring.WRONG_REASONS + ('correct',):
     assert counts[reason] >= 100, (reason, counts)
   assert counts['correct'] >= 5_000
   assert sum(isinstance(c[0], bytes) for c in cases) >= 3_000
@@ -699,14 +705,14 @@ def test_builder_round_trip(built):
   records = [C.decode_record(src[i]) for i in range(len(src))]
   assert records == C.generate_records('L3')
   assert records[0]['numbers'] == [95, 14, 18] and records[0]['target'] == 99
-  assert records[0]['prompt'] == P.prompt([95, 14, 18], 99)
-  assert S.score('<answer>95 + 18 - 14</answer>', records[0]['reference']) == (1, 1)
+  assert records[0]['prompt'] == prompts.prompt([95, 14, 18], 99)
+  assert scoring.score('<answer>95 + 18 - 14</answer>', records[0]['reference']) == (1, 1)
   src2 = tfds.data_source('countdown/L2_n1000_seed7', data_dir=d1)['train']
   assert [C.decode_record(src2[i]) for i in (0, 999)] == [
       C.problem_record(p, i)
       for i, p in (
-          (0, G.make_problem(0, 7, G.CountdownConfig(2, 2))),
-          (999, G.make_problem(999, 7, G.CountdownConfig(2, 2))),
+          (0, generator.make_problem(0, 7, generator.CountdownConfig(2, 2))),
+          (999, generator.make_problem(999, 7, generator.CountdownConfig(2, 2))),
       )
   ]
   f1 = {k: v for k, v in _files(os.path.join(d1, 'countdown', 'L3')).items()}

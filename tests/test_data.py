@@ -14,13 +14,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from compfn.data import build, pipeline
-from compfn.data import strings_tfds as S
+from compfn.data import strings_tfds
 from compfn.tasks.strings import generate, generate_trace
 
 tfds.disable_progress_bar()
 
 TEST_SET = 'stage2_test_L1to8'  # 2,048, paper mode
-SMALL = S.StringTask.config_for(1, 'train', 1, 2, 256, mode='clean', seed=3)
+SMALL = strings_tfds.StringTask.config_for(1, 'train', 1, 2, 256, mode='clean', seed=3)
 TRACE = 'trace_eval_heldout_L1to4'  # 1,024 trace problems
 
 
@@ -28,13 +28,13 @@ TRACE = 'trace_eval_heldout_L1to4'  # 1,024 trace problems
 def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp('compfn_data')
   for cfg in (TEST_SET, SMALL, TRACE):
-    S.prepare(cfg, d)
+    strings_tfds.prepare(cfg, d)
   return str(d)
 
 
 @pytest.fixture(scope='module')
 def test_records():
-  return [S.problem_record(p, i) for i, p in enumerate(generate(2, 'test', 1, 8, 2048))]
+  return [strings_tfds.problem_record(p, i) for i, p in enumerate(generate(2, 'test', 1, 8, 2048))]
 
 
 def _files(root):
@@ -62,7 +62,7 @@ def _batch_eq(a, b):
 
 
 def test_named_configs_and_canonical_names():
-  names = S.named_configs()
+  names = strings_tfds.named_configs()
   for n in (
       'stage1_train_L1',
       'stage2_train_L1',
@@ -79,31 +79,34 @@ def test_named_configs_and_canonical_names():
   ):
     assert n in names
   assert len(names) == len(set(names)) == 15
-  c = S.StringTask.config_for(2, 'test', 1, 8, 2048)
+  c = strings_tfds.StringTask.config_for(2, 'test', 1, 8, 2048)
   assert c.name == 'stage2_test_L1to8' and c.num == 2048 and c.mode == 'paper'
-  assert S.StringTask.config_for(1, 'train', 1, 1, 50_000).name == 'stage1_train_L1'
-  assert S.StringTask.config_for(2, 'train', 1, 2, mode='clean').name == 'stage2_train_L1to2_clean'
+  assert strings_tfds.StringTask.config_for(1, 'train', 1, 1, 50_000).name == 'stage1_train_L1'
+  assert (
+      strings_tfds.StringTask.config_for(2, 'train', 1, 2, mode='clean').name
+      == 'stage2_train_L1to2_clean'
+  )
   assert SMALL.name == 'stage1_train_L1to2_n256_clean_seed3'
-  back = S.config_from_name(SMALL.name)
+  back = strings_tfds.config_from_name(SMALL.name)
   assert back.generator_args() == SMALL.generator_args()
-  t = S.StringTrace.config_for('heldout', 1, 4, 1024, inputs='heldout')
+  t = strings_tfds.StringTrace.config_for('heldout', 1, 4, 1024, inputs='heldout')
   assert t.name == TRACE and t.split == 'test'
-  t = S.StringTrace.config_for('generic', 1, 2, 100, inputs='any', seed=5, max_chars=80)
+  t = strings_tfds.StringTrace.config_for('generic', 1, 2, 100, inputs='any', seed=5, max_chars=80)
   assert t.name == 'trace_generic_L1to2_n100_any_seed5_max80'
-  assert S.config_from_name(t.name).generator_args() == t.generator_args()
+  assert strings_tfds.config_from_name(t.name).generator_args() == t.generator_args()
   with pytest.raises(ValueError, match='multiple of the number of levels'):
-    S.StringTask.config_for(2, 'test', 1, 3, 100)
+    strings_tfds.StringTask.config_for(2, 'test', 1, 3, 100)
   with pytest.raises(ValueError, match='not canonical'):
-    S.config_from_name('stage2_test_L1to8_paper')
+    strings_tfds.config_from_name('stage2_test_L1to8_paper')
   with pytest.raises(ValueError, match='unknown config'):
-    S.config_from_name('stage9')
+    strings_tfds.config_from_name('stage9')
 
 
 def test_default_data_dir(monkeypatch):
   monkeypatch.setenv('COMPFN_DATA_DIR', '/somewhere/else')
-  assert S.default_data_dir() == '/somewhere/else'
+  assert strings_tfds.default_data_dir() == '/somewhere/else'
   monkeypatch.delenv('COMPFN_DATA_DIR')
-  assert S.default_data_dir() == os.path.expanduser('~/compfn_data')
+  assert strings_tfds.default_data_dir() == os.path.expanduser('~/compfn_data')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,7 +129,7 @@ def test_build_needs_no_tensorflow(data_dir):
 def test_test_set_fields_equal_generator(data_dir, test_records):
   src = tfds.data_source(f'string_task/{TEST_SET}', data_dir=data_dir)['test']
   assert len(src) == 2048
-  got = [S.decode_record(src[i]) for i in range(len(src))]
+  got = [strings_tfds.decode_record(src[i]) for i in range(len(src))]
   assert got == test_records
   assert set(got[0]) == {
       'prompt',
@@ -150,7 +153,7 @@ def test_small_stage1_clean_set_fields(data_dir):
   src = pipeline.string_source(SMALL.name, data_dir)
   assert len(src) == 256
   for i, p in enumerate(problems):
-    r = S.decode_record(src[i])
+    r = strings_tfds.decode_record(src[i])
     assert (r['prompt'], r['prompt_hidden'], r['code'], r['input'], r['output'], r['expr']) == (
         p.prompt,
         p.prompt_hidden,
@@ -167,16 +170,19 @@ def test_small_stage1_clean_set_fields(data_dir):
         i,
     )
     assert r['functions'] == list(p.functions)
-  assert S.decode_record(src[0])['prompt'] != S.decode_record(src[0])['prompt_hidden']
+  assert (
+      strings_tfds.decode_record(src[0])['prompt']
+      != strings_tfds.decode_record(src[0])['prompt_hidden']
+  )
 
 
 def test_trace_set_fields_equal_generator(data_dir):
-  from compfn.tasks.strings import functions as F
+  from compfn.tasks.strings import functions
 
-  ref = generate_trace(F.TEST_FUNCTIONS, 1, 4, 1024, seed=0, inputs='heldout')
+  ref = generate_trace(functions.TEST_FUNCTIONS, 1, 4, 1024, seed=0, inputs='heldout')
   src = tfds.data_source(f'string_trace/{TRACE}', data_dir=data_dir)['test']
-  got = [S.decode_record(src[i]) for i in range(len(src))]
-  assert got == [S.trace_record(t, i) for i, t in enumerate(ref)]
+  got = [strings_tfds.decode_record(src[i]) for i in range(len(src))]
+  assert got == [strings_tfds.trace_record(t, i) for i, t in enumerate(ref)]
   assert set(got[0]) == {
       'prompt',
       'target',
@@ -190,7 +196,7 @@ def test_trace_set_fields_equal_generator(data_dir):
 
 
 def test_same_config_gives_identical_files(data_dir, tmp_path):
-  S.prepare(SMALL, tmp_path)
+  strings_tfds.prepare(SMALL, tmp_path)
   sub = os.path.join('string_task', SMALL.name)
   a, b = _files(os.path.join(data_dir, sub)), _files(os.path.join(tmp_path, sub))
   assert a.keys() == b.keys() and len(a) == 3
@@ -412,7 +418,7 @@ def test_cli_export_clean_mode(tmp_path):
       == 0
   )
   ref = generate(2, 'test', 1, 2, 64, seed=5, mode='clean')
-  assert pipeline.read_jsonl(jl) == [S.problem_record(p, i) for i, p in enumerate(ref)]
+  assert pipeline.read_jsonl(jl) == [strings_tfds.problem_record(p, i) for i, p in enumerate(ref)]
 
 
 EXPORT = ['export', '--stage', '2', '--split', 'test', '--out', 'unused.jsonl']

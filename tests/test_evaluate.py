@@ -13,19 +13,19 @@ import jax
 import numpy as np
 import pytest
 
-from compfn import evaluate as E
+from compfn import evaluate
 from compfn import metrics
-from compfn import model as M
+from compfn import model
 from compfn import tokenizers
-from compfn.rl import rollout as R
+from compfn.rl import rollout
 
 
 def bigram(tok, chain):
   """chain: {token id: successor id or tuple of equally likely successor ids}."""
   v = tok.vocab_size
   d = 1 << (v - 1).bit_length()
-  config = M.tiny('llama', vocab_size=v, d_model=d)
-  p = jax.tree.map(np.array, M.init_params(config, jax.random.key(0)))
+  config = model.tiny('llama', vocab_size=v, d_model=d)
+  p = jax.tree.map(np.array, model.init_params(config, jax.random.key(0)))
   p['layers']['attn']['wo'][:] = 0
   p['layers']['mlp']['wo'][:] = 0
   p['final_norm']['scale'][:] = 1
@@ -76,7 +76,7 @@ def _greedy_problems():
       ('qv', 'v', 3, 'train'),
       ('y', 'a', 3, 'heldout'),
   ]
-  return [E.EvalProblem(*r) for r in rows]
+  return [evaluate.EvalProblem(*r) for r in rows]
 
 
 def test_greedy_accuracy_by_level_and_padding(setup):
@@ -84,7 +84,7 @@ def test_greedy_accuracy_by_level_and_padding(setup):
   problems = _greedy_problems()
   # 7 problems, batch 4: the second batch repeats the last problem (correct) in one padded
   # row; padded rows must not count.
-  res = E.evaluate(
+  res = evaluate.evaluate(
       config,
       params,
       tok,
@@ -117,17 +117,19 @@ def test_greedy_accuracy_by_level_and_padding(setup):
   with pytest.raises(ValueError):
     res.accuracy_by_level('sampled')
   # Batch size does not change the results.
-  res1 = E.evaluate(config, params, tok, problems, max_new_tokens=6, batch_size=64, progress=False)
+  res1 = evaluate.evaluate(
+      config, params, tok, problems, max_new_tokens=6, batch_size=64, progress=False
+  )
   np.testing.assert_array_equal(res1.greedy_acc, res.greedy_acc)
 
 
 def test_sampled_pass_at_k_chunking_and_determinism(setup):
   tok, config, params = setup
   problems = [
-      E.EvalProblem('x', 'a', 1),
-      E.EvalProblem('y', 'a', 1),
-      E.EvalProblem('w', 'a', 2),
-      E.EvalProblem('qx', 'a', 2),
+      evaluate.EvalProblem('x', 'a', 1),
+      evaluate.EvalProblem('y', 'a', 1),
+      evaluate.EvalProblem('w', 'a', 2),
+      evaluate.EvalProblem('qx', 'a', 2),
   ]
   kw = dict(
       task='strings_trace',
@@ -138,7 +140,7 @@ def test_sampled_pass_at_k_chunking_and_determinism(setup):
       sample_chunk=4,
       progress=False,
   )  # 3 chunks of 4, 2 dropped
-  res = E.evaluate(config, params, tok, problems, rng=3, **kw)
+  res = evaluate.evaluate(config, params, tok, problems, rng=3, **kw)
   assert res.greedy_acc is None
   assert res.ks == (1, 2, 4, 8, 10)
   c = res.sample_correct
@@ -150,10 +152,11 @@ def test_sampled_pass_at_k_chunking_and_determinism(setup):
     assert pk[lv] == pytest.approx(metrics.mean_pass_at_k(c[idx].tolist(), 10, res.ks))
   assert pk['1'][10] == 1.0 and pk['2'][1] == pytest.approx(c[3] / 20)
   # Deterministic for a fixed rng; another rng gives other draws.
-  again = E.evaluate(config, params, tok, problems, rng=3, **kw)
+  again = evaluate.evaluate(config, params, tok, problems, rng=3, **kw)
   np.testing.assert_array_equal(again.sample_correct, c)
   draws = {
-      tuple(E.evaluate(config, params, tok, problems, rng=r, **kw).sample_correct) for r in (4, 5)
+      tuple(evaluate.evaluate(config, params, tok, problems, rng=r, **kw).sample_correct)
+      for r in (4, 5)
   }
   assert draws != {tuple(c)}
   s = res.summary()
@@ -164,20 +167,20 @@ def test_sampled_pass_at_k_chunking_and_determinism(setup):
 
 def test_json_round_trip_and_ks(setup):
   tok, config, params = setup
-  problems = [E.EvalProblem('x', 'a', 1, 'g'), E.EvalProblem('y', 'a', 2, 'h')]
-  res = E.evaluate(
+  problems = [evaluate.EvalProblem('x', 'a', 1, 'g'), evaluate.EvalProblem('y', 'a', 2, 'h')]
+  res = evaluate.evaluate(
       config, params, tok, problems, max_new_tokens=4, num_samples=3, ks=[1, 3], progress=False
   )
-  back = E.EvalResult.from_json(res.to_json())
+  back = evaluate.EvalResult.from_json(res.to_json())
   assert back.problems == res.problems and back.ks == (1, 3)
   np.testing.assert_array_equal(back.sample_correct, res.sample_correct)
   np.testing.assert_array_equal(back.greedy_acc, res.greedy_acc)
   assert back.summary() == res.summary()
   assert json.loads(json.dumps(res.summary()))['accuracy_by_level'] == {'1': 1.0, '2': 1.0}
   with pytest.raises(ValueError):
-    E.evaluate(config, params, tok, problems, num_samples=3, ks=[4], progress=False)
-  assert E.default_ks(1) == (1,) and E.default_ks(6) == (1, 2, 4, 6)
-  assert E.default_ks(1024)[-1] == 1024 and len(E.default_ks(1024)) == 11
+    evaluate.evaluate(config, params, tok, problems, num_samples=3, ks=[4], progress=False)
+  assert evaluate.default_ks(1) == (1,) and evaluate.default_ks(6) == (1, 2, 4, 6)
+  assert evaluate.default_ks(1024)[-1] == 1024 and len(evaluate.default_ks(1024)) == 11
 
 
 def _fake_rollout(texts_by_prompt, tok, pad_text=''):
@@ -204,9 +207,9 @@ def _fake_rollout(texts_by_prompt, tok, pad_text=''):
     z = np.zeros(rows, np.int32)
     ref = np.repeat(np.asarray(batch.ref), g, axis=0)
     ref_len = np.repeat(np.asarray(batch.ref_len), g, axis=0)
-    score, acc = R.TASKS[task](resp, n, ref, ref_len, z.astype(bool))
+    score, acc = rollout.TASKS[task](resp, n, ref, ref_len, z.astype(bool))
     tokens = np.zeros((rows, cfg.max_new_tokens), np.int32)
-    return R.Rollout(
+    return rollout.Rollout(
         tokens=tokens,
         mask=tokens > 0,
         logprobs=tokens * 0.0,
@@ -235,15 +238,15 @@ def test_countdown_scored_on_device_by_its_registered_scorer():
       's': '<answer>10 + 2</answer>',
   }
   problems = [
-      E.EvalProblem('p', '{"numbers": [3, 5], "target": 8}', 1),
-      E.EvalProblem('q', '{"numbers": [3, 5], "target": 8}', 1),
-      E.EvalProblem('t', '{"answer": 8, "numbers": [2, 10]}', 2),
-      E.EvalProblem('r', '{"numbers": [3, 5], "target": 8}', 2),
-      E.EvalProblem('s', '{"numbers": [2, 10], "target": 8}', 2),
+      evaluate.EvalProblem('p', '{"numbers": [3, 5], "target": 8}', 1),
+      evaluate.EvalProblem('q', '{"numbers": [3, 5], "target": 8}', 1),
+      evaluate.EvalProblem('t', '{"answer": 8, "numbers": [2, 10]}', 2),
+      evaluate.EvalProblem('r', '{"numbers": [3, 5], "target": 8}', 2),
+      evaluate.EvalProblem('s', '{"numbers": [2, 10], "target": 8}', 2),
   ]
   # Batches of 3: [p, q, t], [r, s, s (padding)]; the padding row's answer would be right
   # for 's' but must not count.
-  res = E.evaluate(
+  res = evaluate.evaluate(
       None,
       None,
       tok,
@@ -259,11 +262,11 @@ def test_countdown_scored_on_device_by_its_registered_scorer():
   np.testing.assert_array_equal(res.sample_correct, [2, 0, 2, 0, 0])
   assert res.accuracy_by_level('greedy') == pytest.approx({'1': 0.5, '2': 1 / 3})
   with pytest.raises(ValueError, match='problem 0: bad reference'):
-    E.evaluate(
+    evaluate.evaluate(
         None,
         None,
         tok,
-        [E.EvalProblem('p', '{"numbers": [3]}', 1)],
+        [evaluate.EvalProblem('p', '{"numbers": [3]}', 1)],
         task='countdown',
         progress=False,
         _rollout=_fake_rollout(texts, tok),
@@ -273,13 +276,15 @@ def test_countdown_scored_on_device_by_its_registered_scorer():
 def test_write_report(setup, tmp_path):
   tok, config, params = setup
   problems = _greedy_problems()[:4]
-  a = E.evaluate(config, params, tok, problems, max_new_tokens=6, num_samples=4, progress=False)
-  b = E.evaluate(
+  a = evaluate.evaluate(
+      config, params, tok, problems, max_new_tokens=6, num_samples=4, progress=False
+  )
+  b = evaluate.evaluate(
       config, params, tok, problems, max_new_tokens=6, greedy=False, num_samples=2, progress=False
   )
-  c = E.evaluate(config, params, tok, problems, max_new_tokens=6, progress=False)
+  c = evaluate.evaluate(config, params, tok, problems, max_new_tokens=6, progress=False)
   results = {'run-a': a, 'run-b': b, 'run-c': c}
-  paths = E.write_report(results, tmp_path / 'report', title='test')
+  paths = evaluate.write_report(results, tmp_path / 'report', title='test')
   assert set(paths) == {'markdown', 'csv', 'accuracy_plot', 'pass_at_k_plot'}
   for p in paths.values():
     assert os.path.getsize(p) > 0
@@ -299,17 +304,17 @@ def test_write_report(setup, tmp_path):
   assert not any(k[0] == 'run-c' and k[3] in ('sampled_acc', 'pass_at_k') for k in got)
   assert not any(k[0] == 'run-b' and k[3] == 'greedy_acc' for k in got)
   # No sampled run: no pass@k plot.
-  paths = E.write_report({'run-c': c}, tmp_path / 'greedy_only')
+  paths = evaluate.write_report({'run-c': c}, tmp_path / 'greedy_only')
   assert 'pass_at_k_plot' not in paths
   assert not os.path.exists(tmp_path / 'greedy_only' / 'pass_at_k.png')
-  assert '| run-c |' in E.markdown_table({'run-c': c})
+  assert '| run-c |' in evaluate.markdown_table({'run-c': c})
 
 
 def test_bad_arguments(setup):
   tok, config, params = setup
-  p = [E.EvalProblem('y', 'a', 1)]
+  p = [evaluate.EvalProblem('y', 'a', 1)]
   with pytest.raises(ValueError):
-    E.evaluate(config, params, tok, p, task='nope', progress=False)
+    evaluate.evaluate(config, params, tok, p, task='nope', progress=False)
   with pytest.raises(ValueError):
-    E.evaluate(config, params, tok, p, greedy=False, num_samples=0, progress=False)
-  assert dataclasses.is_dataclass(E.EvalResult)
+    evaluate.evaluate(config, params, tok, p, greedy=False, num_samples=0, progress=False)
+  assert dataclasses.is_dataclass(evaluate.EvalResult)

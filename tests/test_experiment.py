@@ -166,26 +166,26 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
   """The RFT stage glue in-process: a random model solves nothing; collect-only writes the
   (empty) records and stats, and a training RFT stops with a message instead of fitting noise."""
   import jax
-  from compfn import experiment as X
+  from compfn import experiment
   from compfn import parallel
   from compfn.data import sources
-  from compfn.model import transformer as T
+  from compfn.model import transformer
   from compfn.tokenizers import CharTokenizer
 
   tok = CharTokenizer()
-  cfg = X.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
+  cfg = experiment.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
   mesh = parallel.make_mesh((-1, 1, 1))
-  run = X.Run(
+  run = experiment.Run(
       workdir=str(tmp_path),
       model_config=cfg,
-      params=T.init_params(cfg, jax.random.PRNGKey(0)),
+      params=transformer.init_params(cfg, jax.random.PRNGKey(0)),
       tokenizer=tok,
       encode=tok.encode,
       mesh=mesh,
       rules=parallel.logical_rules(),
   )
   recs = sources.trace_records('train', 1, 1, 8, seed=0)
-  X.rft_stage(
+  experiment.rft_stage(
       run,
       name='collect',
       records=recs,
@@ -199,6 +199,6 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
   assert (tmp_path / 'collect' / 'iter_0' / 'rft_records.jsonl').exists()
   if stats['kept_records'] == 0:
     with pytest.raises(ValueError, match='no correct responses to fine-tune on'):
-      X.rft_stage(
+      experiment.rft_stage(
           run, name='train', records=recs, num_samples=2, max_new_tokens=16, sample_batch_size=8
       )

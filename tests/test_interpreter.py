@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import interpreter as I
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import interpreter
+from compfn.tasks.strings import program
 from compfn.tasks.strings.program import Builtin, Call, Concat, Lit, ProgramError, Var
 
 
@@ -40,7 +40,7 @@ def reference(node, x, capacity):
     if isinstance(n, Concat):
       return chk(ev(n.left) + ev(n.right))
     if isinstance(n, Builtin):
-      return chk(F.BUILTINS[n.op](ev(n.sub)))
+      return chk(functions.BUILTINS[n.op](ev(n.sub)))
     args = [ev(a) for a in n.args]
     if n.fn in ('repeat_str', 'loop_concat') and len(args[0]) * max(n.param, 0) > capacity:
       raise _Overflow  # without building a huge string
@@ -48,13 +48,13 @@ def reference(node, x, capacity):
       chk(n.param)
     if n.param is not None:
       args.append(n.param)
-    return chk(F.FUNCTIONS[n.fn].fn(*args))
+    return chk(functions.FUNCTIONS[n.fn].fn(*args))
 
   try:
     ev(node)
   except _Overflow:
     return None
-  return P.run(node, x)
+  return program.run(node, x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ STR_PARAMS = ['', '-', '_', '|', 'ab', '«»', 'XYZ']
 
 def _cases():
   cases = []
-  for name, spec in F.FUNCTIONS.items():
+  for name, spec in functions.FUNCTIONS.items():
     if spec.kind == 'noparam':
       for s in INPUTS + (WHITESPACE if name == 'reverse_words' else []):
         cases.append((Call(name, (Var(),)), s))
@@ -131,7 +131,7 @@ def _cases():
       for p in INT_PARAMS[name]:
         for s in ('', 'a', 'ab', 'abc', 'a1c', 'abcba', 'Hello-World', 'xyzXYZ'):
           cases.append((Call(name, (Var(),), p), s))
-  for op in F.BUILTINS:
+  for op in functions.BUILTINS:
     for s in INPUTS:
       cases.append((Builtin(op, Var()), s))
   for a, b in (('', ''), ('a', ''), ('', 'b'), ('ab', 'cd')):
@@ -157,7 +157,7 @@ CASE_CAPACITY = 256
 def _printable(node):
   """Whether printed code parses back (program.parse_code has no negative int literals)."""
   try:
-    return P.parse_code(P.to_code(node)) == node
+    return program.parse_code(program.to_code(node)) == node
   except ProgramError:
     return False
 
@@ -167,8 +167,8 @@ def case_results():
   """{case index: (direct execute result, execute_batch result or 'n/a')}."""
   direct = _run([node for node, _ in CASES], [x for _, x in CASES], CASE_CAPACITY)
   printable = [k for k, (node, _) in enumerate(CASES) if _printable(node)]
-  batch = I.execute_batch(
-      [P.to_code(CASES[k][0]) for k in printable],
+  batch = interpreter.execute_batch(
+      [program.to_code(CASES[k][0]) for k in printable],
       [CASES[k][1] for k in printable],
       capacity=CASE_CAPACITY,
   )
@@ -178,7 +178,7 @@ def case_results():
 
 def _case_id(case):
   node, x = case
-  return f'{P.to_text(node, names="internal")}|{x!r}'[:80]
+  return f'{program.to_text(node, names="internal")}|{x!r}'[:80]
 
 
 @pytest.mark.parametrize('k', range(len(CASES)), ids=[_case_id(c) for c in CASES])
@@ -193,16 +193,16 @@ def test_function_case(case_results, k):
 def test_cases_cover_every_function_and_builtin():
   used = {n.fn for n, _ in CASES if isinstance(n, Call)}
   used |= {n.op for n, _ in CASES if isinstance(n, Builtin)}
-  assert used == set(F.FUNCTIONS) | set(F.BUILTINS)
+  assert used == set(functions.FUNCTIONS) | set(functions.BUILTINS)
 
 
 @pytest.mark.parametrize('depth', range(-1, 4))
 def test_backchain_semantics_match_reference(depth):
   for s in ('', 'a', 'ab', 'a1', 'xyz', 'aba', '9'):
     want = s if (depth == 0 or any(c.isdigit() for c in s)) else s + '1'
-    assert F.backchain_add_digit(s, depth) == want
+    assert functions.backchain_add_digit(s, depth) == want
     want = s if (s == s[::-1] or depth <= 0) else s + s[::-1]
-    assert F.backchain_palindrome(s, depth) == want
+    assert functions.backchain_palindrome(s, depth) == want
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,12 +211,12 @@ def test_backchain_semantics_match_reference(depth):
 
 
 def _run(nodes, xs, capacity, stack_depth=8):
-  enc = I.encode(nodes)
-  x, x_len = I.encode_strings(xs, capacity)
-  out, out_len, ovf = jax.jit(I.execute, static_argnames=('capacity', 'stack_depth'))(
+  enc = interpreter.encode(nodes)
+  x, x_len = interpreter.encode_strings(xs, capacity)
+  out, out_len, ovf = jax.jit(interpreter.execute, static_argnames=('capacity', 'stack_depth'))(
       enc, x, x_len, capacity=capacity, stack_depth=stack_depth
   )
-  got = I.decode(out, out_len)
+  got = interpreter.decode(out, out_len)
   return [None if o else g for g, o in zip(got, np.asarray(ovf))]
 
 
@@ -265,8 +265,8 @@ def test_capacity_boundaries():
   assert got == want
   assert got[0] == 'a' * 16 and got[1] is None and got[-1] == 'short'
   # the host wrapper agrees, including when its capacity ladder is skipped
-  codes = [P.to_code(n) for n, _ in cases]
-  assert I.execute_batch(codes, [s for _, s in cases], capacity=C) == want
+  codes = [program.to_code(n) for n, _ in cases]
+  assert interpreter.execute_batch(codes, [s for _, s in cases], capacity=C) == want
 
 
 def test_execute_batch_escalates_capacity():
@@ -276,18 +276,18 @@ def test_execute_batch_escalates_capacity():
       'def main_solution(x):\n    return x',
   ]
   xs = ['abcdefghijklmnopqrstu', 'hello' * 60, 'y' * 5000]
-  want = [P.run_code(c, x) for c, x in zip(codes, xs)]
+  want = [program.run_code(c, x) for c, x in zip(codes, xs)]
   assert [len(w) for w in want] == [672, 720, 5000]
-  assert I.execute_batch(codes, xs, capacity=4096) == want[:2] + [None]
-  assert I.execute_batch(codes, xs, capacity=5000) == want
-  assert I.execute_batch(codes, xs, capacity=700) == [want[0], None, None]
+  assert interpreter.execute_batch(codes, xs, capacity=4096) == want[:2] + [None]
+  assert interpreter.execute_batch(codes, xs, capacity=5000) == want
+  assert interpreter.execute_batch(codes, xs, capacity=700) == [want[0], None, None]
 
 
 def test_rotation_parameters_out_of_int32_raise():
   with pytest.raises(ProgramError, match='int32'):
-    I.encode([Call('rotate_str', (Var(),), 2**31)])
+    interpreter.encode([Call('rotate_str', (Var(),), 2**31)])
   with pytest.raises(ProgramError, match='int32'):
-    I.execute_batch(['func_19(x, 99999999999)'], ['abc'])
+    interpreter.execute_batch(['func_19(x, 99999999999)'], ['abc'])
   # while_rotate with a huge negative count is a no-op, so it encodes fine
   assert _run([Call('while_rotate', (Var(),), -(10**12))], ['abc'], 16) == ['abc']
   # a huge count: the reference would loop 2**31 times; it is rotate by n % len
@@ -295,14 +295,14 @@ def test_rotation_parameters_out_of_int32_raise():
   xs = ['', 'a', 'abcd', 'abcdefg']
   got = _run([Call('while_rotate', (Var(),), n)] * 4, xs, 16)
   assert got == [s[n % len(s) :] + s[: n % len(s)] if s else s for s in xs]
-  assert got == [F.rotate_str(s, n) for s in xs]
+  assert got == [functions.rotate_str(s, n) for s in xs]
 
 
 def test_deep_nesting_and_stack_depth():
   chain = Var()
   names = [
       n
-      for n, s in F.FUNCTIONS.items()
+      for n, s in functions.FUNCTIONS.items()
       if s.kind == 'noparam' and n not in ('mirror_str', 'duplicate_every_char', 'fancy_brackets')
   ]
   for k in range(120):
@@ -327,9 +327,9 @@ def test_deep_nesting_and_stack_depth():
 
   nodes = [chain, full(6), left_comb(20), right_comb(20)]
   xs = ['Hello, World! 123 aaa', 'ab', 'q', 'z']
-  enc = I.encode(nodes)
+  enc = interpreter.encode(nodes)
   assert enc.stack_need.tolist() == [1, 7, 2, 2]
-  assert I.required_stack_depth(enc) == 7
+  assert interpreter.required_stack_depth(enc) == 7
   want = [reference(n, s, 256) for n, s in zip(nodes, xs)]
   assert all(w is not None for w in want)
   assert _run(nodes, xs, 256, stack_depth=7) == want
@@ -343,14 +343,14 @@ def test_deep_nesting_and_stack_depth():
 
 
 def test_encoding_worked_example():
-  enc = I.encode(
+  enc = interpreter.encode(
       [
-          P.parse_expr("func_8((x + 'ab'), 2)"),
-          P.parse_expr("func_5(x, 'pre')"),
-          P.parse_expr("func_7('ab', func_13(x, 'ab'))"),
+          program.parse_expr("func_8((x + 'ab'), 2)"),
+          program.parse_expr("func_5(x, 'pre')"),
+          program.parse_expr("func_7('ab', func_13(x, 'ab'))"),
       ]
   )
-  names = [[I.OP_NAMES[o] for o in row[:k]] for row, k in zip(enc.ops, enc.n_instr)]
+  names = [[interpreter.OP_NAMES[o] for o in row[:k]] for row, k in zip(enc.ops, enc.n_instr)]
   assert names[0] == ['PUSH_X', 'PUSH_LIT', 'CONCAT', 'ROTATE']
   assert enc.args[0, :4].tolist() == [0, 0, 0, 2]
   assert names[1] == ['PUSH_X', 'PUSH_LIT', 'CONCAT'] and enc.args[1, 2] == 1  # pre + x
@@ -360,19 +360,19 @@ def test_encoding_worked_example():
   assert enc.lit_lens[2].tolist()[:1] == [2] and enc.lit_chars[2, 0, :2].tolist() == [97, 98]
   assert enc.ops.shape == (3, 8) and enc.lit_chars.shape == (3, 2, 8)
   assert enc.stack_need.tolist() == [2, 2, 2]
-  assert np.all(enc.ops[:, 5:] == I.OP_HALT)
+  assert np.all(enc.ops[:, 5:] == interpreter.OP_HALT)
 
 
 def test_encode_static_sizes():
-  node = P.parse_expr("func_6(func_5(x, 'abcdefghij'), 'k')")
-  enc = I.encode([node], max_instructions=5, max_literals=2, literal_capacity=10)
+  node = program.parse_expr("func_6(func_5(x, 'abcdefghij'), 'k')")
+  enc = interpreter.encode([node], max_instructions=5, max_literals=2, literal_capacity=10)
   assert enc.ops.shape == (1, 5) and enc.lit_chars.shape == (1, 2, 10)
   with pytest.raises(ProgramError, match='program 1 needs max_instructions >= 5'):
-    I.encode([Var(), node], max_instructions=4)
+    interpreter.encode([Var(), node], max_instructions=4)
   with pytest.raises(ProgramError, match='max_literals >= 2'):
-    I.encode([node], max_literals=1)
+    interpreter.encode([node], max_literals=1)
   with pytest.raises(ProgramError, match='literal_capacity >= 10'):
-    I.encode([node], literal_capacity=9)
+    interpreter.encode([node], literal_capacity=9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,34 +382,34 @@ def test_encode_static_sizes():
 
 def test_execute_batch_errors():
   with pytest.raises(TypeError, match=r'inputs\[1\] must be a str, got int'):
-    I.execute_batch(['x', 'x'], ['a', 3])
+    interpreter.execute_batch(['x', 'x'], ['a', 3])
   with pytest.raises(TypeError, match=r'codes\[0\] must be a str, got NoneType'):
-    I.execute_batch([None], ['a'])
+    interpreter.execute_batch([None], ['a'])
   with pytest.raises(ProgramError, match=r'codes\[1\]: unparsable'):
-    I.execute_batch(['x', 'def main_solution(x):\n    return func_3(x'], ['a', 'b'])
+    interpreter.execute_batch(['x', 'def main_solution(x):\n    return func_3(x'], ['a', 'b'])
   with pytest.raises(ProgramError, match=r"codes\[0\]: unknown function 'func_99'"):
-    I.execute_batch(['func_99(x)'], ['a'])
+    interpreter.execute_batch(['func_99(x)'], ['a'])
   with pytest.raises(ProgramError, match=r'codes\[0\]: func_7 takes 2 arguments, got 1'):
-    I.execute_batch(['func_7(x)'], ['a'])
+    interpreter.execute_batch(['func_7(x)'], ['a'])
   with pytest.raises(ValueError, match='2 codes but 1 inputs'):
-    I.execute_batch(['x', 'x'], ['a'])
+    interpreter.execute_batch(['x', 'x'], ['a'])
   with pytest.raises(ValueError, match=r"inputs\[0\] contains 'é' \(U\+00E9\) at position 1"):
-    I.execute_batch(['x'], ['cé'])
+    interpreter.execute_batch(['x'], ['cé'])
   with pytest.raises(ValueError, match=r"codes\[0\]: literal .* contains 'ß'"):
-    I.execute_batch(["func_5(x, 'ß')"], ['a'])
+    interpreter.execute_batch(["func_5(x, 'ß')"], ['a'])
   with pytest.raises(ValueError, match='capacity'):
-    I.execute_batch(['x'], ['a'], capacity=0)
+    interpreter.execute_batch(['x'], ['a'], capacity=0)
   with pytest.raises(ProgramError, match='only the 25 string functions'):
-    I.encode([Call('not_a_function', (Var(),))])
+    interpreter.encode([Call('not_a_function', (Var(),))])
 
 
 def test_character_domain():
   for ch in 'aZ09 \t\x00\x7f«»€→…─¡¿§':
-    assert I.in_domain(ch), ch
+    assert interpreter.in_domain(ch), ch
   for ch in 'éßİΣ²①ⓐⅰ\xa0\x85\u2028中':
-    assert not I.in_domain(ch), ch
+    assert not interpreter.in_domain(ch), ch
   # on the domain the device's ASCII-only rules are Python's rules
-  assert I.execute_batch(
+  assert interpreter.execute_batch(
       ['(x).upper()', 'func_21(x)', 'func_4(x)', 'func_3(x)'],
       ['a€b→c', '€a→1', '€ →', '→€a«'],
       capacity=16,
@@ -418,9 +418,9 @@ def test_character_domain():
 
 def test_strings_round_trip():
   xs = ['', 'abc', '«»€\x00', 'a' * 20]
-  codes, lens = I.encode_strings(xs, 8)
+  codes, lens = interpreter.encode_strings(xs, 8)
   assert codes.shape == (4, 8) and lens.tolist() == [0, 3, 4, 20]
-  assert I.decode(codes, np.minimum(lens, 8)) == ['', 'abc', '«»€\x00', 'a' * 8]
+  assert interpreter.decode(codes, np.minimum(lens, 8)) == ['', 'abc', '«»€\x00', 'a' * 8]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,27 +430,31 @@ def test_strings_round_trip():
 
 def test_inside_jit_and_vmap():
   nodes = [
-      P.parse_expr(c)
+      program.parse_expr(c)
       for c in ('func_3(x)', 'func_2(func_4(x))', 'func_24(x, 1)', 'func_16(func_0(x))')
   ] * 4
   xs = ['hello world', 'aab', 'abc', 'zzyzz'] * 4
-  want = [P.run(n, s) for n, s in zip(nodes, xs)]
-  enc = I.encode(nodes)
-  x, x_len = I.encode_strings(xs, 32)
+  want = [program.run(n, s) for n, s in zip(nodes, xs)]
+  enc = interpreter.encode(nodes)
+  x, x_len = interpreter.encode_strings(xs, 32)
 
   @jax.jit
   def fused(enc, x, x_len):  # e.g. a reward: exact match against a target
-    out, out_len, ovf = I.execute(enc, x, x_len, capacity=32, stack_depth=4, sub_batch=4)
+    out, out_len, ovf = interpreter.execute(enc, x, x_len, capacity=32, stack_depth=4, sub_batch=4)
     return out, out_len, jnp.sum(out_len * ~ovf)
 
   out, out_len, total = fused(enc, x, x_len)
-  assert I.decode(out, out_len) == want and int(total) == sum(map(len, want))
+  assert interpreter.decode(out, out_len) == want and int(total) == sum(map(len, want))
 
   halves = jax.tree.map(lambda a: np.stack([a[:8], a[8:]]), (enc, x, x_len))
   out, out_len, _ = jax.jit(
-      jax.vmap(lambda e, a, b: I.execute(e, a, b, capacity=32, stack_depth=4, sub_batch=2))
+      jax.vmap(
+          lambda e, a, b: interpreter.execute(e, a, b, capacity=32, stack_depth=4, sub_batch=2)
+      )
   )(*halves)
-  assert I.decode(np.asarray(out).reshape(16, 32), np.asarray(out_len).reshape(16)) == want
+  assert (
+      interpreter.decode(np.asarray(out).reshape(16, 32), np.asarray(out_len).reshape(16)) == want
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,9 +462,9 @@ def test_inside_jit_and_vmap():
 # ------------------------------------------------------------------------------------------------
 
 ALPHABET = 'abcdefghijklmnopqrstuvwxyz' 'AEIOUXYZ' '0123456789' '-_|' '«»' '  \t\n\x1c\x1f\x00' '€→'
-_NOPARAM = [n for n, s in F.FUNCTIONS.items() if s.kind == 'noparam']
-_PARAM = [n for n, s in F.FUNCTIONS.items() if s.kind == 'param']
-_BINARY = [n for n, s in F.FUNCTIONS.items() if s.kind == 'binary']
+_NOPARAM = [n for n, s in functions.FUNCTIONS.items() if s.kind == 'noparam']
+_PARAM = [n for n, s in functions.FUNCTIONS.items() if s.kind == 'param']
+_BINARY = [n for n, s in functions.FUNCTIONS.items() if s.kind == 'binary']
 
 
 def _rstr(rng, hi):
@@ -482,12 +486,12 @@ def random_program(rng, depth, p_binary):
         (random_program(rng, depth - 1, p_binary), random_program(rng, depth - 1, p_binary)),
     )
   if r < p_binary + 0.1:
-    return Builtin(rng.choice(list(F.BUILTINS)), random_program(rng, depth - 1, p_binary))
+    return Builtin(rng.choice(list(functions.BUILTINS)), random_program(rng, depth - 1, p_binary))
   sub = (random_program(rng, depth - 1, p_binary),)
   if r < p_binary + 0.1 + (0.9 - p_binary) / 2:
     return Call(rng.choice(_NOPARAM), sub)
   name = rng.choice(_PARAM)
-  if F.FUNCTIONS[name].param == 'str':
+  if functions.FUNCTIONS[name].param == 'str':
     param = _rstr(rng, 3)
   elif name in ('repeat_str', 'loop_concat'):
     param = rng.randint(-1, 4)
@@ -503,21 +507,25 @@ def _fuzz(n, capacity, p_binary, seed):
   rng = random.Random(seed)
   nodes = [random_program(rng, rng.randint(0, 6), p_binary) for _ in range(n)]
   xs = [_rstr(rng, 12) for _ in range(n)]
-  compiled = [I.compile_program(node) for node in nodes]
+  compiled = [interpreter.compile_program(node) for node in nodes]
   order = sorted(range(n), key=lambda i: len(compiled[i].instrs))  # bucket by length
-  pad = I._Compiled((), (), 1, False)
-  run = jax.jit(I.execute, static_argnames=('capacity', 'stack_depth'))
+  pad = interpreter._Compiled((), (), 1, False)
+  run = jax.jit(interpreter.execute, static_argnames=('capacity', 'stack_depth'))
   got = [None] * n
   for start in range(0, n, FUZZ_BATCH):
     chunk = order[start : start + FUZZ_BATCH]
     progs = [compiled[i] for i in chunk] + [pad] * (FUZZ_BATCH - len(chunk))
-    enc = I._pack(progs, max_instructions=256, max_literals=64, literal_capacity=8)
-    x, x_len = I.encode_strings([xs[i] for i in chunk] + [''] * (FUZZ_BATCH - len(chunk)), capacity)
+    enc = interpreter._pack(progs, max_instructions=256, max_literals=64, literal_capacity=8)
+    x, x_len = interpreter.encode_strings(
+        [xs[i] for i in chunk] + [''] * (FUZZ_BATCH - len(chunk)), capacity
+    )
     out, out_len, ovf = jax.device_get(run(enc, x, x_len, capacity=capacity, stack_depth=8))
-    for j, (s, o) in enumerate(zip(I.decode(out[: len(chunk)], out_len[: len(chunk)]), ovf)):
+    for j, (s, o) in enumerate(
+        zip(interpreter.decode(out[: len(chunk)], out_len[: len(chunk)]), ovf)
+    ):
       got[chunk[j]] = None if o else s
   bad = [
-      (P.to_text(nodes[i]), xs[i], got[i], reference(nodes[i], xs[i], capacity))
+      (program.to_text(nodes[i]), xs[i], got[i], reference(nodes[i], xs[i], capacity))
       for i in range(n)
       if got[i] != reference(nodes[i], xs[i], capacity)
   ]
@@ -544,7 +552,9 @@ def test_paper_test_set_at_capacity_4096():
   generator = pytest.importorskip('compfn.tasks.strings.generator')
   problems = generator.generate(stage=2, split='test', min_level=1, max_level=8, num=2048)
   assert len(problems) == 2048
-  got = I.execute_batch([p.code for p in problems], [p.input for p in problems], capacity=4096)
+  got = interpreter.execute_batch(
+      [p.code for p in problems], [p.input for p in problems], capacity=4096
+  )
   bad = [(p.code, p.input) for p, g in zip(problems, got) if g != p.output]
   assert not bad, f'{len(bad)} mismatches, e.g. {bad[:3]}'
 
@@ -553,37 +563,49 @@ def test_step_kernels_one_by_one():
   """The interpreter's step, kernel by kernel (compfn.tasks.strings.interpreter: _fetch,
   _index_map, _char_map, _push, _write) on hand-made rows."""
   import jax.numpy as jnp
-  from compfn.tasks.strings import interpreter as I
+  from compfn.tasks.strings import interpreter
 
   C, S = 8, 3
   pos = jnp.arange(C, dtype=jnp.int32)[None, :]
   # _fetch: a plain CONCAT reads left = second, right = top; the swapped one the other way.
-  ops = jnp.array([[I.OP_CONCAT], [I.OP_CONCAT]], jnp.int32)
+  ops = jnp.array([[interpreter.OP_CONCAT], [interpreter.OP_CONCAT]], jnp.int32)
   args = jnp.array([[0], [1]], jnp.int32)
-  ins = I._fetch(ops, args, jnp.zeros_like(ops), 0, jnp.array([2, 2], jnp.int32), S)
+  ins = interpreter._fetch(ops, args, jnp.zeros_like(ops), 0, jnp.array([2, 2], jnp.int32), S)
   assert ins.iu.tolist() == [0, 1] and ins.iv.tolist() == [1, 0] and ins.is_bin.all()
   # _index_map: reverse 'abc' -> idx 2,1,0; concat 'ab' + 'xyz': the tail comes from v.
   u = jnp.array([[97, 98, 99, 0, 0, 0, 0, 0], [97, 98, 0, 0, 0, 0, 0, 0]], jnp.int32)
   n, m = jnp.array([3, 2], jnp.int32), jnp.array([0, 3], jnp.int32)
-  op = jnp.array([I.OP_REVERSE, I.OP_CONCAT], jnp.int32)
+  op = jnp.array([interpreter.OP_REVERSE, interpreter.OP_CONCAT], jnp.int32)
   z = jnp.zeros((2, C), jnp.int32)
-  heavy = I._Heavy(z, n, z, n, jnp.zeros(2, bool), z)
-  idx, src, const, new_len = I._index_map(op, jnp.zeros(2, jnp.int32), u, n, m, pos, C, heavy)
+  heavy = interpreter._Heavy(z, n, z, n, jnp.zeros(2, bool), z)
+  idx, src, const, new_len = interpreter._index_map(
+      op, jnp.zeros(2, jnp.int32), u, n, m, pos, C, heavy
+  )
   assert idx[0, :3].tolist() == [2, 1, 0] and new_len.tolist() == [3, 5]
   assert src[1, :5].tolist() == [0, 0, 1, 1, 1] and idx[1, :5].tolist() == [0, 1, 0, 1, 2]
   # _char_map: upper-case a row, leave a non-letter alone.
   val = jnp.array([[97, 49, 122, 0, 0, 0, 0, 0]], jnp.int32)
-  got = I._char_map(jnp.array([I.OP_UPPER]), jnp.zeros(1, jnp.int32), val, pos, val)
+  got = interpreter._char_map(
+      jnp.array([interpreter.OP_UPPER]), jnp.zeros(1, jnp.int32), val, pos, val
+  )
   assert got[0, :3].tolist() == [65, 49, 90]
   # _push: PUSH_X takes the input and its length.
-  v, ln = I._push(
-      jnp.array([I.OP_PUSH_X]), val, jnp.array([0]), val + 1, jnp.array([3]), val, jnp.array([0])
+  v, ln = interpreter._push(
+      jnp.array([interpreter.OP_PUSH_X]),
+      val,
+      jnp.array([0]),
+      val + 1,
+      jnp.array([3]),
+      val,
+      jnp.array([0]),
   )
   assert v[0, 0] == 98 and ln.tolist() == [3]
   # _write: a value longer than C sets overflow; a push onto a full stack too.
-  ins = I._Instruction(*(jnp.array([x]) for x in (I.OP_DUPLICATE, 0, 0, False, False, False, 0, 0)))
+  ins = interpreter._Instruction(
+      *(jnp.array([x]) for x in (interpreter.OP_DUPLICATE, 0, 0, False, False, False, 0, 0))
+  )
   stack, lens = jnp.zeros((1, S, C), jnp.int32), jnp.zeros((1, S), jnp.int32)
-  _, _, sp, ovf = I._write(
+  _, _, sp, ovf = interpreter._write(
       ins,
       stack,
       lens,
@@ -597,8 +619,8 @@ def test_step_kernels_one_by_one():
       C,
   )
   assert sp.tolist() == [1] and ovf.tolist() == [True]
-  push = ins._replace(op=jnp.array([I.OP_PUSH_X]), is_push=jnp.array([True]))
-  _, _, sp, ovf = I._write(
+  push = ins._replace(op=jnp.array([interpreter.OP_PUSH_X]), is_push=jnp.array([True]))
+  _, _, sp, ovf = interpreter._write(
       push,
       stack,
       lens,

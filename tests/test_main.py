@@ -6,13 +6,13 @@ import pathlib
 import pytest
 
 from compfn import experiment  # noqa: F401  (registers the pipeline's configurables)
-from compfn import main as M
+from compfn import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_dataset_job_runs_from_gin(tmp_path):
-  rc = M.main(
+  rc = main.main(
       [
           f'--gin_file={ROOT / "gin/data/paper_datasets.gin"}',
           "--gin_param=build_datasets.configs=['stage2_test_L1to8']",
@@ -34,7 +34,7 @@ def test_gin_typo_is_named(tmp_path):
 
   gin.clear_config()
   with pytest.raises(ValueError, match='confgs'):
-    M.main(
+    main.main(
         [
             f'--gin_file={ROOT / "gin/data/paper_datasets.gin"}',
             '--gin_param=build_datasets.confgs=[]',
@@ -46,7 +46,7 @@ def test_gin_typo_is_named(tmp_path):
 
 def test_missing_gin_file_is_a_clear_error(tmp_path, capsys):
   with pytest.raises(SystemExit):
-    M.main(['--gin_file=nope.gin', f'--workdir={tmp_path}'])
+    main.main(['--gin_file=nope.gin', f'--workdir={tmp_path}'])
   assert 'nope.gin: no such file' in capsys.readouterr().err
 
 

@@ -5,20 +5,20 @@ import pytest
 
 from compfn import metrics
 from compfn.data import sources
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import generic as G
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import generic
+from compfn.tasks.strings import program
 from compfn.tasks.strings import prompts
 from compfn.tasks.strings.generator import generate_trace, shortcut
 
 
 def test_generic_func_family_uses_func_ids_outside_the_25():
-  assert len(G.GENERIC_FUNC_ALIASES) == 75
-  ids = [s.fid for s in G.GENERIC_FUNC_ALIASES.values()]
+  assert len(generic.GENERIC_FUNC_ALIASES) == 75
+  ids = [s.fid for s in generic.GENERIC_FUNC_ALIASES.values()]
   assert sorted(int(i.split('_')[1]) for i in ids) == list(range(25, 100))
-  paper_ids = {s.fid for s in F.FUNCTIONS.values()}
+  paper_ids = {s.fid for s in functions.FUNCTIONS.values()}
   ps = generate_trace(
-      G.GENERIC_FUNC_ALIASES, 1, 3, 300, seed=0, family='generic_func', max_chars=160
+      generic.GENERIC_FUNC_ALIASES, 1, 3, 300, seed=0, family='generic_func', max_chars=160
   )
   assert {p.level for p in ps} == {1, 2, 3}
   for p in ps:
@@ -26,21 +26,21 @@ def test_generic_func_family_uses_func_ids_outside_the_25():
     assert all(f.startswith('func_') for f in p.functions)
     assert p.target.rsplit(';', 1)[1] == p.answer
   # every alias behaves as its base function
-  for name, spec in G.GENERIC_FUNC_ALIASES.items():
-    assert spec.fn is G.GENERIC_FUNCTIONS[G.base_name(name)].fn
+  for name, spec in generic.GENERIC_FUNC_ALIASES.items():
+    assert spec.fn is generic.GENERIC_FUNCTIONS[generic.base_name(name)].fn
   family, names = sources.resolve_functions('generic_func')
   assert family == 'generic_func' and len(names) == 75
 
 
 def test_input_mix_draws_outputs_of_one_call_and_stays_atomic():
-  plain = generate_trace(list(F.FUNCTIONS), 1, 1, 400, seed=3)
-  mixed = generate_trace(list(F.FUNCTIONS), 1, 1, 400, seed=3, input_mix=1.0)
+  plain = generate_trace(list(functions.FUNCTIONS), 1, 1, 400, seed=3)
+  mixed = generate_trace(list(functions.FUNCTIONS), 1, 1, 400, seed=3, input_mix=1.0)
   assert all(p.input.isalpha() and p.input.islower() for p in plain)
   assert all(p.level == 1 and p.target.count('=') == 1 for p in mixed)
   assert any(not (p.input.isalpha() and p.input.islower()) for p in mixed)
   assert max(len(p.input) for p in mixed) <= 16 < 2 * max(len(p.input) for p in plain) + 5
   with pytest.raises(ValueError, match='input_mix'):
-    generate_trace(list(F.FUNCTIONS), 1, 1, 4, input_mix=1.5)
+    generate_trace(list(functions.FUNCTIONS), 1, 1, 4, input_mix=1.5)
 
 
 def test_shortcut_rule_on_hand_made_chains():
@@ -56,14 +56,16 @@ def test_shortcut_rule_on_hand_made_chains():
 
 def test_drop_shortcuts_leaves_only_chains_that_need_composing():
   stats = {}
-  ps = generate_trace(F.TRAIN_FUNCTIONS, 2, 3, 600, seed=0, drop_shortcuts=True, stats=stats)
+  ps = generate_trace(
+      functions.TRAIN_FUNCTIONS, 2, 3, 600, seed=0, drop_shortcuts=True, stats=stats
+  )
   assert len(ps) == 600 and stats['made'] == 600
   assert sum(stats['shortcuts'].values()) > 50  # the train split is full of them
-  registry = F.FUNCTIONS
+  registry = functions.FUNCTIONS
   for p in ps:
-    node = P.parse_expr(p.prompt[:-1])
+    node = program.parse_expr(p.prompt[:-1])
     # the input literal inlined in the prompt is the chain's input
-    steps = prompts.trace_steps(node, p.input, P.run)
+    steps = prompts.trace_steps(node, p.input, program.run)
     assert steps[-1][1] == p.answer != p.input
     prev = p.input
     for _, value in steps:
@@ -71,19 +73,19 @@ def test_drop_shortcuts_leaves_only_chains_that_need_composing():
       prev = value
     singles = []
     n = node
-    while isinstance(n, P.Call):
+    while isinstance(n, program.Call):
       singles.append(
-          P.run(
-              P.Call(
+          program.run(
+              program.Call(
                   n.fn,
-                  tuple(a if isinstance(a, P.Lit) else P.Lit(p.input) for a in n.args),
+                  tuple(a if isinstance(a, program.Lit) else program.Lit(p.input) for a in n.args),
                   n.param,
               ),
               '',
               registry=registry,
           )
       )
-      n = next((a for a in n.args if isinstance(a, P.Call)), None)
+      n = next((a for a in n.args if isinstance(a, program.Call)), None)
     assert p.answer not in singles
 
 
@@ -100,7 +102,7 @@ def test_wilson_and_difference_intervals():
 
 def test_step_credit_trace_reward_device_equals_reference():
   import numpy as np
-  from compfn.tasks.strings import device_scoring as D
+  from compfn.tasks.strings import device_scoring
   from compfn.tasks.strings import scoring
   from compfn.tasks.strings.generator import generate_trace as gen
 
@@ -110,7 +112,7 @@ def test_step_credit_trace_reward_device_equals_reference():
   )
   rng = np.random.default_rng(0)
   cases = []
-  for p in gen(F.TRAIN_FUNCTIONS, 1, 3, 90, seed=4):
+  for p in gen(functions.TRAIN_FUNCTIONS, 1, 3, 90, seed=4):
     t = p.target
     variants = [
         t,
@@ -136,7 +138,7 @@ def test_step_credit_trace_reward_device_equals_reference():
     rl.append(len(vb))
     fl.append(len(tb))
   over = np.arange(len(cases)) % 17 == 0
-  sc, acc = D.score_trace_steps(resp, np.array(rl), ref, np.array(fl), over)
+  sc, acc = device_scoring.score_trace_steps(resp, np.array(rl), ref, np.array(fl), over)
   for i, (v, t) in enumerate(cases):
     want = scoring.score_trace_steps(v, t, overlong=bool(over[i]))
     assert (float(sc[i]), int(acc[i])) == pytest.approx(want), (v, t)

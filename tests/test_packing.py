@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from compfn.experiment import char_model
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.rl import sft
 
 
@@ -32,7 +32,7 @@ def test_pack_batch_layout():
 
 def test_packed_loss_and_grads_equal_padded():
   cfg = char_model(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64)
-  params = T.init_params(cfg, jax.random.key(0))
+  params = transformer.init_params(cfg, jax.random.key(0))
   ex = _examples(48, seed=1)
   padded = sft.make_batch(ex, 32, eos_id=1)
   packed = sft.pack_batch(ex, 32, eos_id=1, row_multiple=1)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from compfn import parallel
-from compfn.model import config as C
-from compfn import model as M
+from compfn.model import config as config_lib
+from compfn import model
 
 
 def test_make_mesh_shapes_and_errors():
@@ -27,10 +27,10 @@ def test_make_mesh_shapes_and_errors():
 
 
 def test_sharded_logits_equal_unsharded():
-  config = C.tiny('llama')
-  params = M.init_params(config, jax.random.key(0))
+  config = config_lib.tiny('llama')
+  params = model.init_params(config, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (4, 12), 0, config.vocab_size)
-  want = np.asarray(M.logits(config, params, tokens))
+  want = np.asarray(model.logits(config, params, tokens))
   mesh = parallel.make_mesh((2, 2, 2))
   shardings = parallel.param_shardings(config, mesh)
   sharded = jax.device_put(params, shardings)
@@ -40,7 +40,7 @@ def test_sharded_logits_equal_unsharded():
   )
   toks = jax.device_put(tokens, parallel.batch_sharding(mesh))
   with parallel.use_mesh(mesh):
-    got = jax.jit(lambda p, t: M.apply(config, p, t)[0])(sharded, toks)
+    got = jax.jit(lambda p, t: model.apply(config, p, t)[0])(sharded, toks)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 

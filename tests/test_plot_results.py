@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from compfn import evaluate as E
+from compfn import evaluate
 from compfn import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,10 +23,10 @@ def _tool():
 def _fake_workdir(d: pathlib.Path):
   """A finished pipeline's files: an SFT stage's metrics, a gate and an evaluation."""
   problems = [
-      E.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
+      evaluate.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
       for i, lv in enumerate([1, 1, 2, 2])
   ]
-  res = E.EvalResult(
+  res = evaluate.EvalResult(
       problems=problems,
       greedy_acc=[1, 0, 1, 1],
       sample_correct=None,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from compfn import tokenizers
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import grpo, losses
 
@@ -44,7 +44,7 @@ CONFIGS = {'tied': {}, 'untied_softcap': {'tie_word_embeddings': False, 'final_l
 @functools.lru_cache(maxsize=None)
 def _model(name='tied', seed=0):
   cfg = _config(**CONFIGS[name])
-  params = T.init_params(cfg, jax.random.PRNGKey(seed))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(seed))
   # Larger weights than the 0.02 init: peaked distributions, so temperature and entropy matter.
   return cfg, jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
 
@@ -89,7 +89,7 @@ def _gcfg(**kw):
 
 
 def _old_response_logits(cfg, params, rows, gcfg):
-  logits, _ = T.apply(
+  logits, _ = transformer.apply(
       cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids']
   )
   lg = jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1).astype(jnp.float32)
@@ -156,9 +156,11 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
   cfg, params = _model(name)
   buf = _buffer()
   rows = grpo._flat_rows(buf, _gcfg())
-  full, _ = T.apply(cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids'])
+  full, _ = transformer.apply(
+      cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids']
+  )
   want = jnp.take_along_axis(full, rows['src'][:, :, None], axis=1)
-  got, _ = T.apply(
+  got, _ = transformer.apply(
       cfg,
       params,
       rows['tokens'],
@@ -168,7 +170,7 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
   )
   assert got.shape == (P * G, N, cfg.vocab_size)
   _close(got, want)
-  hidden, _ = T.apply(
+  hidden, _ = transformer.apply(
       cfg,
       params,
       rows['tokens'],
@@ -178,8 +180,8 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
       return_hidden=True,
   )
   assert hidden.shape == (P * G, N, cfg.d_model)
-  _close(T.lm_head(cfg, params, hidden), want)
-  whole, _ = T.apply(
+  _close(transformer.lm_head(cfg, params, hidden), want)
+  whole, _ = transformer.apply(
       cfg,
       params,
       rows['tokens'],
@@ -187,7 +189,7 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
       segment_ids=rows['segment_ids'],
       return_hidden=True,
   )
-  _close(T.lm_head(cfg, params, whole), full)
+  _close(transformer.lm_head(cfg, params, whole), full)
 
 
 @pytest.mark.parametrize('name', list(CONFIGS))
@@ -204,7 +206,7 @@ def test_chunked_response_logprobs_equal_full_logits(name, chunk, temperature):
   want = jnp.where(rows['mask'], losses.token_logprobs(lg, rows['response']), 0.0)
   got = jax.jit(grpo.response_logprobs, static_argnums=(0, 3))(cfg, params, buf, gcfg)
   _close(got, want)
-  hidden, _ = T.apply(
+  hidden, _ = transformer.apply(
       cfg,
       params,
       rows['tokens'],
@@ -252,12 +254,12 @@ def test_sft_loss_from_hidden_equals_sft_loss():
   mask = jnp.asarray(rng.random((4, 12)) < 0.7, jnp.float32)
 
   def old(prm):
-    logits, _ = T.apply(cfg, prm, inputs)
+    logits, _ = transformer.apply(cfg, prm, inputs)
     correct = ((jnp.argmax(logits, -1) == targets) * mask).sum()
     return losses.sft_loss(logits, targets, mask, num_tokens=20.0), correct
 
   def new(prm):
-    hidden, _ = T.apply(cfg, prm, inputs, return_hidden=True)
+    hidden, _ = transformer.apply(cfg, prm, inputs, return_hidden=True)
     return losses.sft_loss_from_hidden(cfg, prm, hidden, targets, mask, num_tokens=20.0, chunk=5)
 
   (l0, c0), g0 = jax.value_and_grad(old, has_aux=True)(params)
@@ -266,9 +268,9 @@ def test_sft_loss_from_hidden_equals_sft_loss():
   assert float(c1) == float(c0)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
     _close(a, b)
-  hidden, _ = T.apply(cfg, params, inputs, return_hidden=True)
+  hidden, _ = transformer.apply(cfg, params, inputs, return_hidden=True)
   lp = losses.token_logprobs_from_hidden(cfg, params, hidden, targets, mask, chunk=5)
-  logits, _ = T.apply(cfg, params, inputs)
+  logits, _ = transformer.apply(cfg, params, inputs)
   _close(lp, jnp.where(mask > 0, losses.token_logprobs(logits, targets), 0.0))
 
 
@@ -366,7 +368,7 @@ def test_entropy_not_differentiated_at_entropy_coef_0():
 
   def grads(mode, chunk):
     def f(prm):
-      hidden, _ = T.apply(
+      hidden, _ = transformer.apply(
           cfg,
           prm,
           rows['tokens'],
@@ -436,7 +438,7 @@ def test_grpo_loss_memory_is_well_below_one_full_logits_tensor():
   the chunked GRPO loss + gradients needs a fraction of it (the former path, several)."""
   v, n, p, g = 32768, 256, 4, 4
   cfg = _config(vocab_size=v, d_model=32, num_layers=1, num_heads=1, num_kv_heads=1)
-  params = jax.eval_shape(lambda: T.init_params(cfg, jax.random.PRNGKey(0)))
+  params = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.PRNGKey(0)))
   buf = jax.eval_shape(lambda: _buffer(p=p, g=g, lp=16, n=n, vocab=v))
   full = p * g * n * v * 4
   gcfg = _gcfg(batch_prompts=p, gen_prompts=p, num_generations=g, max_new_tokens=n)

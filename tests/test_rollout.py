@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from compfn import model as M
-from compfn import sampling as S
+from compfn import model
+from compfn import sampling
 from compfn import tokenizers
 from compfn.rl import advantages
-from compfn.rl import rollout as R
+from compfn.rl import rollout
 from compfn.tasks.strings import scoring
 
 
@@ -43,8 +43,8 @@ def _bigram(tok, chain, num_kv_heads=2):
   outputs are zero, embeddings are one-hot and the LM head maps each token to its successor."""
   v = tok.vocab_size
   d = 1 << (v - 1).bit_length()
-  config = M.tiny("llama", vocab_size=v, d_model=d, num_kv_heads=num_kv_heads)
-  p = jax.tree.map(np.array, M.init_params(config, jax.random.key(0)))
+  config = model.tiny("llama", vocab_size=v, d_model=d, num_kv_heads=num_kv_heads)
+  p = jax.tree.map(np.array, model.init_params(config, jax.random.key(0)))
   p["layers"]["attn"]["wo"][:] = 0
   p["layers"]["mlp"]["wo"][:] = 0
   p["final_norm"]["scale"][:] = 1
@@ -81,16 +81,16 @@ def trace_setup():
   chain = {t(k): t(v) for k, v in chain.items()}
   prompts = ["qx", "y", "qqz", "w"]  # -> ";ab" (1), "cd" (-1: no ';'), ";ab" vs "zz" (0),
   refs = ["ab", "ab", "zz", "ab"]  #    "wwww..." (-1: truncated)
-  batch = R.RolloutBatch.from_host([tok.encode(s) for s in prompts], refs)
+  batch = rollout.RolloutBatch.from_host([tok.encode(s) for s in prompts], refs)
   return tok, chain, batch, refs
 
 
 def test_rollout_trace_rewards_equal_reference_scorer(trace_setup):
   tok, chain, batch, refs = trace_setup
   config, params = _bigram(tok, chain)
-  detok = R.DetokTables.from_tokenizer(tok)
-  cfg = S.SamplerConfig(8, temperature=0.0, stop_ids=tok.stop_ids, num_samples=2)
-  out = R.rollout(config, params, batch, jax.random.key(0), cfg, "strings_trace", detok=detok)
+  detok = rollout.DetokTables.from_tokenizer(tok)
+  cfg = sampling.SamplerConfig(8, temperature=0.0, stop_ids=tok.stop_ids, num_samples=2)
+  out = rollout.rollout(config, params, batch, jax.random.key(0), cfg, "strings_trace", detok=detok)
   texts, score, acc = _reference(tok, out, refs, 2, scoring.score_trace)
   assert texts[::2] == [";ab", "cd", ";ab", "wwwwwwww"]
   np.testing.assert_array_equal(np.asarray(out.score), score)
@@ -107,7 +107,7 @@ def test_rollout_trace_rewards_equal_reference_scorer(trace_setup):
     assert bytes(np.asarray(out.response_bytes[i, :n]).astype(np.uint8)) == t.encode()
   assert not np.asarray(out.byte_overflow).any()
   # A byte buffer too small for ";ab": never scored on a cut text -> -1 and flagged.
-  small = R.rollout(
+  small = rollout.rollout(
       config, params, batch, jax.random.key(0), cfg, "strings_trace", detok=detok, max_bytes=2
   )
   np.testing.assert_array_equal(np.asarray(small.byte_overflow), [1, 1, 0, 0, 1, 1, 1, 1])
@@ -135,19 +135,19 @@ def test_rollout_json_one_program_no_host_callback_and_reference_rewards():
   }
   config, params = _bigram(tok, chain)
   refs = ["ab", "ab", "ab", "ab"]
-  batch = R.RolloutBatch.from_host([tok.encode(s) for s in ["x", "hey", "z", "w"]], refs)
-  detok = R.DetokTables.from_tokenizer(tok)
+  batch = rollout.RolloutBatch.from_host([tok.encode(s) for s in ["x", "hey", "z", "w"]], refs)
+  detok = rollout.DetokTables.from_tokenizer(tok)
   assert detok.table.shape[1] > 1
-  cfg = S.SamplerConfig(12, temperature=0.0, stop_ids=tok.stop_ids, num_samples=1)
+  cfg = sampling.SamplerConfig(12, temperature=0.0, stop_ids=tok.stop_ids, num_samples=1)
 
   args = (config, params, batch, jax.random.key(0), cfg, "strings_json", detok)
-  lowered = R._rollout_jit.lower(*args)
+  lowered = rollout._rollout_jit.lower(*args)
   text = lowered.as_text()
   for bad in ("callback", "host_compute", "infeed", "outfeed"):
     assert bad not in text.lower(), bad
   jaxpr = str(
       jax.make_jaxpr(
-          lambda p: R.rollout_fn(
+          lambda p: rollout.rollout_fn(
               config, p, batch, jax.random.key(0), cfg, "strings_json", detok=detok
           )
       )(params)
@@ -169,14 +169,14 @@ def test_sharded_rollout_equals_unsharded(trace_setup):
     pytest.skip("needs 8 (fake) devices")
   tok, chain, batch, refs = trace_setup
   config, params = _bigram(tok, chain, num_kv_heads=4)
-  detok = R.DetokTables.from_tokenizer(tok)
-  cfg = S.SamplerConfig(8, temperature=1.0, stop_ids=tok.stop_ids, num_samples=2)
-  ref = R.rollout(config, params, batch, jax.random.key(4), cfg, "strings_trace", detok=detok)
-  mesh = R.make_mesh((2, 1, 4))
-  out = R.rollout(
+  detok = rollout.DetokTables.from_tokenizer(tok)
+  cfg = sampling.SamplerConfig(8, temperature=1.0, stop_ids=tok.stop_ids, num_samples=2)
+  ref = rollout.rollout(config, params, batch, jax.random.key(4), cfg, "strings_trace", detok=detok)
+  mesh = rollout.make_mesh((2, 1, 4))
+  out = rollout.rollout(
       config,
-      R.shard_params(config, params, mesh),
-      R.shard_batch(batch, mesh),
+      rollout.shard_params(config, params, mesh),
+      rollout.shard_batch(batch, mesh),
       jax.random.key(4),
       cfg,
       "strings_trace",
@@ -188,4 +188,4 @@ def test_sharded_rollout_equals_unsharded(trace_setup):
         np.asarray(getattr(out, name)), np.asarray(getattr(ref, name)), atol=1e-5, err_msg=name
     )
   with pytest.raises(ValueError):
-    R.rollout(config, params, batch, jax.random.key(4), cfg, "nope", detok=detok)
+    rollout.rollout(config, params, batch, jax.random.key(4), cfg, "nope", detok=detok)

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from compfn import model as M
-from compfn import sampling as S
+from compfn import model as model_lib
+from compfn import sampling
 
 N = 64
 
@@ -20,8 +20,8 @@ N = 64
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = M.tiny("llama")
-  params = M.init_params(config, jax.random.key(0))
+  config = model_lib.tiny("llama")
+  params = model_lib.init_params(config, jax.random.key(0))
   # Larger weights than the 0.02 init so the distribution is far from uniform.
   params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, params)
   return config, params
@@ -121,9 +121,9 @@ def _hf_greedy(model, ids, n, stop_ids):
 def test_greedy_matches_transformers_generate(tmp_path, kind):
   hf = _hf_tiny(kind)
   hf.save_pretrained(str(tmp_path))
-  config, params = M.load(str(tmp_path))
-  cfg = S.SamplerConfig(N, temperature=0.0, stop_ids=(2,))
-  s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
+  config, params = model_lib.load(str(tmp_path))
+  cfg = sampling.SamplerConfig(N, temperature=0.0, stop_ids=(2,))
+  s = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
   for b in range(len(LENS)):  # ragged batch vs one unpadded prompt at a time in transformers
     ref = _hf_greedy(hf, PROMPTS[b, : LENS[b]].tolist(), N, (2,))
     got = s.tokens[b, : s.lengths[b]].tolist()
@@ -159,9 +159,9 @@ def test_real_smollm2_greedy_matches_transformers():
   text = tok.apply_chat_template([{"role": "user", "content": prompts.forward_prompt(code, "oss")}])
   ids = tok.encode(text)
   hf_config, sd = gguf.gguf_to_hf(path)
-  config, params = M.load(path, param_dtype="float32")
-  cfg = S.SamplerConfig(N, temperature=0.0, stop_ids=tok.stop_ids, pad_id=tok.pad_id or 0)
-  out = S.Sampler(config, params, tok, cfg)([ids], jax.random.key(0))
+  config, params = model_lib.load(path, param_dtype="float32")
+  cfg = sampling.SamplerConfig(N, temperature=0.0, stop_ids=tok.stop_ids, pad_id=tok.pad_id or 0)
+  out = sampling.Sampler(config, params, tok, cfg)([ids], jax.random.key(0))
   hcfg = transformers.LlamaConfig(
       **{k: v for k, v in hf_config.items() if k not in ("architectures", "model_type")}
   )
@@ -183,8 +183,8 @@ def test_real_smollm2_greedy_matches_transformers():
 @pytest.mark.parametrize(
     "cfg",
     [
-        S.SamplerConfig(16, temperature=0.8, top_k=20, top_p=0.9, num_samples=3),
-        S.SamplerConfig(
+        sampling.SamplerConfig(16, temperature=0.8, top_k=20, top_p=0.9, num_samples=3),
+        sampling.SamplerConfig(
             16, temperature=0.7, num_samples=2, logprobs="temperature", stop_ids=(7, 11)
         ),
     ],
@@ -192,8 +192,8 @@ def test_real_smollm2_greedy_matches_transformers():
 )
 def test_logprobs_equal_full_forward(tiny, cfg):
   config, params = tiny
-  s = S.sample(config, params, PROMPTS, LENS, jax.random.key(3), cfg)
-  ref = S.teacher_forced_logprobs(config, params, PROMPTS, LENS, s, cfg)
+  s = sampling.sample(config, params, PROMPTS, LENS, jax.random.key(3), cfg)
+  ref = sampling.teacher_forced_logprobs(config, params, PROMPTS, LENS, s, cfg)
   s, ref = _np(s), np.asarray(ref)
   assert s.tokens.shape == (len(LENS) * cfg.num_samples, cfg.max_new_tokens)
   np.testing.assert_allclose(s.logprobs, ref, atol=1e-4)
@@ -202,10 +202,10 @@ def test_logprobs_equal_full_forward(tiny, cfg):
 
 def test_greedy_tokens_are_full_forward_argmax(tiny):
   config, params = tiny
-  cfg = S.SamplerConfig(12, temperature=0.0)
-  s = S.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
-  toks, pos, seg = S.full_sequences(PROMPTS, LENS, s, 1)
-  logits = np.asarray(M.apply(config, params, toks, pos, segment_ids=seg)[0])
+  cfg = sampling.SamplerConfig(12, temperature=0.0)
+  s = sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+  toks, pos, seg = sampling.full_sequences(PROMPTS, LENS, s, 1)
+  logits = np.asarray(model_lib.apply(config, params, toks, pos, segment_ids=seg)[0])
   p = PROMPTS.shape[1]
   for b in range(len(LENS)):
     src = [LENS[b] - 1] + list(range(p, p + 11))
@@ -214,11 +214,11 @@ def test_greedy_tokens_are_full_forward_argmax(tiny):
 
 def test_ragged_batch_equals_each_prompt_alone(tiny):
   config, params = tiny
-  cfg = S.SamplerConfig(16, temperature=0.0, num_samples=2)
-  s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
+  cfg = sampling.SamplerConfig(16, temperature=0.0, num_samples=2)
+  s = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
   for b in range(len(LENS)):
     alone = _np(
-        S.sample(
+        sampling.sample(
             config, params, PROMPTS[b : b + 1, : LENS[b]], LENS[b : b + 1], jax.random.key(0), cfg
         )
     )
@@ -233,8 +233,8 @@ def test_ragged_batch_equals_each_prompt_alone(tiny):
 def test_samples_share_one_prefill_and_differ_by_rng(tiny):
   config, params = tiny
   g = 4
-  cfg = S.SamplerConfig(10, temperature=1.0, num_samples=g)
-  s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(1), cfg))
+  cfg = sampling.SamplerConfig(10, temperature=1.0, num_samples=g)
+  s = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(1), cfg))
   assert s.tokens.shape == (3 * g, 10)
   np.testing.assert_array_equal(s.group, np.repeat(np.arange(3), g))
   for b in range(3):
@@ -244,15 +244,15 @@ def test_samples_share_one_prefill_and_differ_by_rng(tiny):
   # [B*G, P, D]; the cache is repeated afterwards. Prefill logits exist only at the last
   # prompt position ([B, 1, V], never [B, P, V]).
   jaxpr = str(
-      jax.make_jaxpr(lambda p: S.sample_fn(config, p, PROMPTS, LENS, jax.random.key(1), cfg))(
-          params
-      )
+      jax.make_jaxpr(
+          lambda p: sampling.sample_fn(config, p, PROMPTS, LENS, jax.random.key(1), cfg)
+      )(params)
   )
   assert "f32[3,8,64]" in jaxpr and "f32[12,8,64]" not in jaxpr
   assert "f32[3,1,256]" in jaxpr and "f32[3,8,256]" not in jaxpr
   # Greedy: the G samples of a prompt are identical.
   s = _np(
-      S.sample(
+      sampling.sample(
           config,
           params,
           PROMPTS,
@@ -267,30 +267,35 @@ def test_samples_share_one_prefill_and_differ_by_rng(tiny):
 
 def test_fixed_key_reproducible_and_split_api_equal(tiny):
   config, params = tiny
-  cfg = S.SamplerConfig(10, temperature=1.0, top_p=0.95, num_samples=2)
-  a = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(7), cfg))
-  b = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(7), cfg))
-  c = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(8), cfg))
+  cfg = sampling.SamplerConfig(10, temperature=1.0, top_p=0.95, num_samples=2)
+  a = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(7), cfg))
+  b = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(7), cfg))
+  c = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(8), cfg))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.logprobs, b.logprobs)
   assert (a.tokens != c.tokens).any()
-  st = S.prefill(config, params, PROMPTS, LENS, jax.random.key(7), cfg)
-  st = S.decode(config, st, params, cfg)  # donated state
-  np.testing.assert_array_equal(np.asarray(S.samples_from_state(st, cfg).tokens), a.tokens)
+  st = sampling.prefill(config, params, PROMPTS, LENS, jax.random.key(7), cfg)
+  st = sampling.decode(config, st, params, cfg)  # donated state
+  np.testing.assert_array_equal(np.asarray(sampling.samples_from_state(st, cfg).tokens), a.tokens)
 
 
 def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
   config, params = tiny
   greedy = _np(
-      S.sample(
-          config, params, PROMPTS, LENS, jax.random.key(0), S.SamplerConfig(12, temperature=0.0)
+      sampling.sample(
+          config,
+          params,
+          PROMPTS,
+          LENS,
+          jax.random.key(0),
+          sampling.SamplerConfig(12, temperature=0.0),
       )
   )
   for cfg in (
-      S.SamplerConfig(12, temperature=1.5, top_k=1),
-      S.SamplerConfig(12, temperature=1.5, top_p=1e-6),
+      sampling.SamplerConfig(12, temperature=1.5, top_k=1),
+      sampling.SamplerConfig(12, temperature=1.5, top_p=1e-6),
   ):
-    s = _np(S.sample(config, params, PROMPTS, LENS, jax.random.key(5), cfg))
+    s = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(5), cfg))
     np.testing.assert_array_equal(s.tokens, greedy.tokens)
     np.testing.assert_allclose(s.logprobs, greedy.logprobs, atol=1e-5)  # raw logprobs
 
@@ -298,18 +303,23 @@ def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
 def test_stop_ids_lengths_mask_and_truncation(tiny):
   config, params = tiny
   base = _np(
-      S.sample(
-          config, params, PROMPTS, LENS, jax.random.key(0), S.SamplerConfig(12, temperature=0.0)
+      sampling.sample(
+          config,
+          params,
+          PROMPTS,
+          LENS,
+          jax.random.key(0),
+          sampling.SamplerConfig(12, temperature=0.0),
       )
   )
   assert base.truncated.all() and (base.lengths == 12).all() and base.mask.all()
   # Stop on the 4th token of row 0 and the 2nd of row 1 (two stop ids); row 2 may or may not
   # contain them: its expected length is computed the same way.
   stops = (int(base.tokens[0, 3]), int(base.tokens[1, 1]))
-  cfg = S.SamplerConfig(12, temperature=0.0, stop_ids=stops, pad_id=255)
-  st = S.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
-  st = S.decode(config, st, params, cfg)
-  s = _np(S.samples_from_state(st, cfg))
+  cfg = sampling.SamplerConfig(12, temperature=0.0, stop_ids=stops, pad_id=255)
+  st = sampling.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+  st = sampling.decode(config, st, params, cfg)
+  s = _np(sampling.samples_from_state(st, cfg))
   for b in range(3):
     hit = [i for i, t in enumerate(base.tokens[b]) if t in stops]
     n = hit[0] + 1 if hit else 12
@@ -327,21 +337,25 @@ def test_sampler_host_convenience():
   from compfn import tokenizers
 
   tok = tokenizers.CharTokenizer()
-  config = M.tiny("llama", vocab_size=tok.vocab_size)
-  params = M.init_params(config, jax.random.key(0))
-  cfg = S.SamplerConfig(6, temperature=0.0, stop_ids=tok.stop_ids, num_samples=2)
-  sampler = S.Sampler(config, params, tok, cfg)
+  config = model_lib.tiny("llama", vocab_size=tok.vocab_size)
+  params = model_lib.init_params(config, jax.random.key(0))
+  cfg = sampling.SamplerConfig(6, temperature=0.0, stop_ids=tok.stop_ids, num_samples=2)
+  sampler = sampling.Sampler(config, params, tok, cfg)
   out = sampler(["abc", "hello world", "x"], jax.random.key(0))
   assert len(out.texts) == 6 and out.samples.tokens.shape == (6, 6)
   arr, lens = sampler.pad(out.prompt_ids)
   assert arr.shape == (4, 16) and lens.tolist() == [3, 11, 1, 1]  # bucketed
   ids = out.samples.tokens[2, : out.samples.lengths[2]].tolist()
   assert out.texts[2] == tok.decode(ids)
-  assert S.bucket_length(3) == 16 and S.bucket_length(17) == 32 and S.bucket_length(64) == 64
+  assert (
+      sampling.bucket_length(3) == 16
+      and sampling.bucket_length(17) == 32
+      and sampling.bucket_length(64) == 64
+  )
   with pytest.raises(ValueError):
-    S.SamplerConfig(0)
+    sampling.SamplerConfig(0)
   with pytest.raises(ValueError):
-    S.SamplerConfig(4, top_p=0.0)
+    sampling.SamplerConfig(4, top_p=0.0)
 
 
 # ---------------------------------------------------------------------------------- mesh
@@ -350,24 +364,24 @@ def test_sampler_host_convenience():
 def test_sharded_sampling_equals_unsharded():
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices")
-  from compfn.rl import rollout as R
+  from compfn.rl import rollout
 
-  config = M.tiny("llama", num_kv_heads=4)
+  config = model_lib.tiny("llama", num_kv_heads=4)
   params = jax.tree.map(
-      lambda x: x * 4.0 if x.ndim > 1 else x, M.init_params(config, jax.random.key(0))
+      lambda x: x * 4.0 if x.ndim > 1 else x, model_lib.init_params(config, jax.random.key(0))
   )
   prompts, lens = PROMPTS[:2], LENS[:2]
-  cfg = S.SamplerConfig(8, temperature=1.0, top_k=50, num_samples=2)
-  ref = _np(S.sample(config, params, prompts, lens, jax.random.key(2), cfg))
-  mesh = R.make_mesh((2, 1, 4))
-  sp = R.shard_params(config, params, mesh)
+  cfg = sampling.SamplerConfig(8, temperature=1.0, top_k=50, num_samples=2)
+  ref = _np(sampling.sample(config, params, prompts, lens, jax.random.key(2), cfg))
+  mesh = rollout.make_mesh((2, 1, 4))
+  sp = rollout.shard_params(config, params, mesh)
   # compfn.parallel.DEFAULT_RULES: embed over fsdp (size 1 here), heads over tensor
   assert sp["layers"]["attn"]["wq"].sharding.spec == jax.sharding.PartitionSpec(
       None, "fsdp", "tensor", None
   )
-  prompts_s, lens_s = R.shard_batch((prompts, lens), mesh)
-  s = S.sample(
-      config, sp, prompts_s, lens_s, jax.random.key(2), cfg, mesh=mesh, rules=R.DEFAULT_RULES
+  prompts_s, lens_s = rollout.shard_batch((prompts, lens), mesh)
+  s = sampling.sample(
+      config, sp, prompts_s, lens_s, jax.random.key(2), cfg, mesh=mesh, rules=rollout.DEFAULT_RULES
   )
   # Rows over ('data', 'fsdp') (XLA drops the size-1 'fsdp'): the batch stayed sharded.
   assert s.tokens.sharding.spec[0] in ("data", ("data",), ("data", "fsdp")), s.tokens.sharding
@@ -382,9 +396,9 @@ def test_decode_loop_updates_cache_in_place(tiny):
   import re
 
   config, params = tiny
-  cfg = S.SamplerConfig(max_new_tokens=N, temperature=0.0)
-  state = S.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
-  hlo = S._decode_jit.lower(config, state, params, cfg).compile().as_text()
+  cfg = sampling.SamplerConfig(max_new_tokens=N, temperature=0.0)
+  state = sampling.prefill(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+  hlo = sampling._decode_jit.lower(config, state, params, cfg).compile().as_text()
   shape = re.escape("[" + ",".join(map(str, state.cache.k.shape)) + "]")
   assert re.search(shape, hlo)
   bad = re.compile(

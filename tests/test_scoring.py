@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compfn.tasks.strings import device_scoring as D
-from compfn.tasks.strings import scoring as S
+from compfn.tasks.strings import device_scoring
+from compfn.tasks.strings import scoring
 
 FUZZ_SEED = 20240611
 N_FUZZ_JSON = 4000
@@ -52,7 +52,7 @@ class _PinnedDepthDecoder(json.JSONDecoder):
       def wrapped(*args, **kwargs):
         depth[0] += 1
         try:
-          if depth[0] > S.MAX_JSON_DEPTH:
+          if depth[0] > scoring.MAX_JSON_DEPTH:
             raise _TooDeep()
           return parse(*args, **kwargs)
         finally:
@@ -696,7 +696,7 @@ def json_runs():
   allcases = hand + fuzz
   ov = [False] * len(allcases) + [True, True]
   allcases = allcases + [('{"output": "abc"}', 'abc'), ('', 'abc')]
-  s, a = D.score_batch(
+  s, a = device_scoring.score_batch(
       [r for r, _ in allcases], [ref for _, ref in allcases], overlong=ov, min_bucket=256
   )  # fewer distinct shapes to compile
   return dict(hand=hand, fuzz=fuzz, dev_s=s, dev_a=a, n_hand=len(hand))
@@ -705,7 +705,7 @@ def json_runs():
 def test_hand_cases_python():
   bad = []
   for r, ref, want in JSON_CASES:
-    got = S.score(_text(r), ref)
+    got = scoring.score(_text(r), ref)
     if got != want:
       bad.append((r[:80], ref[:20], want, got))
   assert not bad, bad
@@ -718,7 +718,7 @@ def test_hand_cases_oracle():
 
 def test_oracle_depth_pin():
   # The pinned decoder is json.loads below the limit, and aborts (not JSONDecodeError) above.
-  for k in (1, 100, S.MAX_JSON_DEPTH):
+  for k in (1, 100, scoring.MAX_JSON_DEPTH):
     assert _oracle_loads('[' * k + ']' * k) == json.loads('[' * k + ']' * k)
   with pytest.raises(_TooDeep):
     _oracle_loads('[' * 257 + ']' * 257)
@@ -734,8 +734,8 @@ def test_hand_cases_device(json_runs):
 
 
 def test_overlong(json_runs):
-  assert S.score('{"output": "abc"}', 'abc', overlong=True) == (-1, 0)
-  assert S.score('{"output": "abc"}', 'abc', overlong=False) == (1, 1)
+  assert scoring.score('{"output": "abc"}', 'abc', overlong=True) == (-1, 0)
+  assert scoring.score('{"output": "abc"}', 'abc', overlong=False) == (1, 1)
   assert json_runs['dev_s'][-2:].tolist() == [-1, -1]
   assert json_runs['dev_a'][-2:].tolist() == [0, 0]
 
@@ -745,7 +745,7 @@ def test_fuzz_reference_matches_oracle(json_runs):
   for r, ref in json_runs['fuzz']:
     text = _text(r)
     want = oracle_score(text, ref)[0]
-    got = S.score(text, ref)
+    got = scoring.score(text, ref)
     if got[0] != want or got[1] != int(want == 1):
       bad.append((text[:120], ref, want, got))
   assert not bad, (len(bad), bad[:5])
@@ -761,9 +761,9 @@ def test_fuzz_device_matches_reference(json_runs):
       )
   )
   bad = [
-      (r[:160], ref, S.score(_text(r), ref), d)
+      (r[:160], ref, scoring.score(_text(r), ref), d)
       for (r, ref), d in zip(fuzz, dev)
-      if S.score(_text(r), ref) != d
+      if scoring.score(_text(r), ref) != d
   ]
   assert not bad, (len(bad), bad[:5])
 
@@ -796,16 +796,16 @@ def test_fuzz_is_not_vacuous(json_runs):
 
 
 def test_extract_answer():
-  assert S.extract_answer('x {"a": 1} y {"output": (True)}') == {'output': [True]}
-  assert S.extract_answer('nothing') is None
-  assert S.extract_answer('{"output": "a", "n": %s}' % BIG) is None  # aborted
-  assert S.extract_answer(b'{"output": "\xff"}') == {'output': '\ufffd'}
-  assert S.extract_answer('```json\n[1, 2]\n```') == [1, 2]
+  assert scoring.extract_answer('x {"a": 1} y {"output": (True)}') == {'output': [True]}
+  assert scoring.extract_answer('nothing') is None
+  assert scoring.extract_answer('{"output": "a", "n": %s}' % BIG) is None  # aborted
+  assert scoring.extract_answer(b'{"output": "\xff"}') == {'output': '\ufffd'}
+  assert scoring.extract_answer('```json\n[1, 2]\n```') == [1, 2]
 
 
 def test_constants():
-  assert S.MAX_JSON_DEPTH == 256 and D.MAX_JSON_DEPTH == 256
-  assert S.MAX_INT_DIGITS == 4300
+  assert scoring.MAX_JSON_DEPTH == 256 and device_scoring.MAX_JSON_DEPTH == 256
+  assert scoring.MAX_INT_DIGITS == 4300
 
 
 # ================================================================================================
@@ -813,18 +813,21 @@ def test_constants():
 # ================================================================================================
 def test_parse_trace():
   r = ";func_7('fgi','dnqjwha')=fdgniqjwha;func_3('fdgniqjwha')=adfghijnqw;adfghijnqw"
-  steps, ans = S.parse_trace(r)
+  steps, ans = scoring.parse_trace(r)
   assert steps == [
       ("func_7('fgi','dnqjwha')", 'fdgniqjwha'),
       ("func_3('fdgniqjwha')", 'adfghijnqw'),
   ]
   assert ans == 'adfghijnqw'
-  assert S.parse_trace('abc') == ([], None)
-  assert S.parse_trace('') == ([], None)
-  assert S.parse_trace(';') == ([], '')
-  assert S.parse_trace('pre;x') == ([], 'x')
-  assert S.parse_trace(';a=b=c;noeq;;ans') == ([('a=b', 'c'), ('noeq', None), ('', None)], 'ans')
-  assert S.parse_trace(";f('=')=;x") == ([("f('=')", '')], 'x')
+  assert scoring.parse_trace('abc') == ([], None)
+  assert scoring.parse_trace('') == ([], None)
+  assert scoring.parse_trace(';') == ([], '')
+  assert scoring.parse_trace('pre;x') == ([], 'x')
+  assert scoring.parse_trace(';a=b=c;noeq;;ans') == (
+      [('a=b', 'c'), ('noeq', None), ('', None)],
+      'ans',
+  )
+  assert scoring.parse_trace(";f('=')=;x") == ([("f('=')", '')], 'x')
 
 
 TRACE_CASES = [
@@ -895,13 +898,15 @@ def test_trace_cases_and_fuzz():
   cases = [(r, ref) for r, ref, _ in TRACE_CASES] + fuzz
   ov = [False] * len(cases) + [True]
   cases.append((';abc', 'abc'))
-  ds, da = D.score_batch([r for r, _ in cases], [ref for _, ref in cases], overlong=ov, fmt='trace')
+  ds, da = device_scoring.score_batch(
+      [r for r, _ in cases], [ref for _, ref in cases], overlong=ov, fmt='trace'
+  )
   for (r, ref, want), s, a in zip(TRACE_CASES, ds, da):
-    assert S.score_trace(_text(r), ref) == want, (r, ref)
+    assert scoring.score_trace(_text(r), ref) == want, (r, ref)
     assert (int(s), int(a)) == want, (r, ref)
   assert (ds[-1], da[-1]) == (-1, 0)
-  assert S.score_trace(';abc', 'abc', overlong=True) == (-1, 0)
-  py = [S.score_trace(_text(r), ref) for r, ref in fuzz]
+  assert scoring.score_trace(';abc', 'abc', overlong=True) == (-1, 0)
+  py = [scoring.score_trace(_text(r), ref) for r, ref in fuzz]
   n = len(TRACE_CASES)
   dev = list(zip(ds[n : n + len(fuzz)].tolist(), da[n : n + len(fuzz)].tolist()))
   bad = [(r, ref, p, d) for (r, ref), p, d in zip(fuzz, py, dev) if p != d]
@@ -910,8 +915,8 @@ def test_trace_cases_and_fuzz():
   assert min(counts.values()) >= 0.1 * len(fuzz), counts
   # parse_trace is consistent with score_trace's answer
   for r, ref in fuzz[:500]:
-    steps, ans = S.parse_trace(_text(r))
-    assert (ans is None) == (S.score_trace(_text(r), ref)[0] == -1)
+    steps, ans = scoring.parse_trace(_text(r))
+    assert (ans is None) == (scoring.score_trace(_text(r), ref)[0] == -1)
 
 
 # ================================================================================================
@@ -938,7 +943,7 @@ def test_score_json_under_jit_and_vmap():
 
   @jax.jit
   def reward_sum(r, rl, q, ql, ol, w):
-    s, a = D.score_json(r, rl, q, ql, ol)
+    s, a = device_scoring.score_json(r, rl, q, ql, ol)
     return jnp.sum(s * w), a
 
   total, acc = reward_sum(r, rl, q, ql, ol, jnp.arange(1, 5))
@@ -946,44 +951,44 @@ def test_score_json_under_jit_and_vmap():
   assert acc.tolist() == [1, 0, 0, 1]
   # vmap over a leading axis of two batches
   rr = np.stack([r, r[::-1]])
-  s, a = jax.jit(jax.vmap(D.score_json))(
+  s, a = jax.jit(jax.vmap(device_scoring.score_json))(
       rr, np.stack([rl, rl[::-1]]), np.stack([q, q]), np.stack([ql, ql]), np.stack([ol, ol])
   )
   assert s.tolist() == [[1, 0, -1, 1], [1, -1, 0, 1]]
-  ts, ta = jax.jit(D.score_trace)(
+  ts, ta = jax.jit(device_scoring.score_trace)(
       *_encode([b';x=ab;ab', b'ab'], 16), *_encode([b'ab', b'ab'], 16), np.zeros(2, bool)
   )
   assert ts.tolist() == [1, -1] and ta.tolist() == [1, 0]
 
 
 def test_benchmark_fn():
-  run = D.benchmark_fn([';x=ab;ab', 'ab'], ['ab', 'ab'], fmt='trace')
+  run = device_scoring.benchmark_fn([';x=ab;ab', 'ab'], ['ab', 'ab'], fmt='trace')
   assert run() is None
 
 
 def test_score_batch_inputs():
-  s, a = D.score_batch([], [])
+  s, a = device_scoring.score_batch([], [])
   assert s.shape == (0,) and a.shape == (0,)
   with pytest.raises(ValueError):
-    D.score_batch(['a', 'b'], ['a'])
+    device_scoring.score_batch(['a', 'b'], ['a'])
   with pytest.raises(ValueError):
-    D.score_batch(['a'], [b'a'])
+    device_scoring.score_batch(['a'], [b'a'])
   with pytest.raises(ValueError):
-    D.score_batch(['a'], [1])
+    device_scoring.score_batch(['a'], [1])
   with pytest.raises(ValueError):
-    D.score_batch(['a'], ['a'], overlong=[True, False])
+    device_scoring.score_batch(['a'], ['a'], overlong=[True, False])
   with pytest.raises(ValueError):
-    D.score_batch(['a'], ['a'], fmt='xml')
+    device_scoring.score_batch(['a'], ['a'], fmt='xml')
   with pytest.raises(ValueError):
-    D.score_batch([3], ['a'])
+    device_scoring.score_batch([3], ['a'])
   with pytest.raises(ValueError):
-    D.score_batch(['a'], ['\ufffd'])
+    device_scoring.score_batch(['a'], ['\ufffd'])
   with pytest.raises(ValueError):
-    D.score_batch('abc', 'abc')
+    device_scoring.score_batch('abc', 'abc')
   with pytest.raises(ValueError):
-    D.score_batch(['a'], ['a'], min_bucket=0)
+    device_scoring.score_batch(['a'], ['a'], min_bucket=0)
   with pytest.raises(TypeError):
-    S.score('x', 3)
+    scoring.score('x', 3)
 
 
 # ================================================================================================
@@ -1042,7 +1047,7 @@ def _shape_rows(items):
 def _shape_device(resps, targets, overlong, **kw):
   resp, rl = _shape_rows([r if isinstance(r, bytes) else r.encode() for r in resps])
   ref, fl = _shape_rows([t.encode() for t in targets])
-  fn = jax.jit(lambda *a: D.score_trace_shape(*a, **kw))
+  fn = jax.jit(lambda *a: device_scoring.score_trace_shape(*a, **kw))
   args = (resp, rl, ref, fl, np.asarray(overlong, bool))
   assert 'callback' not in str(jax.make_jaxpr(fn)(*args))
   s, a = fn(*args)
@@ -1054,35 +1059,39 @@ def test_trace_shape_hand_cases():
   resps = [c[0] for c in SHAPE_CASES]
   over = [c[1] for c in SHAPE_CASES]
   for r, o, want in SHAPE_CASES:
-    assert S.score_trace_shape(r, _SHAPE_T, overlong=o) == want, r
+    assert scoring.score_trace_shape(r, _SHAPE_T, overlong=o) == want, r
   s, a = _shape_device(resps, [_SHAPE_T] * len(resps), over)
   for i, (r, o, want) in enumerate(SHAPE_CASES):
-    got = S.score_trace_shape(r, _SHAPE_T, overlong=o)
+    got = scoring.score_trace_shape(r, _SHAPE_T, overlong=o)
     assert np.float32(s[i]).tobytes() == np.float32(got[0]).tobytes() and a[i] == got[1], r
   # The paper's truncation rule on request; other dyadic weights.
   kw = dict(shape_credit=0.5, step_credit=0.125, answer_credit=1.0, overlong_penalty=True)
   s, a = _shape_device(resps, [_SHAPE_T] * len(resps), over, **kw)
   for i, (r, o, _) in enumerate(SHAPE_CASES):
-    got = S.score_trace_shape(r, _SHAPE_T, overlong=o, **kw)
+    got = scoring.score_trace_shape(r, _SHAPE_T, overlong=o, **kw)
     assert (float(s[i]), int(a[i])) == got, r
     if o:
       assert got == (-1.0, 0)
   # A one-step answer now earns less than a full trace with a wrong second value (the flaw
   # of the step-credit reward, which gives both 0.25).
   one, two = SHAPE_CASES[4][0], SHAPE_CASES[2][0]
-  assert S.score_trace_steps(one, _SHAPE_T) == S.score_trace_steps(two, _SHAPE_T) == (0.25, 0)
-  assert S.score_trace_shape(one, _SHAPE_T)[0] < S.score_trace_shape(two, _SHAPE_T)[0]
+  assert (
+      scoring.score_trace_steps(one, _SHAPE_T)
+      == scoring.score_trace_steps(two, _SHAPE_T)
+      == (0.25, 0)
+  )
+  assert scoring.score_trace_shape(one, _SHAPE_T)[0] < scoring.score_trace_shape(two, _SHAPE_T)[0]
 
 
 def test_trace_shape_counts():
-  c = S.trace_shape_counts(SHAPE_CASES[7][0], _SHAPE_T)
+  c = scoring.trace_shape_counts(SHAPE_CASES[7][0], _SHAPE_T)
   assert c == dict(format_ok=True, ref_steps=2, steps=2, id_hits=0, step_hits=0, answer_ok=False)
-  c = S.trace_shape_counts(SHAPE_CASES[2][0], _SHAPE_T)
+  c = scoring.trace_shape_counts(SHAPE_CASES[2][0], _SHAPE_T)
   assert (c['id_hits'], c['step_hits']) == (2, 1)
   with pytest.raises(TypeError):
-    S.score_trace_shape(1, _SHAPE_T)
+    scoring.score_trace_shape(1, _SHAPE_T)
   with pytest.raises(TypeError):
-    S.score_trace_shape('x', None)
+    scoring.score_trace_shape('x', None)
 
 
 def _shape_variants(p, other, rng):
@@ -1118,12 +1127,12 @@ def _shape_variants(p, other, rng):
 
 
 def test_trace_shape_device_equals_reference_on_generated_traces():
-  from compfn.tasks.strings import functions as F
+  from compfn.tasks.strings import functions
   from compfn.tasks.strings.generator import generate_trace
 
   rng = random.Random(7)
-  problems = generate_trace(F.TRAIN_FUNCTIONS, 1, 3, 120, seed=5) + generate_trace(
-      F.TEST_FUNCTIONS, 1, 4, 80, seed=6
+  problems = generate_trace(functions.TRAIN_FUNCTIONS, 1, 3, 120, seed=5) + generate_trace(
+      functions.TEST_FUNCTIONS, 1, 4, 80, seed=6
   )
   resps, targets, over = [], [], []
   for i, p in enumerate(problems):
@@ -1134,7 +1143,7 @@ def test_trace_shape_device_equals_reference_on_generated_traces():
   s, a = _shape_device(resps, targets, over)
   bad = []
   for i, (r, t, o) in enumerate(zip(resps, targets, over)):
-    want = S.score_trace_shape(r, t, overlong=o)
+    want = scoring.score_trace_shape(r, t, overlong=o)
     if np.float32(s[i]).tobytes() != np.float32(want[0]).tobytes() or int(a[i]) != want[1]:
       bad.append((r, t, o, float(s[i]), int(a[i]), want))
   assert not bad, bad[:5]
@@ -1144,6 +1153,6 @@ def test_trace_shape_device_equals_reference_on_generated_traces():
   from compfn.tasks import registry
 
   task = registry.get('strings_trace_shape')
-  assert task.score is S.score_trace_shape
-  assert task.device_score.resolve() is D.score_trace_shape
+  assert task.score is scoring.score_trace_shape
+  assert task.device_score.resolve() is device_scoring.score_trace_shape
   assert task.reference(problems[0]) == problems[0].target

@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 
 from compfn import train
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import grpo
-from compfn.rl import rollout as R
+from compfn.rl import rollout
 from compfn.tasks import registry
-from compfn.tasks.countdown import generator as CG
-from compfn.tasks.countdown import scoring as CS
-from compfn.tasks.countdown import verifier as CV
+from compfn.tasks.countdown import generator
+from compfn.tasks.countdown import scoring
+from compfn.tasks.countdown import verifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / 'compfn' / 'tasks'
@@ -66,10 +66,10 @@ def test_every_task_has_a_callable_device_scorer():
     assert task.reference == registry.STORED or callable(task.reference)
     assert set(task.metrics) <= set(registry.METRICS)
   # rollout's TASKS is a live view of the device scorers (no aliases).
-  assert sorted(R.TASKS) == sorted(registry.tasks())
+  assert sorted(rollout.TASKS) == sorted(registry.tasks())
   for name, task in registry.tasks().items():
-    assert R.TASKS[name] is task.device_score
-  assert 'strings/paper' not in R.TASKS and 'nope' not in R.TASKS
+    assert rollout.TASKS[name] is task.device_score
+  assert 'strings/paper' not in rollout.TASKS and 'nope' not in rollout.TASKS
   assert registry.get('strings/paper') is registry.get('strings_json')
   assert registry.get('strings/trace') is registry.get('strings_trace')
 
@@ -90,10 +90,10 @@ def test_task_validation_and_live_view():
   assert task.reference_of({'ref': 'x'}) == 'x'
   try:
     registry.register(task)
-    assert R.TASKS['_test_registry_tmp'] is min
+    assert rollout.TASKS['_test_registry_tmp'] is min
   finally:
     registry._REGISTRY.pop('_test_registry_tmp', None)
-  assert '_test_registry_tmp' not in R.TASKS
+  assert '_test_registry_tmp' not in rollout.TASKS
 
 
 # --------------------------------------------------------------------------- import graph
@@ -190,7 +190,7 @@ def _ref_forms(p, i):
   nums, t = list(p.numbers), p.target
   return [
       p.reference,  # the paper's form
-      CS.reference_json(p.reference),  # the records' form
+      scoring.reference_json(p.reference),  # the records' form
       json.dumps({'numbers': nums, 'target': t}, separators=(',', ':')),
       json.dumps({'target': t, 'numbers': nums}, indent=1),
   ][i % 4]
@@ -237,12 +237,12 @@ def _as_bytes(x):
 def test_countdown_device_scorer_equals_python_scorer():
   rng = random.Random(0)
   problems = (
-      CG.generate(level=3, num=100, seed=1)
-      + CG.generate(level=4, num=60, seed=2)
-      + CG.generate(level=2, num=30, seed=3)
-      + CG.generate(level=5, num=30, seed=4)
-      + CG.generate(level=8, num=8, seed=5)
-      + CG.generate(level=8, num=4, seed=5, max_value=9999, max_target=9999)
+      generator.generate(level=3, num=100, seed=1)
+      + generator.generate(level=4, num=60, seed=2)
+      + generator.generate(level=2, num=30, seed=3)
+      + generator.generate(level=5, num=30, seed=4)
+      + generator.generate(level=8, num=8, seed=5)
+      + generator.generate(level=8, num=4, seed=5, max_value=9999, max_target=9999)
   )
   assert len(problems) >= 200
   resps, refs, overlong = [], [], []
@@ -271,9 +271,9 @@ def test_countdown_device_scorer_equals_python_scorer():
   assert not bad, bad[:5]
   # The cases cover every outcome.
   reasons = {
-      CS.score_answer(
+      scoring.score_answer(
           r.decode('utf-8', errors='replace') if isinstance(r, bytes) else r,
-          *CS.parse_reference(ref),
+          *scoring.parse_reference(ref),
           overlong=ol,
       ).reason
       for r, ref, ol in zip(resps, refs, overlong)
@@ -292,10 +292,10 @@ def test_countdown_device_scorer_equals_python_scorer():
   } <= reasons
   assert 0 < sum(w[1] for w in want) < len(want)
   # The reference parser reads exactly the problem the Python side reads.
-  nums, nlen, tgt, ok = jax.jit(CV.parse_references)(ref, ref_len)
+  nums, nlen, tgt, ok = jax.jit(verifier.parse_references)(ref, ref_len)
   assert bool(np.all(ok))
   for i in range(0, len(refs), 16):
-    n, t = CS.parse_reference(refs[i])
+    n, t = scoring.parse_reference(refs[i])
     assert np.asarray(nums)[i, : int(nlen[i])].tolist() == list(n) and int(tgt[i]) == t
 
 
@@ -319,19 +319,19 @@ def test_countdown_bad_references_score_invalid_on_device():
   ]
   for b in bad[1:]:
     with pytest.raises(ValueError):
-      CS.reference_json(b.decode())
+      scoring.reference_json(b.decode())
   refs = [good] + bad
   resp, resp_len = _rows([b'<answer>95 + 18 - 14</answer>'] * len(refs), 64)
   ref, ref_len = _rows(refs, 64)
-  s, a = jax.jit(CV.score_refs)(resp, resp_len, ref, ref_len, np.zeros(len(refs), bool))
+  s, a = jax.jit(verifier.score_refs)(resp, resp_len, ref, ref_len, np.zeros(len(refs), bool))
   assert np.asarray(s).tolist() == [1] + [0] * len(bad)
-  ok = np.asarray(jax.jit(CV.parse_references)(ref, ref_len)[3])
+  ok = np.asarray(jax.jit(verifier.parse_references)(ref, ref_len)[3])
   assert ok.tolist() == [True] + [False] * len(bad)
   # Both key names parse; the canonical form is the records' one.
-  assert CS.reference_json('{"answer": 99, "numbers": [95, 14, 18]}') == good.decode()
-  assert CS.parse_reference({'numbers': [1, 2], 'target': 3}) == ((1, 2), 3)
+  assert scoring.reference_json('{"answer": 99, "numbers": [95, 14, 18]}') == good.decode()
+  assert scoring.parse_reference({'numbers': [1, 2], 'target': 3}) == ((1, 2), 3)
   with pytest.raises(ValueError, match='!='):
-    CS.parse_reference({'numbers': [1, 2], 'target': 3, 'answer': 4})
+    scoring.parse_reference({'numbers': [1, 2], 'target': 3, 'answer': 4})
 
 
 # --------------------------------------------------------------------- GRPO on Countdown
@@ -359,7 +359,7 @@ PIECES = [
 STOP_IDS = tuple(range(1, 8))
 REFS = [
     '{"answer": 3, "numbers": [1, 2]}',  # the paper's form
-    CS.reference_json({'numbers': [2, 1], 'target': 1}),
+    scoring.reference_json({'numbers': [2, 1], 'target': 1}),
     '{"numbers":[1,2,3],"target":9}',
     '{"target": 6, "numbers": [3, 2, 1]}',
 ]
@@ -370,7 +370,7 @@ def _detok():
   table = np.zeros((len(PIECES), width), np.uint8)
   for i, p in enumerate(PIECES):
     table[i, : len(p)] = np.frombuffer(p.encode(), np.uint8)
-  return R.DetokTables(
+  return rollout.DetokTables(
       table=table,
       lengths=np.array([len(p) for p in PIECES], np.int32),
       first_skip=np.zeros(len(PIECES), np.int32),
@@ -391,7 +391,7 @@ def _tiny_model():
       max_position_embeddings=32,
       tie_word_embeddings=True,
   )
-  return cfg, T.init_params(cfg, jax.random.PRNGKey(0))
+  return cfg, transformer.init_params(cfg, jax.random.PRNGKey(0))
 
 
 def test_grpo_step_on_countdown():

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from compfn import tokenizers as T
+from compfn import tokenizers
 
 spm = pytest.importorskip('sentencepiece')
 pytest.importorskip('tokenizers')
@@ -63,14 +63,14 @@ def spm_lines(problems):
 
 @pytest.fixture(scope='module')
 def sp_tok(spm_lines, tmp_path_factory):
-  return T.train_sentencepiece(spm_lines, 512, tmp_path_factory.mktemp('spm') / 'a')
+  return tokenizers.train_sentencepiece(spm_lines, 512, tmp_path_factory.mktemp('spm') / 'a')
 
 
 @pytest.fixture(scope='module')
 def gguf_tok():
   if GGUF is None:
     pytest.skip('no SmolLM2 GGUF')
-  return T.tokenizer_from_gguf(GGUF)
+  return tokenizers.tokenizer_from_gguf(GGUF)
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def hf_ref():
 
 
 def test_spm_deterministic_and_round_trip(sp_tok, spm_lines, problems, tmp_path):
-  again = T.train_sentencepiece(spm_lines, 512, str(tmp_path) + os.sep)
+  again = tokenizers.train_sentencepiece(spm_lines, 512, str(tmp_path) + os.sep)
   assert os.path.isfile(tmp_path / 'spm.model')
   assert again.model_proto == sp_tok.model_proto  # byte-identical model
   assert sp_tok.vocab_size == 512
@@ -125,8 +125,8 @@ def _random_sequences(tok, rng, texts, n=60):
 
 
 def _check_table(tok, seqs, exact_replace=True):
-  table, lengths = T.byte_table(tok)
-  skip = T.first_skip(tok)
+  table, lengths = tokenizers.byte_table(tok)
+  skip = tokenizers.first_skip(tok)
   assert table.dtype == np.uint8 and lengths.dtype == np.int32
   assert table.shape == (tok.vocab_size, max(1, lengths.max()))
   assert all(lengths[i] == 0 for i in tok.special_ids)
@@ -250,14 +250,14 @@ def test_tokenizer_json_dir(gguf_tok, tmp_path):
       )
   )
   (tmp_path / 'generation_config.json').write_text(json.dumps({'eos_token_id': [2, 5]}))
-  t = T.load_tokenizer(tmp_path)
-  assert isinstance(t, T.HFTokenizer)
+  t = tokenizers.load_tokenizer(tmp_path)
+  assert isinstance(t, tokenizers.HFTokenizer)
   assert (t.bos_id, t.eos_id, t.pad_id, t.stop_ids) == (1, 2, 2, (0, 2, 5))
   msgs = [{'role': 'user', 'content': TEXTS[0]}]
   assert t.apply_chat_template(msgs) == gguf_tok.apply_chat_template(msgs)
   for s in TEXTS:
     assert t.encode(s) == gguf_tok.encode(s)
-  assert T.load_tokenizer(tmp_path / 'tokenizer.json').encode('hi') == t.encode('hi')
+  assert tokenizers.load_tokenizer(tmp_path / 'tokenizer.json').encode('hi') == t.encode('hi')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,15 +266,17 @@ def test_tokenizer_json_dir(gguf_tok, tmp_path):
 
 
 def test_char_tokenizer():
-  t = T.CharTokenizer()
-  assert t.vocab_size == len(T.TRACE_CHARS) + 2 == 76
+  t = tokenizers.CharTokenizer()
+  assert t.vocab_size == len(tokenizers.TRACE_CHARS) + 2 == 76
   assert (t.pad_id, t.eos_id, t.bos_id, t.stop_ids) == (0, 1, None, (1,))
   s = "func_3(func_7('fgi','dnqjwha'))=;func_7('fgi','dnqjwha')=fdgniqjwha;«a»|B-9_ x"
   ids = t.encode(s + '<eos>')
   assert ids[-1] == 1 and len(ids) == len(s) + 1
   assert t.decode(ids) == s and t.decode(ids, skip_special_tokens=False) == s + '<eos>'
   assert t.encode(s, add_special_tokens=True) == ids
-  assert T.CharTokenizer().encode('a') == [T.TRACE_CHARS.index('a') + 2]  # deterministic
+  assert tokenizers.CharTokenizer().encode('a') == [
+      tokenizers.TRACE_CHARS.index('a') + 2
+  ]  # deterministic
   with pytest.raises(ValueError, match="'!'"):
     t.encode('a!')
   _check_table(t, [ids, [0, 0] + ids, ids[:5]])
@@ -283,11 +285,13 @@ def test_char_tokenizer():
 def test_jax_detokenize_matches_host(sp_tok):
   import jax
 
-  toks = [sp_tok, T.CharTokenizer()] + ([T.tokenizer_from_gguf(GGUF)] if GGUF else [])
+  toks = [sp_tok, tokenizers.CharTokenizer()] + (
+      [tokenizers.tokenizer_from_gguf(GGUF)] if GGUF else []
+  )
   rng = np.random.default_rng(3)
   for tok in toks:
-    table, lengths = T.byte_table(tok)
-    skip = T.first_skip(tok)
+    table, lengths = tokenizers.byte_table(tok)
+    skip = tokenizers.first_skip(tok)
     B, Tn = 6, 24
     ids = rng.integers(0, tok.vocab_size, size=(B, Tn)).astype(np.int32)
     if tok is sp_tok:
@@ -297,7 +301,7 @@ def test_jax_detokenize_matches_host(sp_tok):
     mask[2, :5] = False  # left padding
     mask[3, 15:] = False  # right padding
     mask[4] = False
-    fn = jax.jit(T.jax_detokenize, static_argnames='max_bytes')
+    fn = jax.jit(tokenizers.jax_detokenize, static_argnames='max_bytes')
     out, n = fn(table, lengths, ids, mask, skip)
     out, n = np.asarray(out), np.asarray(n)
     assert out.shape == (B, Tn * table.shape[1])
@@ -316,8 +320,8 @@ def test_jax_detokenize_matches_host(sp_tok):
 
 def test_chat_templates_and_errors(sp_tok, tmp_path):
   msgs = [{'role': 'user', 'content': ' Q? '}]
-  llama = T.render_chat_template(
-      T.PLAIN_TEMPLATES['llama3'], msgs, True, bos_token='<|begin_of_text|>'
+  llama = tokenizers.render_chat_template(
+      tokenizers.PLAIN_TEMPLATES['llama3'], msgs, True, bos_token='<|begin_of_text|>'
   )
   assert llama == (
       '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nQ?<|eot_id|>'
@@ -328,26 +332,28 @@ def test_chat_templates_and_errors(sp_tok, tmp_path):
       "{{ raise_exception('only user messages') }}{% endif %}"
       "{{ m['content'] | tojson }}\n{% endfor %}{% if add_generation_prompt %}>{% endif %}"
   )
-  assert T.render_chat_template(tpl, [{'role': 'user', 'content': 'é"'}], True) == '"é\\""\n>'
-  with pytest.raises(T.ChatTemplateError, match='only user messages'):
-    T.render_chat_template(tpl, [{'role': 'system', 'content': 'x'}])
-  with pytest.raises(T.ChatTemplateError):
-    T.render_chat_template('{% for %}', msgs)
-  with pytest.raises(T.ChatTemplateError):
+  assert (
+      tokenizers.render_chat_template(tpl, [{'role': 'user', 'content': 'é"'}], True) == '"é\\""\n>'
+  )
+  with pytest.raises(tokenizers.ChatTemplateError, match='only user messages'):
+    tokenizers.render_chat_template(tpl, [{'role': 'system', 'content': 'x'}])
+  with pytest.raises(tokenizers.ChatTemplateError):
+    tokenizers.render_chat_template('{% for %}', msgs)
+  with pytest.raises(tokenizers.ChatTemplateError):
     sp_tok.apply_chat_template(msgs)  # no template of its own
-  with pytest.raises(T.ChatTemplateError):
+  with pytest.raises(tokenizers.ChatTemplateError):
     sp_tok.apply_chat_template(msgs, template='plain')
   assert sp_tok.apply_chat_template(msgs, template='raw') == ' Q? '
   # loading errors
   (tmp_path / 'tok.txt').write_text('x')
   with pytest.raises(ValueError, match='unknown tokenizer file type'):
-    T.load_tokenizer(tmp_path / 'tok.txt')
+    tokenizers.load_tokenizer(tmp_path / 'tok.txt')
   with pytest.raises(FileNotFoundError, match='no tokenizer.json or tokenizer.model'):
-    T.load_tokenizer(tmp_path)
+    tokenizers.load_tokenizer(tmp_path)
   with pytest.raises(FileNotFoundError, match='no tokenizer.json'):
-    T.HFTokenizer.from_file(tmp_path)
+    tokenizers.HFTokenizer.from_file(tmp_path)
   with pytest.raises(FileNotFoundError):
-    T.load_tokenizer(tmp_path / 'missing.model')
+    tokenizers.load_tokenizer(tmp_path / 'missing.model')
   with pytest.raises(ValueError, match='out of range'):
     sp_tok.decode([512])
   # a SentencePiece dir with tokenizer_config.json
@@ -355,6 +361,8 @@ def test_chat_templates_and_errors(sp_tok, tmp_path):
   (tmp_path / 'tokenizer_config.json').write_text(
       json.dumps({'chat_template': '{{ bos_token }}{{ messages[0].content }}'})
   )
-  t = T.load_tokenizer(tmp_path)
-  assert isinstance(t, T.SentencePieceTokenizer) and t.apply_chat_template(msgs) == '<s> Q? '
+  t = tokenizers.load_tokenizer(tmp_path)
+  assert (
+      isinstance(t, tokenizers.SentencePieceTokenizer) and t.apply_chat_template(msgs) == '<s> Q? '
+  )
   assert t.encode(t.apply_chat_template(msgs))[0] == 2

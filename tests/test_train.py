@@ -9,7 +9,7 @@ import pytest
 from compfn import parallel, tokenizers, train
 from compfn.checkpoint import NonFiniteError
 from compfn.data import sources
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import grpo, sft
 from compfn.rl.rollout import DetokTables
@@ -57,10 +57,12 @@ def test_make_batch_layout():
 def test_sft_loss_matches_hand_computation():
   """The token-mean NLL over response tokens + EOS, computed independently."""
   cfg = _config()
-  params = T.init_params(cfg, jax.random.PRNGKey(0))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
   b = _sft_batch(4)
   _, m = sft.sft_grads(cfg, params, b)
-  logits = np.asarray(T.apply(cfg, params, b.inputs, segment_ids=b.segment_ids)[0], np.float64)
+  logits = np.asarray(
+      transformer.apply(cfg, params, b.inputs, segment_ids=b.segment_ids)[0], np.float64
+  )
   logp = (
       logits
       - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
@@ -73,7 +75,7 @@ def test_sft_loss_matches_hand_computation():
 
 def test_accumulation_equals_full_batch():
   cfg = _config()
-  params = T.init_params(cfg, jax.random.PRNGKey(1))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(1))
   b = _sft_batch(16)
   g1, m1 = jax.jit(lambda p, b: sft.sft_grads(cfg, p, b, 1))(params, b)
   g4, m4 = jax.jit(lambda p, b: sft.sft_grads(cfg, p, b, 4))(params, b)
@@ -96,7 +98,7 @@ def _sharded_equals_unsharded(step_builder, batch, cfg, mesh_shape=(2, 4, 1)):
   # eps = 1e-3: Adam's first step is ~lr * sign(g), so a weight whose gradient is ~0 would move
   # by +-lr on reduction-order noise alone; a large eps makes its update proportional to g.
   tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, eps=1e-3).make(10)
-  params = T.init_params(cfg, jax.random.PRNGKey(2))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(2))
   s0 = train.TrainState.create(params, tx, seed=3)
   fn = step_builder(tx)
   ref_state, ref_m = jax.jit(fn)(s0, batch)
@@ -168,7 +170,7 @@ def test_dynamic_sampling_keeps_only_mixed_groups():
   gcfg, scfg, pool = _grpo_setup(
       {'max_rounds': 3, 'gen_prompts': 4, 'batch_prompts': 2, 'max_new_tokens': 16}
   )
-  params = T.init_params(cfg, jax.random.PRNGKey(5))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(5))
   detok = DetokTables.from_tokenizer(TOK)
   buf, st = jax.jit(lambda p, pl, r: grpo.generate(cfg, p, pl, r, gcfg, scfg, detok))(
       params, pool, jax.random.PRNGKey(0)
@@ -187,7 +189,7 @@ def test_grpo_loss_hand_computed():
   """On-policy token-mean GRPO: loss = -sum(A_i * n_i) / sum(n_i) at ratio 1."""
   cfg = _config()
   gcfg, scfg, pool = _grpo_setup({'dynamic_sampling': False})
-  params = T.init_params(cfg, jax.random.PRNGKey(7))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(7))
   detok = DetokTables.from_tokenizer(TOK)
   buf, _ = grpo.generate(cfg, params, pool, jax.random.PRNGKey(1), gcfg, scfg, detok)
   _, loss, aux = grpo.policy_grads(cfg, params, buf, gcfg, scfg)
@@ -200,7 +202,7 @@ def test_grpo_loss_hand_computed():
 def test_nonfinite_step_is_not_applied_and_run_stops(tmp_path):
   cfg = _config()
   tx = optax.sgd(1e-2)
-  params = T.init_params(cfg, jax.random.PRNGKey(0))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
   state = train.TrainState.create(params, tx)
 
   def step(state, batch):
@@ -246,7 +248,7 @@ class _ListIter:
 def test_resume_is_bitwise_and_continues_data(tmp_path):
   cfg = _config()
   tx = train.OptimizerConfig(learning_rate=1e-2).make(6)
-  params = T.init_params(cfg, jax.random.PRNGKey(0))
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
   batches = [_sft_batch(8, seed=s) for s in range(6)]
   fn = jax.jit(_sft_step_fn(cfg, tx))
   full = train.Trainer(str(tmp_path / 'a'), 6, progress=False, async_save=False)
@@ -279,7 +281,7 @@ def test_rl_reward_rises():
   recs = list(sources.trace_records(['func_4', 'func_21'], 1, 1, 512, seed=0, input_len=(1, 2)))
   ex = [(TOK.encode(r['prompt']), TOK.encode(r['target'] + suf)) for r in recs for suf in ('', 'q')]
   tx = train.OptimizerConfig(learning_rate=3e-3, warmup_steps=5, schedule='constant').make(60)
-  st = train.TrainState.create(T.init_params(cfg, jax.random.PRNGKey(0)), tx)
+  st = train.TrainState.create(transformer.init_params(cfg, jax.random.PRNGKey(0)), tx)
   sft_fn = jax.jit(_sft_step_fn(cfg, tx))
   rng = np.random.default_rng(0)
   for _ in range(200):
@@ -346,7 +348,7 @@ def test_skipped_update_keeps_weights_and_optimizer_state():
   """GRPO steps without a kept group must not move the weights through AdamW momentum/decay."""
   cfg = _config()
   tx = train.OptimizerConfig(learning_rate=1e-2, warmup_steps=0, schedule='constant').make(5)
-  st = train.TrainState.create(T.init_params(cfg, jax.random.PRNGKey(0)), tx)
+  st = train.TrainState.create(transformer.init_params(cfg, jax.random.PRNGKey(0)), tx)
   g, m = sft.sft_grads(cfg, st.params, _sft_batch(8))
   st, _ = train.apply_gradients(st, g, tx, m['loss'])  # momentum is now non-zero
   zeros = jax.tree.map(jnp.zeros_like, g)

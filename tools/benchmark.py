@@ -308,7 +308,7 @@ def bench_train(models, steps: int, warmup: int, tunix_python: str, tiny: bool =
   dims and batch shape."""
   import jax
   from compfn import train
-  from compfn.model import transformer as T
+  from compfn.model import transformer
   from compfn.rl import sft
 
   out = _header('train', tunix_python)
@@ -343,7 +343,7 @@ def bench_train(models, steps: int, warmup: int, tunix_python: str, tiny: bool =
   out['results'] = {}
   for name in models:
     cfg = _model_config(name)
-    params = T.init_params(cfg, jax.random.PRNGKey(0))
+    params = transformer.init_params(cfg, jax.random.PRNGKey(0))
     cnt = _counts(cfg, params)
     tx = opt.make(1000)
 
@@ -462,7 +462,7 @@ def bench_rl_step(models, steps: int, warmup: int, tunix_python: str, tiny: bool
   import jax
   from compfn import sampling, tokenizers, train
   from compfn.data import sources
-  from compfn.model import transformer as T
+  from compfn.model import transformer
   from compfn.rl import grpo
   from compfn.rl.rollout import DetokTables, score_samples
 
@@ -523,7 +523,7 @@ def bench_rl_step(models, steps: int, warmup: int, tunix_python: str, tiny: bool
   out['results'] = {}
   for name in models:
     cfg = _model_config(name)
-    params = T.init_params(cfg, jax.random.PRNGKey(0))
+    params = transformer.init_params(cfg, jax.random.PRNGKey(0))
     cnt = _counts(cfg, params)
     tx = opt.make(1000)
     pools = [

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
 
   import jax
-  from compfn import model as M
+  from compfn import model
   from compfn.model import hf_io
 
   path = args.input
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
   if not os.path.exists(path):
     ap.error(f'--input {path}: no such file or folder')
   overrides = {'param_dtype': args.dtype} if args.dtype else {}
-  config, params = M.load(path, device_put=False, **overrides)
+  config, params = model.load(path, device_put=False, **overrides)
   hf_io.save_hf_folder(args.output, config, params, max_shard_bytes=int(args.max_shard_gb * 2**30))
   if path.endswith('.gguf'):
     from compfn.tokenizers import tokenizer_from_gguf
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
           file=sys.stderr,
       )
   # Verify: the written folder loads back to the same parameters.
-  _, back = M.load(args.output, device_put=False)
+  _, back = model.load(args.output, device_put=False)
   a, b = jax.tree.leaves(params), jax.tree.leaves(back)
   assert len(a) == len(b) and all(
       np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b)

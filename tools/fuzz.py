@@ -1183,12 +1183,12 @@ class Countdown(Target):
 
   def __init__(self):
     import jax
-    from compfn.tasks.countdown import generator as CG
-    from compfn.tasks.countdown import scoring as CS
+    from compfn.tasks.countdown import generator
+    from compfn.tasks.countdown import scoring as scoring_lib
     from compfn.tasks.countdown import verifier as V
     from compfn.tasks.response_bytes import encode_responses
 
-    self.CG, self.CS, self.V, self.encode_responses = CG, CS, V, encode_responses
+    self.CG, self.CS, self.V, self.encode_responses = generator, scoring_lib, V, encode_responses
     self.fn = jax.jit(functools.partial(V.score, reward=self.reward))
 
   def _expr(self, rng, nums) -> tuple[str, Optional[Fraction]]:

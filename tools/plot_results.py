@@ -18,24 +18,24 @@ import sys
 
 def replot(workdir: str, out: str | None = None, title: str | None = None) -> dict:
   """Rewrite the reports of ``workdir`` into ``out``; returns {kind: path}."""
-  from compfn import evaluate as E
+  from compfn import evaluate
   from compfn import experiment
-  from compfn import workdir as W
+  from compfn import workdir as workdir_lib
 
   out = out or workdir
-  results_path = W.join(workdir, 'results.json')
-  if not W.exists(results_path):
+  results_path = workdir_lib.join(workdir, 'results.json')
+  if not workdir_lib.exists(results_path):
     raise FileNotFoundError(f'{results_path} does not exist: is {workdir} a pipeline workdir?')
-  results = W.read_json(results_path)
+  results = workdir_lib.read_json(results_path)
   stages = results.get('stages', {})
   evals = {}
   for name, summary in stages.items():
-    path = W.join(workdir, name, 'eval.json')
-    if summary.get('passed') is None and W.exists(path):  # gates carry 'passed'
-      evals[name] = E.EvalResult.from_json(W.read_json(path)['result'])
+    path = workdir_lib.join(workdir, name, 'eval.json')
+    if summary.get('passed') is None and workdir_lib.exists(path):  # gates carry 'passed'
+      evals[name] = evaluate.EvalResult.from_json(workdir_lib.read_json(path)['result'])
   paths = {}
   if evals:
-    paths.update(E.write_report(evals, out, title=title or 'compfn'))
+    paths.update(evaluate.write_report(evals, out, title=title or 'compfn'))
   trained = [name for name, summary in stages.items() if 'steps' in summary]
   curves = experiment.plot_training_curves(workdir, trained, out=out)
   if curves:

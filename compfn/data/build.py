@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from compfn.data import strings_tfds as S
+from compfn.data import strings_tfds
 
 COUNTDOWN_PREFIX = 'countdown/'
 _DESCRIPTION = __doc__.split('\n\n')[0].replace('``', '')
@@ -58,29 +58,31 @@ def _non_negative(text: str) -> int:
 def _builder_for(name: str, data_dir: str, progress: bool):
   """``countdown/<config>`` names go to the Countdown builder, the rest to the string task."""
   if name.startswith(COUNTDOWN_PREFIX):
-    from compfn.data import countdown_tfds as C
+    from compfn.data import countdown_tfds
 
-    return C.get_builder(name[len(COUNTDOWN_PREFIX) :], data_dir, progress=progress)
-  return S.get_builder(name, data_dir, progress=progress)
+    return countdown_tfds.get_builder(name[len(COUNTDOWN_PREFIX) :], data_dir, progress=progress)
+  return strings_tfds.get_builder(name, data_dir, progress=progress)
 
 
 def _all_names() -> list[str]:
-  from compfn.data import countdown_tfds as C
+  from compfn.data import countdown_tfds
 
-  return S.named_configs() + [COUNTDOWN_PREFIX + n for n in C.named_configs()]
+  return strings_tfds.named_configs() + [
+      COUNTDOWN_PREFIX + n for n in countdown_tfds.named_configs()
+  ]
 
 
 def _config_name(text: str) -> str:
   if text.startswith(COUNTDOWN_PREFIX):
-    from compfn.data import countdown_tfds as C
+    from compfn.data import countdown_tfds
 
     try:
-      C.config_from_name(text[len(COUNTDOWN_PREFIX) :])
+      countdown_tfds.config_from_name(text[len(COUNTDOWN_PREFIX) :])
     except ValueError as e:
       raise argparse.ArgumentTypeError(str(e)) from None
     return text
   try:
-    S.config_from_name(text)
+    strings_tfds.config_from_name(text)
   except ValueError as e:
     msg = str(e)
     if msg.startswith('unknown config'):
@@ -152,7 +154,7 @@ def make_parser() -> argparse.ArgumentParser:
       help='problems in total; a multiple of the number of levels',
   )
   e.add_argument('--mode', choices=('paper', 'clean'), default='paper')
-  e.add_argument('--seed', type=_non_negative, default=S.DEFAULT_SEED)
+  e.add_argument('--seed', type=_non_negative, default=strings_tfds.DEFAULT_SEED)
   e.add_argument('--out', required=True, metavar='FILE.jsonl')
   e.add_argument('--quiet', action='store_true', help='no progress bar')
 
@@ -175,7 +177,7 @@ def _build(args, parser) -> int:
   names = _all_names() if args.all else args.config
   if args.export_jsonl and len(names) != 1:
     parser.error('argument --export_jsonl: needs exactly one --config')
-  data_dir = os.path.abspath(os.path.expanduser(args.data_dir or S.default_data_dir()))
+  data_dir = os.path.abspath(os.path.expanduser(args.data_dir or strings_tfds.default_data_dir()))
   tfds.disable_progress_bar()  # our own tqdm bar counts the generated problems
   for name in names:
     t0 = time.perf_counter()
@@ -196,7 +198,7 @@ def _build(args, parser) -> int:
       if name.startswith(COUNTDOWN_PREFIX):
         from compfn.data.countdown_tfds import decode_record
       else:
-        decode_record = S.decode_record
+        decode_record = strings_tfds.decode_record
       count = pipeline.write_jsonl(
           (decode_record(src[i]) for i in range(len(src))), args.export_jsonl
       )
@@ -206,7 +208,7 @@ def _build(args, parser) -> int:
 
 def _export(args, parser) -> int:
   from compfn.data import pipeline
-  from compfn.tasks.strings import generator as G
+  from compfn.tasks.strings import generator
 
   if args.min_level > args.max_level:
     parser.error(
@@ -219,7 +221,7 @@ def _export(args, parser) -> int:
         f'({levels}, --min_level {args.min_level} .. --max_level {args.max_level})'
     )
   t0 = time.perf_counter()
-  it = G.iter_generate(
+  it = generator.iter_generate(
       args.stage,
       args.split,
       args.min_level,
@@ -248,9 +250,13 @@ def _export(args, parser) -> int:
 
 
 def _list() -> int:
-  from compfn.data import countdown_tfds as C
+  from compfn.data import countdown_tfds
 
-  for cls, prefix in ((S.StringTask, ''), (S.StringTrace, ''), (C.Countdown, COUNTDOWN_PREFIX)):
+  for cls, prefix in (
+      (strings_tfds.StringTask, ''),
+      (strings_tfds.StringTrace, ''),
+      (countdown_tfds.Countdown, COUNTDOWN_PREFIX),
+  ):
     print(f'{cls.name}:')
     for c in cls.BUILDER_CONFIGS:
       print(f'  {prefix + c.name:28s} {c.description}')

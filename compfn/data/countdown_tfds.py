@@ -33,18 +33,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from compfn.data import strings_tfds as S
-from compfn.tasks.countdown import generator as G
+from compfn.data import strings_tfds
+from compfn.tasks.countdown import generator
 
-VERSION = S.VERSION
-DEFAULT_SEED = G.DEFAULT_SEED
+VERSION = strings_tfds.VERSION
+DEFAULT_SEED = generator.DEFAULT_SEED
 #: Paper sizes per level (canonical names omit ``_n`` at these sizes).
-DEFAULT_NUM = dict(G.PAPER_SETS)
+DEFAULT_NUM = dict(generator.PAPER_SETS)
 #: Levels of the named configs.
 PAPER_LEVELS = (2, 3, 4, 5)
 
 
-def problem_record(p: G.Problem, index: int) -> dict:
+def problem_record(p: generator.Problem, index: int) -> dict:
   """The stored example of a problem (plain Python)."""
   return {
       'prompt': p.prompt,
@@ -60,7 +60,7 @@ def problem_record(p: G.Problem, index: int) -> dict:
 def decode_record(raw: dict) -> dict:
   """A record from ``tfds.data_source`` (bytes, numpy) → plain Python (str, int, list[int]);
   already-decoded records pass through."""
-  out = S.decode_record({k: v for k, v in raw.items() if k != 'numbers'})
+  out = strings_tfds.decode_record({k: v for k, v in raw.items() if k != 'numbers'})
   if 'numbers' in raw:
     out['numbers'] = [int(v) for v in np.asarray(raw['numbers']).tolist()]
   return out
@@ -145,7 +145,7 @@ def config_from_name(name: str) -> CountdownSetConfig:
   return cfg
 
 
-class Countdown(S._Builder):
+class Countdown(strings_tfds._Builder):
   """Countdown problems (the paper's prompt), one config per generated set."""
 
   BUILDER_CONFIGS = [countdown_config(level) for level in PAPER_LEVELS]
@@ -193,8 +193,8 @@ class Countdown(S._Builder):
 
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     cfg = self.builder_config
-    problems = G.iter_generate(**cfg.generator_args())
-    for i, p in enumerate(S._progress(problems, cfg.num, cfg.name, self._progress)):
+    problems = generator.iter_generate(**cfg.generator_args())
+    for i, p in enumerate(strings_tfds._progress(problems, cfg.num, cfg.name, self._progress)):
       yield i, problem_record(p, i)
 
 
@@ -210,7 +210,9 @@ def get_builder(
   if isinstance(config, str):
     config = config_from_name(config)
   return Countdown(
-      config=config, data_dir=os.fspath(data_dir or S.default_data_dir()), progress=progress
+      config=config,
+      data_dir=os.fspath(data_dir or strings_tfds.default_data_dir()),
+      progress=progress,
   )
 
 
@@ -224,14 +226,16 @@ def prepare(config, data_dir: str | None = None, progress: bool = False) -> Coun
 def data_source(config, data_dir: str | None = None):
   """The random-access ``ArrayRecordDataSource`` of a prepared config's split (raw records;
   see :func:`decode_record`). Builds nothing."""
-  return S.prepared_source(get_builder(config, data_dir), cli_prefix='countdown/')
+  return strings_tfds.prepared_source(get_builder(config, data_dir), cli_prefix='countdown/')
 
 
 def generate_records(config) -> list[dict]:
   """The config's records straight from the generator (no TFDS), in stored order."""
   if isinstance(config, str):
     config = config_from_name(config)
-  return [problem_record(p, i) for i, p in enumerate(G.iter_generate(**config.generator_args()))]
+  return [
+      problem_record(p, i) for i, p in enumerate(generator.iter_generate(**config.generator_args()))
+  ]
 
 
 __all__ = [

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
-from compfn.data import strings_tfds as S
+from compfn.data import strings_tfds
 
 _NUMERIC_DTYPES = {
     'level': np.int32,
@@ -53,7 +53,7 @@ def string_source(config_name: str, data_dir: str | None = None):
   :class:`StringTrace` config name (named or canonical); ``data_dir`` defaults to
   ``$COMPFN_DATA_DIR`` or ``~/compfn_data``. Raises ``FileNotFoundError`` with the
   ``compfn-data build`` command when the config is not built."""
-  return S.data_source(config_name, data_dir)
+  return strings_tfds.data_source(config_name, data_dir)
 
 
 def collate(records: Sequence[dict]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def make_dataset(
   if shard.shard_count > 1:
     ds = ds[shard.shard_index :: shard.shard_count]
   if decode:
-    ds = ds.map(S.decode_record)
+    ds = ds.map(strings_tfds.decode_record)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
   return ds.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
@@ -156,13 +156,13 @@ def make_dataset(
 
 def _open(path, mode: str, gz: bool | None = None):
   """A text handle on a local or remote (``gs://``, through ``etils.epath``) file."""
-  from compfn import workdir as W
+  from compfn import workdir
 
   path = os.fspath(path)
-  raw = W.path(path).open(mode + 'b') if W.is_remote(path) else path
+  raw = workdir.path(path).open(mode + 'b') if workdir.is_remote(path) else path
   if path.endswith('.gz') if gz is None else gz:
     return io.TextIOWrapper(gzip.open(raw, mode + 'b'), encoding='utf-8')
-  if W.is_remote(path):
+  if workdir.is_remote(path):
     return io.TextIOWrapper(raw, encoding='utf-8')
   return open(path, mode, encoding='utf-8')
 
@@ -172,11 +172,11 @@ def as_record(item: Any, index: int) -> dict:
   from compfn.tasks.strings.generator import Problem, TraceProblem
 
   if isinstance(item, Problem):
-    return S.problem_record(item, index)
+    return strings_tfds.problem_record(item, index)
   if isinstance(item, TraceProblem):
-    return S.trace_record(item, index)
+    return strings_tfds.trace_record(item, index)
   if isinstance(item, dict):
-    return S.decode_record(item)
+    return strings_tfds.decode_record(item)
   raise TypeError(f'cannot write {type(item).__name__} as a JSONL record')
 
 
@@ -184,11 +184,11 @@ def write_jsonl(items: Iterable, path: str | os.PathLike) -> int:
   """Write one JSON object per line (UTF-8, ``.gz`` → gzip) atomically; returns the count.
   Items are ``Problem`` / ``TraceProblem`` (stored with their position as ``index``, the same
   fields as the TFDS example) or record dicts (raw TFDS records are decoded)."""
-  from compfn import workdir as W
+  from compfn import workdir
 
   path = os.fspath(path)
   n = 0
-  with W.local_file(path) as tmp:  # a temporary file, moved into place (or copied up)
+  with workdir.local_file(path) as tmp:  # a temporary file, moved into place (or copied up)
     with _open(tmp, 'w', gz=path.endswith('.gz')) as f:
       for n, item in enumerate(items, 1):
         f.write(json.dumps(as_record(item, n - 1), ensure_ascii=False) + '\n')

@@ -31,8 +31,8 @@ from typing import Any, Optional, Sequence
 
 import gin
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import generic as G
+from compfn.tasks.strings import functions as functions_lib
+from compfn.tasks.strings import generic
 from compfn.tasks.strings import generator as Gen
 
 __all__ = [
@@ -77,26 +77,26 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
   gen_k ids."""
   if isinstance(functions, str):
     if functions == 'train':
-      return 'paper', F.TRAIN_FUNCTIONS
+      return 'paper', functions_lib.TRAIN_FUNCTIONS
     if functions in ('heldout', 'test'):
-      return 'paper', F.TEST_FUNCTIONS
+      return 'paper', functions_lib.TEST_FUNCTIONS
     if functions == 'all':
-      return 'paper', tuple(F.FUNCTIONS)
+      return 'paper', tuple(functions_lib.FUNCTIONS)
     if functions == 'generic':
-      return 'generic', tuple(G.GENERIC_FUNCTIONS)
+      return 'generic', tuple(generic.GENERIC_FUNCTIONS)
     if functions == 'generic_func':
-      return 'generic_func', tuple(G.GENERIC_FUNC_ALIASES)
+      return 'generic_func', tuple(generic.GENERIC_FUNC_ALIASES)
     if functions == 'generic_func_wide':
-      return 'generic_func_wide', tuple(G.GENERIC_FUNC_ALIASES_WIDE)
+      return 'generic_func_wide', tuple(generic.GENERIC_FUNC_ALIASES_WIDE)
     functions = [functions]
-  by_id = {s.fid: n for n, s in F.FUNCTIONS.items()}
-  gen_id = {s.fid: n for n, s in G.GENERIC_FUNCTIONS.items()}
+  by_id = {s.fid: n for n, s in functions_lib.FUNCTIONS.items()}
+  gen_id = {s.fid: n for n, s in generic.GENERIC_FUNCTIONS.items()}
   names = []
   family = None
   for f in functions:
-    if f in F.FUNCTIONS or f in by_id:
+    if f in functions_lib.FUNCTIONS or f in by_id:
       fam, n = 'paper', by_id.get(f, f)
-    elif f in G.GENERIC_FUNCTIONS or f in gen_id:
+    elif f in generic.GENERIC_FUNCTIONS or f in gen_id:
       fam, n = 'generic', gen_id.get(f, f)
     else:
       raise ValueError(
@@ -234,24 +234,24 @@ def _prepare_once(mod, config, data_dir, name):
   """Build a TFDS config once, by the lead process, while the others wait; then each other
   process finds it prepared (a shared ``data_dir``: a no-op) or, when its ``data_dir`` is a local
   disk, builds the same deterministic data itself."""
-  from compfn import workdir as W
+  from compfn import workdir
 
-  if W.is_lead():
+  if workdir.is_lead():
     mod.prepare(config, data_dir, progress=True)
-  W.barrier(name)
-  if not W.is_lead():
+  workdir.barrier(name)
+  if not workdir.is_lead():
     mod.prepare(config, data_dir, progress=False)
 
 
 def _tfds(config, data_dir, limit, hidden_prompt_for_training, group):
-  from compfn.data import strings_tfds as S
+  from compfn.data import strings_tfds
 
-  _prepare_once(S, config, data_dir, f'tfds:{config}')
-  src = S.data_source(config, data_dir)
+  _prepare_once(strings_tfds, config, data_dir, f'tfds:{config}')
+  src = strings_tfds.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
   out = []
   for i in range(n):
-    r = S.decode_record(src[i])
+    r = strings_tfds.decode_record(src[i])
     if 'target' in r:  # trace config
       rec = {
           'prompt': r['prompt'],
@@ -291,14 +291,14 @@ def countdown_records(
 
 
 def _countdown(config, data_dir, limit, group):
-  from compfn.data import countdown_tfds as C
+  from compfn.data import countdown_tfds
 
-  _prepare_once(C, config, data_dir, f'tfds:countdown/{config}')
-  src = C.data_source(config, data_dir)
+  _prepare_once(countdown_tfds, config, data_dir, f'tfds:countdown/{config}')
+  src = countdown_tfds.data_source(config, data_dir)
   n = len(src) if limit is None else min(limit, len(src))
   out = []
   for i in range(n):
-    r = C.decode_record(src[i])
+    r = countdown_tfds.decode_record(src[i])
     ref = json.dumps({'numbers': [int(x) for x in r['numbers']], 'target': int(r['target'])})
     out.append(
         {

@@ -44,8 +44,8 @@ from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core import writer as tfds_writer
 from tensorflow_datasets.proto import tf_example_pb2
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import generator as G
+from compfn.tasks.strings import functions as functions_lib
+from compfn.tasks.strings import generator
 from compfn.tasks.strings import generic as GEN
 
 VERSION = tfds.core.Version('1.0.0')
@@ -61,7 +61,7 @@ DEFAULT_SEED = 42
 # ------------------------------------------------------------------------------------------------
 
 
-def problem_record(p: G.Problem, index: int) -> dict:
+def problem_record(p: generator.Problem, index: int) -> dict:
   """The stored example of a :class:`Problem` (plain Python; the JSONL line, and what
   :func:`decode_record` returns for the array_record example)."""
   return {
@@ -80,7 +80,7 @@ def problem_record(p: G.Problem, index: int) -> dict:
   }
 
 
-def trace_record(t: G.TraceProblem, index: int) -> dict:
+def trace_record(t: generator.TraceProblem, index: int) -> dict:
   """The stored example of a :class:`TraceProblem`."""
   return {
       'prompt': t.prompt,
@@ -241,7 +241,7 @@ def task_config(
   arguments with the generator's own checks."""
   if num is None:
     num = DEFAULT_NUM.get(split, 0)
-  G._check_args(stage, split, min_level, max_level, num, mode)  # raises ValueError
+  generator._check_args(stage, split, min_level, max_level, num, mode)  # raises ValueError
   if not isinstance(seed, int) or seed < 0:
     raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
   name = _task_name(stage, split, min_level, max_level, num, mode, seed)
@@ -322,7 +322,7 @@ class StringTask(_Builder):
 
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     cfg = self.builder_config
-    it = G.iter_generate(**cfg.generator_args())
+    it = generator.iter_generate(**cfg.generator_args())
     for i, p in enumerate(_progress(it, cfg.num, cfg.name, self._progress)):
       yield i, problem_record(p, i)
 
@@ -335,9 +335,9 @@ class StringTask(_Builder):
 #: 13 stage-2 train functions), 'heldout' (the 12 held-out ones).
 FUNCTION_SETS = {
     'generic': ('generic', tuple(GEN.GENERIC_FUNCTIONS)),
-    'all': ('paper', tuple(F.FUNCTIONS)),
-    'train': ('paper', F.TRAIN_FUNCTIONS),
-    'heldout': ('paper', F.TEST_FUNCTIONS),
+    'all': ('paper', tuple(functions_lib.FUNCTIONS)),
+    'train': ('paper', functions_lib.TRAIN_FUNCTIONS),
+    'heldout': ('paper', functions_lib.TEST_FUNCTIONS),
 }
 TRACE_DEFAULT_INPUT_LEN = (3, 6)
 
@@ -524,7 +524,7 @@ class StringTrace(_Builder):
 
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     cfg = self.builder_config
-    problems = G.generate_trace(**cfg.generator_args())
+    problems = generator.generate_trace(**cfg.generator_args())
     if len(problems) != cfg.num:
       raise RuntimeError(
           f'{cfg.name}: generate_trace made {len(problems)} of {cfg.num} '
@@ -657,8 +657,13 @@ def generate_records(config) -> list[dict]:
   if isinstance(config, str):
     config = config_from_name(config)
   if isinstance(config, StringTraceConfig):
-    return [trace_record(t, i) for i, t in enumerate(G.generate_trace(**config.generator_args()))]
-  return [problem_record(p, i) for i, p in enumerate(G.iter_generate(**config.generator_args()))]
+    return [
+        trace_record(t, i)
+        for i, t in enumerate(generator.generate_trace(**config.generator_args()))
+    ]
+  return [
+      problem_record(p, i) for i, p in enumerate(generator.iter_generate(**config.generator_args()))
+  ]
 
 
 __all__ = [

@@ -76,7 +76,7 @@ import jax
 import jax.numpy as jnp
 
 from compfn import sampling
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import losses
 from compfn.rl.advantages import mixed_groups
@@ -440,7 +440,7 @@ def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 
   from. The trunk runs over ``[prompt | response]``; the final norm and LM head only at the N
   positions predicting response tokens, ``cfg.logits_chunk`` positions at a time, so no
   ``[rows, T, V]`` (nor ``[rows, N, V]``) f32 logits tensor is materialised."""
-  hidden, _ = T.apply(
+  hidden, _ = transformer.apply(
       model_config,
       params,
       rows['tokens'],

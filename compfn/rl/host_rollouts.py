@@ -112,7 +112,7 @@ def sample_and_score(
   from tqdm.auto import tqdm
 
   from compfn import sampling
-  from compfn.rl import rollout as R
+  from compfn.rl import rollout
 
   from compfn.tasks import registry as task_registry
 
@@ -132,7 +132,7 @@ def sample_and_score(
   # work, so a malformed reference is a clear error naming it).
   encode_ref = task_registry.get(task).encode_reference
   refs = [encoded_reference(encode_ref, r, i) for i, r in enumerate(refs)]
-  rollout_impl = rollout_impl or R.rollout
+  rollout_impl = rollout_impl or rollout.rollout
 
   g_total = int(num_samples)
   n_chunks = -(-g_total // sample_chunk)
@@ -164,7 +164,7 @@ def sample_and_score(
   plen = sampling.bucket_length(max(len(x) for x in prompt_ids), 16)
   ref_bytes = [r.encode('utf-8') for r in refs]
   rlen = sampling.bucket_length(max(len(b) for b in ref_bytes), 16)
-  detok = R.DetokTables.from_tokenizer(tokenizer)
+  detok = rollout.DetokTables.from_tokenizer(tokenizer)
   if mesh is not None:  # replicated over the mesh (every process holds it whole)
     from compfn.parallel import put_global
 
@@ -181,7 +181,7 @@ def sample_and_score(
       lo = b * rows
       idx = np.minimum(np.arange(lo, lo + rows), n_prob - 1)
       real = min(rows, n_prob - lo)
-      batch = R.RolloutBatch.from_host(
+      batch = rollout.RolloutBatch.from_host(
           [prompt_ids[i] for i in idx],
           [ref_bytes[i] for i in idx],
           pad_id=pad_id,
@@ -189,7 +189,7 @@ def sample_and_score(
           ref_len=rlen,
       )
       if mesh is not None:
-        batch = R.shard_batch(batch, mesh, rules)
+        batch = rollout.shard_batch(batch, mesh, rules)
       for c in range(n_chunks):
         k = jax.random.fold_in(jax.random.fold_in(key, b), c)
         res = rollout_impl(

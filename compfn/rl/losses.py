@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 
 AGG_MODES = ('token-mean', 'seq-mean-token-sum', 'seq-mean-token-mean', 'seq-mean-token-sum-norm')
@@ -230,7 +230,7 @@ def token_stats_from_hidden(
   head = {'final_norm': params['final_norm'], head_name: params[head_name]}
 
   def stats(head, h, t):
-    logits = T.lm_head(config, head, h)
+    logits = transformer.lm_head(config, head, h)
     if scale != 1.0:
       logits = logits / jnp.float32(scale)
     lp, ent = _logit_stats(entropy, logits, t)

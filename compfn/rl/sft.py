@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compfn.model import transformer as T
+from compfn.model import transformer
 from compfn.model.config import ModelConfig
 from compfn.rl import losses
 
@@ -183,7 +183,7 @@ def sft_loss_fn(model_config: ModelConfig, params: Any, batch: SFTBatch, num_tok
   """(loss, aux) of one (micro-)batch; ``num_tokens`` is the global loss-token count."""
   # The LM head runs in chunks of positions from the hidden states (no [B, T, V] logits tensor
   # is materialised at once; ``compfn.rl.losses.sft_loss_from_hidden``).
-  hidden, _ = T.apply(
+  hidden, _ = transformer.apply(
       model_config,
       params,
       batch.inputs,

@@ -59,8 +59,8 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional, Union
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import generic as G
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import generic
 from compfn.tasks.strings import scoring
 
 __all__ = [
@@ -181,9 +181,9 @@ def parse_call(text: str) -> Optional[_Call]:
 def _registry() -> dict:
   """id -> FunctionSpec over the 25 functions and the generic family, ``gen_k`` and its
   ``func_25 .. func_99`` aliases (built at call time)."""
-  out = {s.fid: s for s in G.GENERIC_FUNCTIONS.values()}
-  out.update({s.fid: s for s in G.GENERIC_FUNC_ALIASES_WIDE.values()})
-  out.update({s.fid: s for s in F.FUNCTIONS.values()})
+  out = {s.fid: s for s in generic.GENERIC_FUNCTIONS.values()}
+  out.update({s.fid: s for s in generic.GENERIC_FUNC_ALIASES_WIDE.values()})
+  out.update({s.fid: s for s in functions.FUNCTIONS.values()})
   return out
 
 

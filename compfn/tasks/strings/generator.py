@@ -20,8 +20,8 @@ import string
 import zlib
 from typing import Iterable, Sequence
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions as functions_lib
+from compfn.tasks.strings import program as program_lib
 from compfn.tasks.strings import prompts
 
 L = string.ascii_lowercase
@@ -47,8 +47,8 @@ class Problem:
   depends_on_input: bool
 
   @property
-  def program(self) -> P.Node:
-    return P.parse_code(self.code)
+  def program(self) -> program_lib.Node:
+    return program_lib.parse_code(self.code)
 
   @property
   def prompt_hidden(self) -> str:
@@ -114,8 +114,8 @@ class _ExprSampler:
 
   def __init__(self, rng: random.Random, active: Sequence[str]):
     self.rng = rng
-    self.no_param = [n for n in F.NO_PARAM if n in active]
-    self.param = [n for n in F.PARAM if n in active]
+    self.no_param = [n for n in functions_lib.NO_PARAM if n in active]
+    self.param = [n for n in functions_lib.PARAM if n in active]
     self.binary = (
         'interlace_str'
         if 'interlace_str' in active
@@ -144,36 +144,36 @@ class _ExprSampler:
       return rng.randint(1, 3)
     raise KeyError(name)
 
-  def expr(self, depth: int) -> P.Node:
+  def expr(self, depth: int) -> program_lib.Node:
     rng = self.rng
     if depth == 0:
       if rng.random() < 0.5:
-        return P.Var()
-      return P.Lit(self.literal(3, 6))
+        return program_lib.Var()
+      return program_lib.Lit(self.literal(3, 6))
     if rng.random() < 0.2:
       left = self.expr(depth - 1)
       right = self.expr(depth - 1)
       if rng.random() < 0.5 or self.binary is None:
-        return P.Concat(left, right)
-      return P.Call(self.binary, (left, right))
+        return program_lib.Concat(left, right)
+      return program_lib.Call(self.binary, (left, right))
     if rng.random() < 0.02:
-      op = rng.choice(list(F.BUILTINS))
-      return P.Builtin(op, self.expr(depth - 1))
+      op = rng.choice(list(functions_lib.BUILTINS))
+      return program_lib.Builtin(op, self.expr(depth - 1))
     if rng.random() < 0.5:
       name = rng.choice(self.no_param)
-      return P.Call(name, (self.expr(depth - 1),))
+      return program_lib.Call(name, (self.expr(depth - 1),))
     name = rng.choice(self.param)
     sub = self.expr(depth - 1)  # the parameter is drawn after the sub-tree
-    return P.Call(name, (sub,), self.param_value(name))
+    return program_lib.Call(name, (sub,), self.param_value(name))
 
-  def feasible_input(self, node: P.Node, paper_limits: bool) -> str | None:
+  def feasible_input(self, node: program_lib.Node, paper_limits: bool) -> str | None:
     rng = self.rng
     for _ in range(INPUT_ATTEMPTS):
       x = ''.join(rng.choices(L, k=rng.randint(3, 10)))
       try:
-        P.run(node, x, paper_recursion_limit=paper_limits)
+        program_lib.run(node, x, paper_recursion_limit=paper_limits)
         return x
-      except P.PaperRecursionError:
+      except program_lib.PaperRecursionError:
         continue
     return None
 
@@ -195,7 +195,7 @@ def iter_generate(
 ):
   """Yield problems one by one (same contract as :func:`generate`)."""
   _check_args(stage, split, min_level, max_level, num, mode)
-  active = list(F.function_set(stage, split))
+  active = list(functions_lib.function_set(stage, split))
   opts = clean or CleanOptions()
   if mode == 'paper':
     rng = random.Random(seed)
@@ -203,7 +203,7 @@ def iter_generate(
     # Independent streams per (stage, split): clean sets never share the paper's early stream.
     rng = random.Random(f'compfn-clean:{seed}:{stage}:{split}')
     if opts.drop_twins and stage == 2 and split == 'train':
-      active = [n for n in active if n not in F.IDENTICAL_ACROSS_SPLIT.values()]
+      active = [n for n in active if n not in functions_lib.IDENTICAL_ACROSS_SPLIT.values()]
     if opts.dedup not in ('expr', 'program_input'):
       raise ValueError(
           f"CleanOptions.dedup must be 'expr' or 'program_input', " f'got {opts.dedup!r}'
@@ -218,14 +218,14 @@ def iter_generate(
       x = sampler.feasible_input(node, paper_limits=(mode == 'paper'))
       if x is None:
         continue
-      output = P.run(node, x)
-      expr = P.to_text(node, names='internal')
-      dep = P.depends_on_input(node)
+      output = program_lib.run(node, x)
+      expr = program_lib.to_text(node, names='internal')
+      dep = program_lib.depends_on_input(node)
       if mode == 'paper':
         key = expr
       else:
-        code_ids = P.to_text(node)
-        if opts.require_function and not P.used_functions(node):
+        code_ids = program_lib.to_text(node)
+        if opts.require_function and not program_lib.used_functions(node):
           continue
         if opts.max_output_len is not None and len(output) > opts.max_output_len:
           continue
@@ -241,7 +241,7 @@ def iter_generate(
       seen.add(key)
       independent += not dep
       count += 1
-      code = P.to_code(node)
+      code = program_lib.to_code(node)
       prompt_code = prompts.stage1_code(node) if stage == 1 else code
       yield Problem(
           level=level,
@@ -250,7 +250,7 @@ def iter_generate(
           output=output,
           prompt=prompts.forward_prompt(prompt_code, x),
           expr=expr,
-          functions=tuple(F.FUNCTIONS[n].fid for n in P.used_functions(node)),
+          functions=tuple(functions_lib.FUNCTIONS[n].fid for n in program_lib.used_functions(node)),
           stage=stage,
           split=split,
           depends_on_input=dep,
@@ -346,24 +346,25 @@ def shortcut(
   return None
 
 
-def _alone(call: P.Call) -> P.Call:
+def _alone(call: program_lib.Call) -> program_lib.Call:
   """The call with its chain argument (the one that is not a literal) replaced by ``x``."""
   return dataclasses.replace(
-      call, args=tuple(a if isinstance(a, P.Lit) else P.Var() for a in call.args)
+      call,
+      args=tuple(a if isinstance(a, program_lib.Lit) else program_lib.Var() for a in call.args),
   )
 
 
 def _registry(family: str):
-  from compfn.tasks.strings import generic as G
+  from compfn.tasks.strings import generic
 
   if family == 'paper':
-    return F.FUNCTIONS
+    return functions_lib.FUNCTIONS
   if family == 'generic':
-    return G.GENERIC_FUNCTIONS
+    return generic.GENERIC_FUNCTIONS
   if family == 'generic_func':
-    return G.GENERIC_FUNC_ALIASES
+    return generic.GENERIC_FUNC_ALIASES
   if family == 'generic_func_wide':
-    return G.GENERIC_FUNC_ALIASES_WIDE
+    return generic.GENERIC_FUNC_ALIASES_WIDE
   raise ValueError(
       "family must be 'paper', 'generic', 'generic_func' or 'generic_func_wide', " f'got {family!r}'
   )
@@ -402,7 +403,7 @@ def generate_trace(
       per reason go to ``stats['shortcuts']`` (``stats['made']``, ``stats['attempts']`` too).
   Deduplicated on the prompt. num // #levels per level.
   """
-  from compfn.tasks.strings import generic as G
+  from compfn.tasks.strings import generic
 
   functions = list(functions)
   registry = _registry(family)
@@ -417,31 +418,31 @@ def generate_trace(
     raise ValueError(f'input_mix must be in [0, 1], got {input_mix}')
   rng = random.Random(f'compfn-trace:{seed}:{family}')
   names = lambda fn: registry[fn].fid  # noqa: E731
-  run = lambda n, x: P.run(n, x, registry=registry)  # noqa: E731
+  run = lambda n, x: program_lib.run(n, x, registry=registry)  # noqa: E731
   stats = stats if stats is not None else {}
   stats.setdefault('shortcuts', {k: 0 for k in SHORTCUTS})
   stats.setdefault('attempts', 0)
   stats.setdefault('made', 0)
 
-  def call(fn: str, sub: P.Node) -> P.Node:
+  def call(fn: str, sub: program_lib.Node) -> program_lib.Node:
     spec = registry[fn]
     if spec.kind == 'binary':
-      lit = P.Lit(''.join(rng.choices(L, k=rng.randint(3, 6))))
-      return P.Call(fn, (sub, lit) if rng.random() < 0.5 else (lit, sub))
+      lit = program_lib.Lit(''.join(rng.choices(L, k=rng.randint(3, 6))))
+      return program_lib.Call(fn, (sub, lit) if rng.random() < 0.5 else (lit, sub))
     if spec.kind == 'param':
       if family == 'paper':
         p = _paper_param(rng, fn)
       else:
-        kind, lo, hi = G.GENERIC_PARAMS[G.base_name(fn)]
+        kind, lo, hi = generic.GENERIC_PARAMS[generic.base_name(fn)]
         p = rng.randint(lo, hi) if kind == 'int' else ''.join(rng.choices(L, k=rng.randint(lo, hi)))
-      return P.Call(fn, (sub,), p)
-    return P.Call(fn, (sub,))
+      return program_lib.Call(fn, (sub,), p)
+    return program_lib.Call(fn, (sub,))
 
   def draw_input() -> str:
     while True:
       x = ''.join(rng.choices(L, k=rng.randint(*input_len)))
       if input_mix and rng.random() < input_mix:
-        x = run(call(rng.choice(functions), P.Var()), x)
+        x = run(call(rng.choice(functions), program_lib.Var()), x)
         if (
             not x
             or len(x) > input_mix_max_len
@@ -460,7 +461,7 @@ def generate_trace(
       attempts += 1
       stats['attempts'] += 1
       x = draw_input()
-      node: P.Node = P.Var()
+      node: program_lib.Node = program_lib.Var()
       calls = []
       for _ in range(level):
         node = call(rng.choice(functions), node)
@@ -489,7 +490,7 @@ def generate_trace(
               target,
               answer,
               x,
-              tuple(registry[n].fid for n in P.used_functions(node, registry)),
+              tuple(registry[n].fid for n in program_lib.used_functions(node, registry)),
               family,
           )
       )

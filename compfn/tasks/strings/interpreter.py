@@ -65,8 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import program
 from compfn.tasks.strings.program import ProgramError
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ FUNCTION_OPS = {
     'swapcase': OP_SWAPCASE,
     'capitalize': OP_CAPITALIZE,
 }
-assert set(FUNCTION_OPS) == set(F.FUNCTIONS) | set(F.BUILTINS)
+assert set(FUNCTION_OPS) == set(functions.FUNCTIONS) | set(functions.BUILTINS)
 
 _INT32_MAX = 2**31 - 1
 #: Largest supported capacity (keeps every length computation inside int32).
@@ -280,7 +280,7 @@ def _int_param(name: str, value) -> int:
   return value
 
 
-def compile_program(node: P.Node) -> _Compiled:
+def compile_program(node: program.Node) -> _Compiled:
   """AST -> postfix instructions + literal list (host side, one program)."""
   instrs: list = []
   literals: list[str] = []
@@ -317,23 +317,23 @@ def compile_program(node: P.Node) -> _Compiled:
 
   def emit(n) -> int:
     nonlocal uses_x
-    if isinstance(n, P.Var):
+    if isinstance(n, program.Var):
       uses_x = True
       instrs.append((OP_PUSH_X, 0, 0))
       return 1
-    if isinstance(n, P.Lit):
+    if isinstance(n, program.Lit):
       instrs.append((OP_PUSH_LIT, 0, lit(n.value)))
       return 1
-    if isinstance(n, P.Concat):
+    if isinstance(n, program.Concat):
       return binary(n.left, n.right, OP_CONCAT)
-    if isinstance(n, P.Builtin):
-      if n.op not in F.BUILTINS:
+    if isinstance(n, program.Builtin):
+      if n.op not in functions.BUILTINS:
         raise ProgramError(f'unsupported builtin .{n.op}()')
       need = emit(n.sub)
       instrs.append((FUNCTION_OPS[n.op], 0, 0))
       return need
-    if isinstance(n, P.Call):
-      spec = F.FUNCTIONS.get(n.fn)
+    if isinstance(n, program.Call):
+      spec = functions.FUNCTIONS.get(n.fn)
       if spec is None:
         raise ProgramError(
             f'the JAX interpreter runs only the 25 string functions; ' f'got {n.fn!r}'
@@ -426,7 +426,7 @@ def _pack(
 
 
 def encode(
-    nodes: Sequence[P.Node],
+    nodes: Sequence[program.Node],
     max_instructions: int | None = None,
     max_literals: int | None = None,
     literal_capacity: int | None = None,
@@ -898,7 +898,7 @@ _PAD = _Compiled((), (), 1, False)  # a padding row: no instructions, empty outp
 
 @functools.lru_cache(maxsize=200_000)
 def _compile_code(code: str) -> _Compiled:
-  return compile_program(P.parse_code(code))
+  return compile_program(program.parse_code(code))
 
 
 def execute_batch(

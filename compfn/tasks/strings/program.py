@@ -25,7 +25,7 @@ import ast
 import dataclasses
 from typing import Union
 
-from compfn.tasks.strings import functions as F
+from compfn.tasks.strings import functions
 
 
 class ProgramError(ValueError):
@@ -80,7 +80,7 @@ def to_text(node: Node, names: str = 'ids', registry=None) -> str:
 
   names='ids' prints ``func_k``; names='internal' prints internal names (the paper deduplicates
   on that text). registry: name -> FunctionSpec (default: the 25 functions)."""
-  registry = F.FUNCTIONS if registry is None else registry
+  registry = functions.FUNCTIONS if registry is None else registry
   if isinstance(node, Var):
     return 'x'
   if isinstance(node, Lit):
@@ -108,10 +108,12 @@ def to_code(node: Node) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _resolve(name: str) -> F.FunctionSpec:
-  spec = F.BY_ID.get(name) or F.FUNCTIONS.get(name)
+def _resolve(name: str) -> functions.FunctionSpec:
+  spec = functions.BY_ID.get(name) or functions.FUNCTIONS.get(name)
   if spec is None:
-    raise ProgramError(f'unknown function {name!r} (expected func_0 .. func_{len(F.BY_ID) - 1})')
+    raise ProgramError(
+        f'unknown function {name!r} (expected func_0 .. func_{len(functions.BY_ID) - 1})'
+    )
   return spec
 
 
@@ -132,9 +134,10 @@ def _convert(node: ast.AST) -> Node:
     if node.keywords:
       raise ProgramError('keyword arguments are not supported')
     if isinstance(node.func, ast.Attribute):
-      if node.func.attr not in F.BUILTINS:
+      if node.func.attr not in functions.BUILTINS:
         raise ProgramError(
-            f'unsupported string method .{node.func.attr}() ' f'(allowed: {", ".join(F.BUILTINS)})'
+            f'unsupported string method .{node.func.attr}() '
+            f'(allowed: {", ".join(functions.BUILTINS)})'
         )
       if node.args:
         raise ProgramError(f'.{node.func.attr}() takes no arguments, got {len(node.args)}')
@@ -222,7 +225,7 @@ def run(node: Node, x: str, paper_recursion_limit: bool = False, registry=None) 
   paper_recursion_limit: raise :class:`PaperRecursionError` where the paper's recursive
   functions hit CPython's recursion limit (the paper's generator skipped those programs).
   registry: name -> FunctionSpec (default: the 25 functions; the generic family has its own)."""
-  registry = F.FUNCTIONS if registry is None else registry
+  registry = functions.FUNCTIONS if registry is None else registry
   if not isinstance(x, str):
     raise TypeError(f'input must be a str, got {type(x).__name__}')
 
@@ -234,11 +237,11 @@ def run(node: Node, x: str, paper_recursion_limit: bool = False, registry=None) 
     if isinstance(n, Concat):
       return ev(n.left) + ev(n.right)
     if isinstance(n, Builtin):
-      return F.BUILTINS[n.op](ev(n.sub))
+      return functions.BUILTINS[n.op](ev(n.sub))
     if isinstance(n, Call):
       args = [ev(a) for a in n.args]
       if paper_recursion_limit and n.fn in ('recursive_reverse', 'recursive_interlace'):
-        if min(len(a) for a in args) >= F.PAPER_RECURSION_LIMIT_LEN:
+        if min(len(a) for a in args) >= functions.PAPER_RECURSION_LIMIT_LEN:
           raise PaperRecursionError(f'{n.fn} on {min(len(a) for a in args)} chars')
       if n.param is not None:
         args.append(n.param)
@@ -255,7 +258,7 @@ def run_code(code: str, x: str) -> str:
 
 def used_functions(node: Node, registry=None) -> list[str]:
   """Internal names of the functions a program calls, in func_k order, without repeats."""
-  registry = F.FUNCTIONS if registry is None else registry
+  registry = functions.FUNCTIONS if registry is None else registry
   found = set()
 
   def walk(n):

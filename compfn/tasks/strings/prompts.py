@@ -27,8 +27,8 @@ import functools
 import inspect
 import re
 
-from compfn.tasks.strings import functions as F
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import functions
+from compfn.tasks.strings import program
 
 FORWARD_PROMPT = (
     'You are given a code:\n\n{code}\n\nCan you predict the output of `main_solution("{input}")` '
@@ -42,26 +42,26 @@ TRACE_SEP = ';'
 
 @functools.lru_cache(maxsize=None)
 def _rename_pattern():
-  names = sorted(F.FUNCTIONS, key=len, reverse=True)
+  names = sorted(functions.FUNCTIONS, key=len, reverse=True)
   return re.compile(r'\b(' + '|'.join(names) + r')\b')
 
 
 def rename(text: str) -> str:
   """Replace every internal function name by its func_k id (whole words only)."""
-  return _rename_pattern().sub(lambda m: F.FUNCTIONS[m.group(1)].fid, text)
+  return _rename_pattern().sub(lambda m: functions.FUNCTIONS[m.group(1)].fid, text)
 
 
 @functools.lru_cache(maxsize=None)
 def function_source(name: str) -> str:
   """compfn's source of one function, renamed to ids (what stage-1 prompts show)."""
-  return rename(inspect.getsource(F.FUNCTIONS[name].fn))
+  return rename(inspect.getsource(functions.FUNCTIONS[name].fn))
 
 
-def stage1_code(node: P.Node) -> str:
+def stage1_code(node: program.Node) -> str:
   """Definitions of the used functions (func_k order) + ``main_solution``, as the paper joins
   them: sources separated by ``\\n\\n``, then ``\\n\\ndef main_solution(x):...``."""
-  parts = '\n\n'.join(function_source(n) for n in P.used_functions(node))
-  return parts + '\n\n' + P.to_code(node)
+  parts = '\n\n'.join(function_source(n) for n in program.used_functions(node))
+  return parts + '\n\n' + program.to_code(node)
 
 
 def forward_prompt(code: str, x: str) -> str:
@@ -89,9 +89,9 @@ def _trace_lit(s: str) -> str:
 
 
 def _call_text(node, args_text: list[str], names) -> str:
-  if isinstance(node, P.Concat):
+  if isinstance(node, program.Concat):
     return f'({args_text[0]}+{args_text[1]})'
-  if isinstance(node, P.Builtin):
+  if isinstance(node, program.Builtin):
     return f'({args_text[0]}).{node.op}()'
   spec = names(node.fn)
   if node.param is not None:
@@ -102,21 +102,21 @@ def _call_text(node, args_text: list[str], names) -> str:
 
 
 def _default_names(fn: str) -> str:
-  return F.FUNCTIONS[fn].fid
+  return functions.FUNCTIONS[fn].fid
 
 
 def trace_prompt(node, x: str, names=_default_names) -> str:
   """``func_3(func_7('abc','de'))=`` — the program with the input inlined, then ``=``."""
 
   def text(n):
-    if isinstance(n, P.Var):
+    if isinstance(n, program.Var):
       return _trace_lit(x)
-    if isinstance(n, P.Lit):
+    if isinstance(n, program.Lit):
       return _trace_lit(n.value)
     kids = (
         [n.left, n.right]
-        if isinstance(n, P.Concat)
-        else ([n.sub] if isinstance(n, P.Builtin) else list(n.args))
+        if isinstance(n, program.Concat)
+        else ([n.sub] if isinstance(n, program.Builtin) else list(n.args))
     )
     return _call_text(n, [text(k) for k in kids], names)
 
@@ -131,14 +131,14 @@ def trace_steps(node, x: str, run_fn, names=_default_names) -> list[tuple[str, s
   steps = []
 
   def walk(n):
-    if isinstance(n, P.Var):
+    if isinstance(n, program.Var):
       return x
-    if isinstance(n, P.Lit):
+    if isinstance(n, program.Lit):
       return n.value
     kids = (
         [n.left, n.right]
-        if isinstance(n, P.Concat)
-        else ([n.sub] if isinstance(n, P.Builtin) else list(n.args))
+        if isinstance(n, program.Concat)
+        else ([n.sub] if isinstance(n, program.Builtin) else list(n.args))
     )
     vals = [walk(k) for k in kids]
     out = run_fn(n, x)

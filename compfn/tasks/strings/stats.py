@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import statistics
 
-from compfn.tasks.strings import program as P
+from compfn.tasks.strings import program
 
 
 def summarize(problems) -> dict:
@@ -30,7 +30,7 @@ def summarize(problems) -> dict:
   }
   for lv, ps in sorted(by_level.items()):
     lens = [len(p.output) for p in ps]
-    calls = [P.count_calls(p.program) for p in ps]
+    calls = [program.count_calls(p.program) for p in ps]
     out['levels'][str(lv)] = {
         'num': len(ps),
         'input_dependent': sum(p.depends_on_input for p in ps) / len(ps),
