@@ -217,13 +217,14 @@ def to_host(x) -> np.ndarray:
   """The whole value of a (possibly sharded, possibly multi-process) array as numpy, on every
   process: ``multihost_utils.process_allgather(x, tiled=True)`` when some of its shards live on
   other processes (a collective: every process must call it, in the same order), else
-  ``np.asarray``. Pytrees are mapped leaf by leaf."""
+  ``np.asarray``. A pytree is fetched in one ``jax.device_get`` (one transfer, not one per
+  leaf)."""
 
-  def one(a):
+  def gather(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
       from jax.experimental import multihost_utils
 
-      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
+      return multihost_utils.process_allgather(a, tiled=True)
+    return a
 
-  return jax.tree.map(one, x)
+  return jax.tree.map(np.asarray, jax.device_get(jax.tree.map(gather, x)))

@@ -293,7 +293,8 @@ def _checkpoint_diff(step_dir: str, state: Any, shapes_only: bool = False) -> li
 
 
 def _host_scalars(metrics: dict) -> dict:
-  return {k: float(parallel.to_host(v)) for k, v in metrics.items() if np.ndim(v) == 0}
+  scalars = {k: v for k, v in metrics.items() if np.ndim(v) == 0}
+  return {k: float(v) for k, v in parallel.to_host(scalars).items()}  # one fetch per step
 
 
 @gin.configurable

@@ -209,9 +209,9 @@ def _collect(out: Sampled, res, problems: np.ndarray, g0: int, g: int, g_total: 
   n = real * g
   from compfn.parallel import to_host  # sharded (multi-process) outputs: gathered
 
-  fetch = lambda x: to_host(x)[:n].reshape(real, g)[:, :take]  # noqa: E731
-  acc, score = fetch(res.acc).astype(np.int32), fetch(res.score).astype(np.float32)
-  lengths, truncated = fetch(res.lengths), fetch(res.truncated).astype(bool)
+  host = to_host((res.acc, res.score, res.lengths, res.truncated))  # one fetch per chunk
+  acc, score, lengths, truncated = (x[:n].reshape(real, g)[:, :take] for x in host)
+  acc, score, truncated = acc.astype(np.int32), score.astype(np.float32), truncated.astype(bool)
   sl = slice(g0, g0 + take)
   out.acc[problems, sl] = acc
   out.score[problems, sl] = score
