@@ -407,3 +407,102 @@ def test_decode_loop_updates_cache_in_place(tiny):
   )
   offenders = [line.strip()[:160] for line in hlo.splitlines() if bad.search(line)]
   assert not offenders, offenders
+
+
+# ------------------------------------------------------------ prefill cache, G-fold repeat
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_repeat_rows_equals_jnp_repeat(axis):
+  x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+  np.testing.assert_array_equal(
+      np.asarray(sampling._repeat_rows(jax.numpy.asarray(x), axis, 3)), np.repeat(x, 3, axis)
+  )
+
+
+def test_prefill_into_prompt_slots_then_extend_equals_full_length_cache(tiny):
+  """Prefilling into a P-slot cache and appending N empty slots (``extend_cache``) is the
+  cache a prefill into P + N slots writes: same k, v and positions, slot for slot."""
+  from compfn.model import transformer
+
+  config, params = tiny
+  prompts, lens = jax.numpy.asarray(PROMPTS), jax.numpy.asarray(LENS)
+  b, p = prompts.shape
+  valid = jax.numpy.arange(p)[None, :] < lens[:, None]
+  positions = jax.numpy.broadcast_to(jax.numpy.arange(p), (b, p))
+
+  def prefill(max_len):
+    cache = transformer.init_cache(config, batch=b, max_len=max_len)
+    _, cache = transformer.apply(
+        config, params, prompts, positions, segment_ids=valid.astype("int32"), cache=cache
+    )
+    return cache
+
+  full = prefill(p + N)
+  short = transformer.extend_cache(prefill(p), N)
+  assert short.k.shape == full.k.shape
+  np.testing.assert_array_equal(np.asarray(short.pos), np.asarray(full.pos))
+  # Layer 0's k/v are bit-equal; deeper layers see attention over P vs P + N (masked) keys,
+  # the same values up to f32 reduction order.
+  for name in ("k", "v"):
+    a, b_ = np.asarray(getattr(short, name)), np.asarray(getattr(full, name))
+    np.testing.assert_array_equal(a[0], b_[0])
+    np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="extra"):
+    transformer.extend_cache(full, -1)
+
+
+def test_sharded_prefill_keeps_the_cache_batch_sharded():
+  """On a data-parallel mesh the compiled prefill never assembles the whole [L, B*G, ...]
+  cache on one device: no all-gather / all-reduce of a cache-sized buffer (the G-fold
+  repeat of a batch-sharded cache once made every device hold all of it)."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 (fake) devices")
+  import re
+
+  from compfn.rl import rollout
+
+  config = model_lib.tiny("llama", num_kv_heads=4)
+  params = model_lib.init_params(config, jax.random.key(0))
+  prompts = np.tile(np.asarray(PROMPTS), (4, 1))[:8]
+  lens = np.tile(np.asarray(LENS), 4)[:8]
+  cfg = sampling.SamplerConfig(8, temperature=1.0, num_samples=4)
+  mesh = rollout.make_mesh((8, 1, 1))
+  sp = rollout.shard_params(config, params, mesh)
+  prompts_s, lens_s = rollout.shard_batch((prompts, lens), mesh)
+  hlo = (
+      sampling._prefill_jit.lower(
+          config,
+          sp,
+          prompts_s,
+          lens_s,
+          jax.random.key(0),
+          cfg,
+          mesh=mesh,
+          rules=rollout.DEFAULT_RULES,
+      )
+      .compile()
+      .as_text()
+  )
+  state = sampling.prefill(
+      config,
+      sp,
+      prompts_s,
+      lens_s,
+      jax.random.key(0),
+      cfg,
+      mesh=mesh,
+      rules=rollout.DEFAULT_RULES,
+  )
+  assert state.cache.k.shape[1] == 8 * 4
+  assert state.cache.k.sharding.shard_shape(state.cache.k.shape)[1] == 4  # 32 rows / 8 devices
+  # Any collective over a cache-shaped buffer [L, B or B*G, ...] (a whole-batch assembly; the
+  # old jnp.repeat made an all-reduce of the full cache, found this way).
+  cache_like = re.compile(rf"\[{config.num_layers},({8}|{8 * 4}),")
+  bad = [
+      line.strip()[:160]
+      for line in hlo.splitlines()
+      if re.search(r"(all-gather|all-reduce|all-to-all)(-start)?\(", line)
+      and cache_like.search(line)
+  ]
+  assert not bad, bad

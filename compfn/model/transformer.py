@@ -130,6 +130,26 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
   )
 
 
+def extend_cache(cache: KVCache, extra: int) -> KVCache:
+  """``cache`` with ``extra`` empty slots appended to its length axis (zeros, ``pos`` -1).
+
+  A prefill needs only the prompt's slots: prefilling into a ``P``-slot cache and extending it
+  by the ``N`` decode slots afterwards is the same cache as prefilling into ``P + N`` slots,
+  without the prefill's attention and cache write spanning the ``N`` empty slots (an
+  ``[B, K, G, P, P + N]`` score tensor and a scatter into the whole buffer).
+  """
+  if extra < 0:
+    raise ValueError(f"extra must be >= 0, got {extra}")
+  if extra == 0:
+    return cache
+  widen = ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))
+  return cache.replace(
+      k=jnp.pad(cache.k, widen),
+      v=jnp.pad(cache.v, widen),
+      pos=jnp.pad(cache.pos, ((0, 0), (0, extra)), constant_values=-1),
+  )
+
+
 # ----------------------------------------------------------------------------------- RoPE
 
 
@@ -249,12 +269,20 @@ class Attention(nn.Module):
       start = jnp.clip(write_index, 0, k_all.shape[2] - t)
       rows = jnp.arange(b, dtype=jnp.int32)[:, None]
       slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-      write = lambda buf, new: buf.at[layer, rows, slots].set(  # noqa: E731
-          new.astype(buf.dtype),
-          indices_are_sorted=True,
-          unique_indices=True,
-          mode="promise_in_bounds",
-      )
+      if t == k_all.shape[2]:
+        # The chunk fills every slot (a prefill into a P-slot cache): the clip makes every
+        # start 0, so the write is the whole layer, a dynamic_update_slice on the layer axis
+        # that the SPMD partitioner keeps batch-sharded (it replicates the row scatter below).
+        write = lambda buf, new: jax.lax.dynamic_update_index_in_dim(  # noqa: E731
+            buf, new.astype(buf.dtype)[None], layer, 0
+        )
+      else:
+        write = lambda buf, new: buf.at[layer, rows, slots].set(  # noqa: E731
+            new.astype(buf.dtype),
+            indices_are_sorted=True,
+            unique_indices=True,
+            mode="promise_in_bounds",
+        )
       k_all = nn.with_logical_constraint(write(k_all, k), CACHE_AXES)
       v_all = nn.with_logical_constraint(write(v_all, v), CACHE_AXES)
       kv = (k_all, v_all)
