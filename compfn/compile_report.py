@@ -543,7 +543,7 @@ def _rollout_program(
   """The evaluation's rollout (``compfn.rl.rollout.rollout``: prefill, the decode loop,
   detokenise, score) for ``rows`` prompts x ``g`` samples."""
   from compfn import sampling
-  from compfn.rl import rollout as R
+  from compfn.rl import rollout
 
   if task == 'countdown':  # compfn.evaluate: scored on the host
     task, ref_len = 'strings_trace', 16
@@ -556,7 +556,7 @@ def _rollout_program(
       logprobs=logprobs,
   )
   put = ab.batched if sharded else ab.replicated
-  batch = R.RolloutBatch(
+  batch = rollout.RolloutBatch(
       prompts=put((rows, prompt_len), jnp.int32),
       prompt_lens=put((rows,), jnp.int32),
       ref=put((rows, ref_len), jnp.int32),
@@ -569,7 +569,7 @@ def _rollout_program(
 
   def lower():
     with sampling._MeshContext(mesh, rules):
-      return R._rollout_jit.lower(
+      return rollout._rollout_jit.lower(
           ab.config, ab.params, batch, rng, cfg, task, detok, max_bytes=None, mesh=mesh, rules=rules
       )
 
@@ -608,7 +608,7 @@ def _plan(
     stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: int, ref_len: int
 ) -> tuple[list[Program], list[dict]]:
   from compfn import experiment
-  from compfn.rl import grpo as R
+  from compfn.rl import grpo
 
   programs, notes = [], []
   for s in stages:
@@ -667,7 +667,7 @@ def _plan(
           raw=['eval_records'],
       )
       programs.append(_grpo_program(s.name, b, ab, tk, sc, prompt_len, ref_len))
-      cfg = b['grpo'] or _in_scope(sc, R.GRPOConfig)
+      cfg = b['grpo'] or _in_scope(sc, grpo.GRPOConfig)
       if b['eval_records'] is not None and b['eval_every']:
         programs.append(
             _rollout_program(
@@ -758,10 +758,10 @@ def _grpo_program(
     default_prompt_len: int,
     default_ref_len: int,
 ) -> Program:
-  from compfn.rl import grpo as R
+  from compfn.rl import grpo
   from compfn.rl.rollout import RolloutBatch
 
-  cfg = b['grpo'] or _in_scope(scope, R.GRPOConfig)
+  cfg = b['grpo'] or _in_scope(scope, grpo.GRPOConfig)
   opt = b['optimizer'] or _in_scope(
       scope,
       train.OptimizerConfig,
@@ -784,7 +784,7 @@ def _grpo_program(
   detok = ab.replicate_tree(tk.detok)
   ref_params = ab.params if cfg.kl_coef > 0 else None
   state = ab.state(tx, int(b['seed']))
-  step = R.make_step(ab.config, tx, cfg, sampler_cfg)
+  step = grpo.make_step(ab.config, tx, cfg, sampler_cfg)
 
   def lower():
     with parallel.use_mesh(ab.mesh, ab.rules):
