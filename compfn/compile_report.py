@@ -5,7 +5,7 @@
         --compile_only --topology=v5p:4x4x4 --model_preset=llama3_1_8b_instruct --workdir=DIR
 
 compiles, on this (CPU) host and without any checkpoint or data, every device program the
-configured :func:`compfn.experiment.pipeline` would run, with the shapes, dtypes, mesh
+configured :func:`compfn.pipeline.pipeline` would run, with the shapes, dtypes, mesh
 (``pipeline.mesh_shape``), logical-axis rules (``logical_rules.rules``) and micro-batches of the
 gin configuration:
 
@@ -181,7 +181,8 @@ def _ref_parts(ref, parent_scope):
 def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> list[StageRef]:
   """The stages ``pipeline.stages`` runs, in order, with their scopes and names (``branch``
   stages expanded, their names prefixed ``<branch>/``). Nothing is evaluated."""
-  from compfn import experiment
+  from compfn import pipeline as pipeline_lib
+  from compfn import stages as stages_lib
 
   if refs is None:
     bound = gin.get_bindings('pipeline', resolve_references=False)
@@ -192,13 +193,13 @@ def pipeline_stages(refs=None, scope: Sequence[str] = (), prefix: str = '') -> l
       )
     refs = bound['stages']
   fns = {
-      'sft_stage': experiment.sft_stage,
-      'rl_stage': experiment.rl_stage,
-      'eval_stage': experiment.eval_stage,
-      'gate_stage': experiment.gate_stage,
-      'rft_stage': experiment.rft_stage,
-      'export_stage': experiment.export_stage,
-      'branch': experiment.branch,
+      'sft_stage': stages_lib.sft_stage,
+      'rl_stage': stages_lib.rl_stage,
+      'eval_stage': stages_lib.eval_stage,
+      'gate_stage': stages_lib.gate_stage,
+      'rft_stage': stages_lib.rft_stage,
+      'export_stage': stages_lib.export_stage,
+      'branch': pipeline_lib.branch,
   }
   out = []
   for ref in refs:
@@ -237,13 +238,13 @@ class TokenizerInfo:
 def model_from_gin(model_preset: Optional[str] = None) -> tuple[ModelConfig, str, Any]:
   """(model config, where it came from, the tokenizer or None) from ``load_model``'s bindings
   without loading any weights (see the module docstring)."""
-  from compfn import experiment
   from compfn import model
+  from compfn import stages as stages_lib
   from compfn import tokenizers
 
   b = stage_bindings(
       'load_model',
-      experiment.load_model,
+      stages_lib.load_model,
       (),
       ['checkpoint', 'tokenizer', 'overrides'],
       raw=['config'],
@@ -543,7 +544,7 @@ def _rollout_program(
   """The evaluation's rollout (``compfn.rl.rollout.rollout``: prefill, the decode loop,
   detokenise, score) for ``rows`` prompts x ``g`` samples."""
   from compfn import sampling
-  from compfn.rl import rollout as R
+  from compfn.rl import rollout
 
   if task == 'countdown':  # compfn.evaluate: scored on the host
     task, ref_len = 'strings_trace', 16
@@ -556,7 +557,7 @@ def _rollout_program(
       logprobs=logprobs,
   )
   put = ab.batched if sharded else ab.replicated
-  batch = R.RolloutBatch(
+  batch = rollout.RolloutBatch(
       prompts=put((rows, prompt_len), jnp.int32),
       prompt_lens=put((rows,), jnp.int32),
       ref=put((rows, ref_len), jnp.int32),
@@ -569,7 +570,7 @@ def _rollout_program(
 
   def lower():
     with sampling._MeshContext(mesh, rules):
-      return R._rollout_jit.lower(
+      return rollout._rollout_jit.lower(
           ab.config, ab.params, batch, rng, cfg, task, detok, max_bytes=None, mesh=mesh, rules=rules
       )
 
@@ -607,8 +608,8 @@ def _in_scope(scope, fn, *args, **kwargs):
 def _plan(
     stages: list[StageRef], ab: _Abstract, tk: TokenizerInfo, prompt_len: int, ref_len: int
 ) -> tuple[list[Program], list[dict]]:
-  from compfn import experiment
-  from compfn.rl import grpo as R
+  from compfn import stages as stages_lib
+  from compfn.rl import grpo
 
   programs, notes = [], []
   for s in stages:
@@ -616,7 +617,7 @@ def _plan(
     if s.kind == 'sft_stage':
       b = stage_bindings(
           'sft_stage',
-          experiment.sft_stage,
+          stages_lib.sft_stage,
           sc,
           [
               'batch_size',
@@ -652,7 +653,7 @@ def _plan(
     elif s.kind == 'rl_stage':
       b = stage_bindings(
           'rl_stage',
-          experiment.rl_stage,
+          stages_lib.rl_stage,
           sc,
           [
               'grpo',
@@ -667,7 +668,7 @@ def _plan(
           raw=['eval_records'],
       )
       programs.append(_grpo_program(s.name, b, ab, tk, sc, prompt_len, ref_len))
-      cfg = b['grpo'] or _in_scope(sc, R.GRPOConfig)
+      cfg = b['grpo'] or _in_scope(sc, grpo.GRPOConfig)
       if b['eval_records'] is not None and b['eval_every']:
         programs.append(
             _rollout_program(
@@ -685,7 +686,7 @@ def _plan(
             )
         )
     elif s.kind in ('eval_stage', 'gate_stage'):
-      fn = experiment.eval_stage if s.kind == 'eval_stage' else experiment.gate_stage
+      fn = stages_lib.eval_stage if s.kind == 'eval_stage' else stages_lib.gate_stage
       names = ['task', 'num_samples', 'temperature', 'max_new_tokens', 'batch_size']
       b = stage_bindings(s.kind, fn, sc, names + (['greedy'] if s.kind == 'eval_stage' else []))
       greedy = b.get('greedy', False)
@@ -716,7 +717,7 @@ def _plan(
     elif s.kind == 'rft_stage':
       b = stage_bindings(
           'rft_stage',
-          experiment.rft_stage,
+          stages_lib.rft_stage,
           sc,
           ['num_samples', 'temperature', 'max_new_tokens', 'task', 'sample_batch_size', 'train'],
       )
@@ -739,7 +740,7 @@ def _plan(
       if b['train']:
         sb = stage_bindings(
             'sft_stage',
-            experiment.sft_stage,
+            stages_lib.sft_stage,
             sc,
             ['batch_size', 'seq_len', 'micro_batches', 'optimizer', 'seed', 'num_steps', 'packing'],
         )
@@ -758,10 +759,10 @@ def _grpo_program(
     default_prompt_len: int,
     default_ref_len: int,
 ) -> Program:
-  from compfn.rl import grpo as R
+  from compfn.rl import grpo
   from compfn.rl.rollout import RolloutBatch
 
-  cfg = b['grpo'] or _in_scope(scope, R.GRPOConfig)
+  cfg = b['grpo'] or _in_scope(scope, grpo.GRPOConfig)
   opt = b['optimizer'] or _in_scope(
       scope,
       train.OptimizerConfig,
@@ -784,7 +785,7 @@ def _grpo_program(
   detok = ab.replicate_tree(tk.detok)
   ref_params = ab.params if cfg.kl_coef > 0 else None
   state = ab.state(tx, int(b['seed']))
-  step = R.make_step(ab.config, tx, cfg, sampler_cfg)
+  step = grpo.make_step(ab.config, tx, cfg, sampler_cfg)
 
   def lower():
     with parallel.use_mesh(ab.mesh, ab.rules):
@@ -958,10 +959,11 @@ def compile_report(
   allow_split_physical_axes: lay out a mesh that ``parallel.make_mesh`` (``jax.make_mesh``)
     refuses on this torus by splitting physical axes — what the run would NOT do (it fails);
     only to measure such a mesh's memory. Recorded in the report."""
-  from compfn import experiment
+  from compfn import pipeline as pipeline_lib
+  from compfn import stages as stages_lib
 
   t0 = time.time()
-  mesh_shape = stage_bindings('pipeline', experiment.pipeline, (), ['mesh_shape'])['mesh_shape']
+  mesh_shape = stage_bindings('pipeline', pipeline_lib.pipeline, (), ['mesh_shape'])['mesh_shape']
   devices, topo = topology_devices(topology)
   mesh = _mesh(tuple(mesh_shape), devices, topo, allow_split_physical_axes)
   rules = parallel.logical_rules()
@@ -970,7 +972,7 @@ def compile_report(
   stages = pipeline_stages()
   if prompt_len is None:
     bound = [
-        stage_bindings('rl_stage', experiment.rl_stage, s.scope, ['prompt_len'])['prompt_len']
+        stage_bindings('rl_stage', stages_lib.rl_stage, s.scope, ['prompt_len'])['prompt_len']
         for s in stages
         if s.kind == 'rl_stage'
     ]

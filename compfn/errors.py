@@ -13,7 +13,7 @@ class                       code  meaning (raised by)
                                   binding, file or flag (``compfn.main``,
                                   ``compfn.parallel.initialize_distributed``)
 :class:`GateNotMet`            3  an enforced pre-RL gate was not met
-                                  (``compfn.experiment.GateError``)
+                                  (``compfn.stages.gate.GateError``)
 :class:`NonFiniteLoss`         4  a step produced a non-finite loss or gradient; names the
                                   last good checkpoint (``compfn.train.Trainer.run``; also
                                   ``compfn.checkpoint.NonFiniteError``: a refused save)

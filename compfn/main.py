@@ -4,8 +4,8 @@
 
 Every run is a gin-configured *job* (``run.job = @build_datasets``) called with the workdir. The
 operative gin config is written to ``WORKDIR/config.gin`` so a run can be repeated exactly.
-Jobs: :func:`build_datasets` and :func:`compfn.experiment.pipeline` (the trainer's stages:
-sft / rft / rl / eval / gate / branch).
+Jobs: :func:`build_datasets` and :func:`compfn.pipeline.pipeline` (the trainer's stages,
+``compfn.stages``: sft / rft / rl / eval / gate / export, and branch).
 
 Known failures print one line, ``compfn-train: error: <message>``, and exit with their code
 (:mod:`compfn.errors`; ``--verbose`` adds the traceback): 2 configuration (gin binding / file /
@@ -259,7 +259,7 @@ def _run(args) -> int:
   from compfn import parallel
   # Before anything initialises a JAX backend (the pipeline's own call is then a no-op).
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-  from compfn import experiment  # noqa: F401  (registers the stages, sources, configs)
+  from compfn import pipeline  # noqa: F401  (registers the pipeline, stages, sources, configs)
   from compfn import compile_report  # noqa: F401  (registers compile_report)
 
   only = {

@@ -6,12 +6,12 @@ every file — metrics, results, reports, plots, RFT records, ``DONE`` markers, 
 others skip the write; :func:`barrier` is where the others wait for a file the lead has just
 written. Checkpoints are the exception: orbax writes them from every process.
 
-    >>> from compfn import workdir as W
-    >>> W.write_json('gs://b/run/eval/eval.json', {'acc': 0.5})   # lead only, atomic
-    >>> W.barrier('eval written')                                 # the others wait here
-    >>> W.read_json('gs://b/run/eval/eval.json')
+    >>> from compfn import workdir as workdir_lib
+    >>> workdir_lib.write_json('gs://b/run/eval/eval.json', {'acc': 0.5})  # lead only, atomic
+    >>> workdir_lib.barrier('eval written')                        # the others wait here
+    >>> workdir_lib.read_json('gs://b/run/eval/eval.json')
     {'acc': 0.5}
-    >>> with W.local_file('gs://b/run/plot.png') as f:             # for writers that need a
+    >>> with workdir_lib.local_file('gs://b/run/plot.png') as f:   # for writers that need a
     ...     fig.savefig(f)                                         # local path (matplotlib)
 
 Local writes are atomic (a temporary file renamed into place), so a kill mid-write never leaves

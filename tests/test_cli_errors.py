@@ -373,9 +373,10 @@ def test_boundary_maps_known_errors_and_keeps_the_rest():
   except errors.GateNotMet as proxy:
     assert 'In call to' in str(proxy)
     assert main._known_failure(proxy) == (3, 'gate not met')
-  from compfn import experiment, train
+  from compfn import train
+  from compfn.stages import gate
 
-  assert issubclass(experiment.GateError, errors.GateNotMet)
+  assert issubclass(gate.GateError, errors.GateNotMet)
   assert issubclass(train.NonFiniteStepError, errors.NonFiniteLoss)
   assert issubclass(train.NonFiniteStepError, checkpoint.NonFiniteError)
   assert train.Preempted is errors.Preempted

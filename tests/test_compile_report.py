@@ -193,7 +193,7 @@ def test_tiny_pipeline_compiles_for_a_tpu_topology(tmp_path):
 def test_gin_reading_follows_scopes():
   """stage_bindings: the most specific scope wins, unbound parameters take the default, and
   references are evaluated in the stage's scope; records are never evaluated."""
-  from compfn import experiment
+  from compfn import stages
 
   gin.parse_config(
       """
@@ -205,13 +205,13 @@ def test_gin_reading_follows_scopes():
   """
   )
   b = compile_report.stage_bindings(
-      'rl_stage', experiment.rl_stage, ('a',), ['num_steps', 'grpo', 'seed'], raw=['records']
+      'rl_stage', stages.rl_stage, ('a',), ['num_steps', 'grpo', 'seed'], raw=['records']
   )
   assert b['num_steps'] == 9 and b['seed'] == 0
   assert b['grpo'].num_generations == 2
   assert isinstance(b['records'], gin.config.ConfigurableReference)
   assert (
-      compile_report.stage_bindings('rl_stage', experiment.rl_stage, (), ['num_steps', 'grpo'])[
+      compile_report.stage_bindings('rl_stage', stages.rl_stage, (), ['num_steps', 'grpo'])[
           'grpo'
       ].num_generations
       == 16

@@ -658,14 +658,14 @@ def test_fuzz_is_not_vacuous(fuzz):
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   import tensorflow_datasets as tfds
-  from compfn.data import countdown_tfds as C
+  from compfn.data import countdown_tfds
 
   tfds.disable_progress_bar()
   d1, d2 = tmp_path_factory.mktemp('cd1'), tmp_path_factory.mktemp('cd2')
   for cfg in ('L3', 'L2_n1000_seed7'):
-    C.prepare(cfg, d1)
-  C.prepare('L3', d2)
-  return C, str(d1), str(d2)
+    countdown_tfds.prepare(cfg, d1)
+  countdown_tfds.prepare('L3', d2)
+  return countdown_tfds, str(d1), str(d2)
 
 
 def _files(root):
@@ -679,37 +679,37 @@ def _files(root):
 
 
 def test_builder_configs():
-  from compfn.data import countdown_tfds as C
+  from compfn.data import countdown_tfds
 
-  assert C.named_configs() == ['L2', 'L3', 'L4', 'L5']
-  cfgs = {c.name: c for c in C.Countdown.BUILDER_CONFIGS}
+  assert countdown_tfds.named_configs() == ['L2', 'L3', 'L4', 'L5']
+  cfgs = {c.name: c for c in countdown_tfds.Countdown.BUILDER_CONFIGS}
   assert cfgs['L2'].num == 50_000 and cfgs['L2'].split == 'train' and cfgs['L2'].seed == 42
   assert all(cfgs[f'L{k}'].num == 512 and cfgs[f'L{k}'].split == 'test' for k in (3, 4, 5))
-  c = C.Countdown.config_for(3, 128, seed=7)
+  c = countdown_tfds.Countdown.config_for(3, 128, seed=7)
   assert (
       c.name == 'L3_n128_seed7'
-      and C.config_from_name(c.name).generator_args() == c.generator_args()
+      and countdown_tfds.config_from_name(c.name).generator_args() == c.generator_args()
   )
-  assert C.config_from_name('L4') is cfgs['L4']
+  assert countdown_tfds.config_from_name('L4') is cfgs['L4']
   for bad in ('L3_n512', 'L3_seed42', 'L1', 'stage2_test_L1to8', 'L3_n0'):
     with pytest.raises(ValueError):
-      C.config_from_name(bad)
+      countdown_tfds.config_from_name(bad)
 
 
 def test_builder_round_trip(built):
   import tensorflow_datasets as tfds
 
-  C, d1, d2 = built
-  src = C.data_source('L3', d1)
+  countdown_tfds, d1, d2 = built
+  src = countdown_tfds.data_source('L3', d1)
   assert len(src) == 512
-  records = [C.decode_record(src[i]) for i in range(len(src))]
-  assert records == C.generate_records('L3')
+  records = [countdown_tfds.decode_record(src[i]) for i in range(len(src))]
+  assert records == countdown_tfds.generate_records('L3')
   assert records[0]['numbers'] == [95, 14, 18] and records[0]['target'] == 99
   assert records[0]['prompt'] == prompts.prompt([95, 14, 18], 99)
   assert scoring.score('<answer>95 + 18 - 14</answer>', records[0]['reference']) == (1, 1)
   src2 = tfds.data_source('countdown/L2_n1000_seed7', data_dir=d1)['train']
-  assert [C.decode_record(src2[i]) for i in (0, 999)] == [
-      C.problem_record(p, i)
+  assert [countdown_tfds.decode_record(src2[i]) for i in (0, 999)] == [
+      countdown_tfds.problem_record(p, i)
       for i, p in (
           (0, generator.make_problem(0, 7, generator.CountdownConfig(2, 2))),
           (999, generator.make_problem(999, 7, generator.CountdownConfig(2, 2))),
@@ -719,4 +719,4 @@ def test_builder_round_trip(built):
   f2 = _files(os.path.join(d2, 'countdown', 'L3'))
   assert f1.keys() == f2.keys() and all(f1[k] == f2[k] for k in f1 if 'array_record' in k)
   with pytest.raises(FileNotFoundError):
-    C.data_source('L5', d1)
+    countdown_tfds.data_source('L5', d1)

@@ -1,4 +1,5 @@
-"""compfn.evaluate: per-level accuracy, pass@k, padding, determinism, reports.
+"""compfn.evaluate (+ compfn.eval_results, compfn.reports): per-level accuracy, pass@k, padding,
+determinism, reports.
 
 A "bigram" transformer (attention and MLP outputs zeroed, one-hot embeddings, an LM head that
 maps each token to its successors) makes the model's answers known in advance: a token with one
@@ -13,9 +14,11 @@ import jax
 import numpy as np
 import pytest
 
+from compfn import eval_results
 from compfn import evaluate
 from compfn import metrics
 from compfn import model
+from compfn import reports
 from compfn import tokenizers
 from compfn.rl import rollout
 
@@ -76,7 +79,7 @@ def _greedy_problems():
       ('qv', 'v', 3, 'train'),
       ('y', 'a', 3, 'heldout'),
   ]
-  return [evaluate.EvalProblem(*r) for r in rows]
+  return [eval_results.EvalProblem(*r) for r in rows]
 
 
 def test_greedy_accuracy_by_level_and_padding(setup):
@@ -126,10 +129,10 @@ def test_greedy_accuracy_by_level_and_padding(setup):
 def test_sampled_pass_at_k_chunking_and_determinism(setup):
   tok, config, params = setup
   problems = [
-      evaluate.EvalProblem('x', 'a', 1),
-      evaluate.EvalProblem('y', 'a', 1),
-      evaluate.EvalProblem('w', 'a', 2),
-      evaluate.EvalProblem('qx', 'a', 2),
+      eval_results.EvalProblem('x', 'a', 1),
+      eval_results.EvalProblem('y', 'a', 1),
+      eval_results.EvalProblem('w', 'a', 2),
+      eval_results.EvalProblem('qx', 'a', 2),
   ]
   kw = dict(
       task='strings_trace',
@@ -167,11 +170,14 @@ def test_sampled_pass_at_k_chunking_and_determinism(setup):
 
 def test_json_round_trip_and_ks(setup):
   tok, config, params = setup
-  problems = [evaluate.EvalProblem('x', 'a', 1, 'g'), evaluate.EvalProblem('y', 'a', 2, 'h')]
+  problems = [
+      eval_results.EvalProblem('x', 'a', 1, 'g'),
+      eval_results.EvalProblem('y', 'a', 2, 'h'),
+  ]
   res = evaluate.evaluate(
       config, params, tok, problems, max_new_tokens=4, num_samples=3, ks=[1, 3], progress=False
   )
-  back = evaluate.EvalResult.from_json(res.to_json())
+  back = eval_results.EvalResult.from_json(res.to_json())
   assert back.problems == res.problems and back.ks == (1, 3)
   np.testing.assert_array_equal(back.sample_correct, res.sample_correct)
   np.testing.assert_array_equal(back.greedy_acc, res.greedy_acc)
@@ -238,11 +244,11 @@ def test_countdown_scored_on_device_by_its_registered_scorer():
       's': '<answer>10 + 2</answer>',
   }
   problems = [
-      evaluate.EvalProblem('p', '{"numbers": [3, 5], "target": 8}', 1),
-      evaluate.EvalProblem('q', '{"numbers": [3, 5], "target": 8}', 1),
-      evaluate.EvalProblem('t', '{"answer": 8, "numbers": [2, 10]}', 2),
-      evaluate.EvalProblem('r', '{"numbers": [3, 5], "target": 8}', 2),
-      evaluate.EvalProblem('s', '{"numbers": [2, 10], "target": 8}', 2),
+      eval_results.EvalProblem('p', '{"numbers": [3, 5], "target": 8}', 1),
+      eval_results.EvalProblem('q', '{"numbers": [3, 5], "target": 8}', 1),
+      eval_results.EvalProblem('t', '{"answer": 8, "numbers": [2, 10]}', 2),
+      eval_results.EvalProblem('r', '{"numbers": [3, 5], "target": 8}', 2),
+      eval_results.EvalProblem('s', '{"numbers": [2, 10], "target": 8}', 2),
   ]
   # Batches of 3: [p, q, t], [r, s, s (padding)]; the padding row's answer would be right
   # for 's' but must not count.
@@ -266,7 +272,7 @@ def test_countdown_scored_on_device_by_its_registered_scorer():
         None,
         None,
         tok,
-        [evaluate.EvalProblem('p', '{"numbers": [3]}', 1)],
+        [eval_results.EvalProblem('p', '{"numbers": [3]}', 1)],
         task='countdown',
         progress=False,
         _rollout=_fake_rollout(texts, tok),
@@ -284,7 +290,7 @@ def test_write_report(setup, tmp_path):
   )
   c = evaluate.evaluate(config, params, tok, problems, max_new_tokens=6, progress=False)
   results = {'run-a': a, 'run-b': b, 'run-c': c}
-  paths = evaluate.write_report(results, tmp_path / 'report', title='test')
+  paths = reports.write_report(results, tmp_path / 'report', title='test')
   assert set(paths) == {'markdown', 'csv', 'accuracy_plot', 'pass_at_k_plot'}
   for p in paths.values():
     assert os.path.getsize(p) > 0
@@ -304,17 +310,17 @@ def test_write_report(setup, tmp_path):
   assert not any(k[0] == 'run-c' and k[3] in ('sampled_acc', 'pass_at_k') for k in got)
   assert not any(k[0] == 'run-b' and k[3] == 'greedy_acc' for k in got)
   # No sampled run: no pass@k plot.
-  paths = evaluate.write_report({'run-c': c}, tmp_path / 'greedy_only')
+  paths = reports.write_report({'run-c': c}, tmp_path / 'greedy_only')
   assert 'pass_at_k_plot' not in paths
   assert not os.path.exists(tmp_path / 'greedy_only' / 'pass_at_k.png')
-  assert '| run-c |' in evaluate.markdown_table({'run-c': c})
+  assert '| run-c |' in reports.markdown_table({'run-c': c})
 
 
 def test_bad_arguments(setup):
   tok, config, params = setup
-  p = [evaluate.EvalProblem('y', 'a', 1)]
+  p = [eval_results.EvalProblem('y', 'a', 1)]
   with pytest.raises(ValueError):
     evaluate.evaluate(config, params, tok, p, task='nope', progress=False)
   with pytest.raises(ValueError):
     evaluate.evaluate(config, params, tok, p, greedy=False, num_samples=0, progress=False)
-  assert dataclasses.is_dataclass(evaluate.EvalResult)
+  assert dataclasses.is_dataclass(eval_results.EvalResult)

@@ -166,16 +166,16 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
   """The RFT stage glue in-process: a random model solves nothing; collect-only writes the
   (empty) records and stats, and a training RFT stops with a message instead of fitting noise."""
   import jax
-  from compfn import experiment
   from compfn import parallel
+  from compfn import stages
   from compfn.data import sources
   from compfn.model import transformer
   from compfn.tokenizers import CharTokenizer
 
   tok = CharTokenizer()
-  cfg = experiment.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
+  cfg = stages.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
   mesh = parallel.make_mesh((-1, 1, 1))
-  run = experiment.Run(
+  run = stages.Run(
       workdir=str(tmp_path),
       model_config=cfg,
       params=transformer.init_params(cfg, jax.random.PRNGKey(0)),
@@ -185,7 +185,7 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
       rules=parallel.logical_rules(),
   )
   recs = sources.trace_records('train', 1, 1, 8, seed=0)
-  experiment.rft_stage(
+  stages.rft_stage(
       run,
       name='collect',
       records=recs,
@@ -199,6 +199,6 @@ def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
   assert (tmp_path / 'collect' / 'iter_0' / 'rft_records.jsonl').exists()
   if stats['kept_records'] == 0:
     with pytest.raises(ValueError, match='no correct responses to fine-tune on'):
-      experiment.rft_stage(
+      stages.rft_stage(
           run, name='train', records=recs, num_samples=2, max_new_tokens=16, sample_batch_size=8
       )

@@ -18,7 +18,7 @@ import pytest
 
 from compfn import main
 
-importlib.import_module('compfn.experiment')  # registers the stages, sources and configs
+importlib.import_module('compfn.pipeline')  # registers the pipeline, stages, sources, configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN = ROOT / 'gin'

@@ -1,7 +1,8 @@
 """The layering the README describes is what the imports show (issue #12): read from the code,
 every import (module level or inside a function) between compfn's own modules.
 
-* nothing under ``compfn/rl/`` imports the trainer loop, the experiment or the evaluation;
+* nothing under ``compfn/rl/`` imports the trainer loop, the evaluation, or the pipeline, its
+  stages and reports;
 * the task registry is filled one way: ``compfn/tasks/__init__.py`` imports the task modules,
   and no task module imports the registry's package back;
 * no import cycle between compfn's modules."""
@@ -57,19 +58,46 @@ def _graph() -> dict:
 
 
 def test_rl_does_not_import_the_layers_above_it():
-  above = (
+  above = (  # a package counts with its modules (compfn.stages.sft, ...)
       'compfn.train',
-      'compfn.experiment',
       'compfn.evaluate',
+      'compfn.eval_results',
+      'compfn.stages',
+      'compfn.pipeline',
+      'compfn.reports',
       'compfn.main',
       'compfn.compile_report',
   )
   bad = {
-      m: sorted(d for d in deps if d in above)
+      m: sorted(d for d in deps if any(d == a or d.startswith(a + '.') for a in above))
       for m, deps in _graph().items()
       if m.startswith('compfn.rl')
   }
   assert not {m: d for m, d in bad.items() if d}, bad
+
+
+def test_the_upper_layers_point_down():
+  """The rows above rl/ (README "Layout"): the trainer loop and the evaluation below the stages
+  and the reports, those below the pipeline, the entry points (main, compile_report) on top. A
+  package counts with its modules."""
+  top = ['compfn.pipeline', 'compfn.main', 'compfn.compile_report']
+  forbidden = {
+      'compfn.train': ['compfn.evaluate', 'compfn.eval_results', 'compfn.stages', 'compfn.reports']
+      + top,
+      'compfn.evaluate': ['compfn.stages', 'compfn.reports'] + top,
+      'compfn.eval_results': ['compfn.evaluate', 'compfn.stages', 'compfn.reports'] + top,
+      'compfn.reports': ['compfn.evaluate', 'compfn.stages'] + top,
+      'compfn.stages': top,
+      'compfn.pipeline': top[1:],
+  }
+  inside = lambda m, a: m == a or m.startswith(a + '.')  # noqa: E731
+  bad = {}
+  for m, deps in _graph().items():
+    for low, high in forbidden.items():
+      hit = sorted(d for d in deps if any(inside(d, h) for h in high))
+      if inside(m, low) and hit:
+        bad[m] = hit
+  assert not bad, bad
 
 
 def test_task_modules_do_not_import_the_task_package():

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from compfn import experiment  # noqa: F401  (registers the pipeline's configurables)
+from compfn import pipeline  # noqa: F401  (registers the pipeline's configurables)
 from compfn import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ gradients, and the model attends only within each packed example."""
 import jax
 import numpy as np
 
-from compfn.experiment import char_model
+from compfn.stages.models import char_model
 from compfn.model import transformer
 from compfn.rl import sft
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from compfn import evaluate
+from compfn import eval_results
 from compfn import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,10 +23,10 @@ def _tool():
 def _fake_workdir(d: pathlib.Path):
   """A finished pipeline's files: an SFT stage's metrics, a gate and an evaluation."""
   problems = [
-      evaluate.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
+      eval_results.EvalProblem(prompt=f'p{i}', ref='x', level=lv, group='heldout')
       for i, lv in enumerate([1, 1, 2, 2])
   ]
-  res = evaluate.EvalResult(
+  res = eval_results.EvalResult(
       problems=problems,
       greedy_acc=[1, 0, 1, 1],
       sample_correct=None,

@@ -163,7 +163,7 @@ def bench_verifier(batch: int, repeats: int) -> dict:
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_TUNIX = '/opt/tunix-venv/bin/python'
-# name -> compfn.experiment.char_model kwargs (Llama: RoPE, SwiGLU, RMSNorm, tied embeddings,
+# name -> compfn.stages.models.char_model kwargs (Llama: RoPE, SwiGLU, RMSNorm, tied embeddings,
 # CharTokenizer vocabulary of 76, heads = kv heads).
 MODELS = {
     'char': dict(d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=352),
@@ -209,7 +209,7 @@ def matmul_peak(n: int = 2048, calls: int = 20) -> dict:
 
 
 def _model_config(name: str):
-  from compfn.experiment import char_model
+  from compfn.stages.models import char_model
 
   return char_model(**MODELS[name])
 

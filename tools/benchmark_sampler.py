@@ -439,9 +439,9 @@ def _verifier_worker(spec: dict) -> dict:
   from compfn.tasks.strings import device_scoring, generate
 
   try:
-    from compfn.rl import rollout as R
+    from compfn.rl import rollout
   except ImportError:
-    R = None
+    rollout = None
 
   mcfg, params = load(spec['model_dir'])
   ids = np.asarray(spec['prompt_ids'], np.int32)
@@ -464,20 +464,20 @@ def _verifier_worker(spec: dict) -> dict:
   ref_lens = jnp.full((B,), len(ref), jnp.int32)
   max_bytes = N * min(int(table.shape[1]), 8)  # the rollout's default byte buffer
 
-  if R is not None:
+  if rollout is not None:
     method = 'compfn.rl.rollout.rollout (fused) vs compfn.sampling.sample (alone)'
-    detok = R.DetokTables(
+    detok = rollout.DetokTables(
         table=jnp.asarray(table), lengths=jnp.asarray(blen), first_skip=jnp.asarray(skip)
     )
-    batch = R.RolloutBatch(prompts=prompts, prompt_lens=lens, ref=refs, ref_len=ref_lens)
+    batch = rollout.RolloutBatch(prompts=prompts, prompt_lens=lens, ref=refs, ref_len=ref_lens)
 
     def fused(k):
-      return R.rollout(
+      return rollout.rollout(
           mcfg, params, batch, k, cfg, 'strings_json', detok=detok, max_bytes=max_bytes
       ).score
 
     verify = jax.jit(
-        lambda s: R.score_samples(s, batch, detok, cfg, 'strings_json', max_bytes).score
+        lambda s: rollout.score_samples(s, batch, detok, cfg, 'strings_json', max_bytes).score
     )
   else:
     method = (

@@ -7,8 +7,8 @@ Reads ``WORKDIR/results.json`` (which stages ran, which were gates), every evalu
 ``<stage>/eval.json`` and every training stage's ``<stage>/metrics.jsonl``, and writes
 ``results.md``, ``results.csv``, ``accuracy_by_level.png``, ``pass_at_k.png`` (when an
 evaluation sampled) and ``training_curves.png`` to ``--out`` (default: the workdir itself), the
-same files :func:`compfn.experiment.pipeline` writes at the end of a run. Works on ``gs://``
-workdirs too (:mod:`compfn.workdir`).
+same files :func:`compfn.pipeline.pipeline` writes at the end of a run (``compfn.reports``).
+Works on ``gs://`` workdirs too (:mod:`compfn.workdir`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import sys
 
 def replot(workdir: str, out: str | None = None, title: str | None = None) -> dict:
   """Rewrite the reports of ``workdir`` into ``out``; returns {kind: path}."""
-  from compfn import evaluate
-  from compfn import experiment
+  from compfn import eval_results
+  from compfn import reports
   from compfn import workdir as workdir_lib
 
   out = out or workdir
@@ -32,12 +32,12 @@ def replot(workdir: str, out: str | None = None, title: str | None = None) -> di
   for name, summary in stages.items():
     path = workdir_lib.join(workdir, name, 'eval.json')
     if summary.get('passed') is None and workdir_lib.exists(path):  # gates carry 'passed'
-      evals[name] = evaluate.EvalResult.from_json(workdir_lib.read_json(path)['result'])
+      evals[name] = eval_results.EvalResult.from_json(workdir_lib.read_json(path)['result'])
   paths = {}
   if evals:
-    paths.update(evaluate.write_report(evals, out, title=title or 'compfn'))
+    paths.update(reports.write_report(evals, out, title=title or 'compfn'))
   trained = [name for name, summary in stages.items() if 'steps' in summary]
-  curves = experiment.plot_training_curves(workdir, trained, out=out)
+  curves = reports.plot_training_curves(workdir, trained, out=out)
   if curves:
     paths['training_curves'] = curves
   return paths

@@ -2,7 +2,7 @@
 
 A *record* is a plain dict. The stages read these keys:
 
-* SFT (``compfn.experiment.sft_stage``): ``prompt``, ``target`` (text) — or ``target_ids`` —
+* SFT (``compfn.stages.sft.sft_stage``): ``prompt``, ``target`` (text) — or ``target_ids`` —
   and ``level``.
 * RL, evaluation, gate: ``prompt``, ``ref`` (the reference output), ``level``, ``group``.
 * RFT collection: ``sample_prompt`` (shown while sampling), ``train_prompt`` (stored for SFT),
