@@ -820,6 +820,9 @@ def execute(
       return buf[:, :C] if w >= C else jnp.pad(buf, ((0, 0), (0, C - w)))
 
     xbuf = fit(x)
+    # An input longer than its buffer (W < x_len) was cut on the host: reading it must overflow
+    # even where W < C (its true length could fit the capacity); C + 1 makes the push flag it.
+    x_len = jnp.where(x_len > x.shape[1], C + 1, x_len)
     lit_table = jnp.pad(lit_chars, ((0, 0), (0, 0), (0, max(C - lit_chars.shape[2], 0))))
     lit_table = lit_table[:, :, :C]
     B = ops.shape[0]
