@@ -299,17 +299,19 @@ class Interpreter(Target):
   ANCHOR_INSTRUCTIONS = 65
 
   def __init__(self):
-    from compfn.tasks.strings import functions as F
-    from compfn.tasks.strings import generator as G
-    from compfn.tasks.strings import interpreter as I
-    from compfn.tasks.strings import program as P
+    from compfn.tasks.strings import functions as functions_lib
+    from compfn.tasks.strings import generator as generator_lib
+    from compfn.tasks.strings import interpreter as interpreter_lib
+    from compfn.tasks.strings import program as program_lib
     from compfn.tasks.strings import prompts
     from compfn.tasks.strings import verifier
 
-    self.F, self.G, self.I, self.P, self.prompts, self.verifier = F, G, I, P, prompts, verifier
-    self.noparam = [n for n, s in F.FUNCTIONS.items() if s.kind == 'noparam']
-    self.param = [n for n, s in F.FUNCTIONS.items() if s.kind == 'param']
-    self.binary = [n for n, s in F.FUNCTIONS.items() if s.kind == 'binary']
+    self.functions_lib, self.generator_lib = functions_lib, generator_lib
+    self.interpreter_lib, self.program_lib = interpreter_lib, program_lib
+    self.prompts, self.verifier = prompts, verifier
+    self.noparam = [n for n, s in functions_lib.FUNCTIONS.items() if s.kind == 'noparam']
+    self.param = [n for n, s in functions_lib.FUNCTIONS.items() if s.kind == 'param']
+    self.binary = [n for n, s in functions_lib.FUNCTIONS.items() if s.kind == 'binary']
     self.anchor = self._anchor_code()
 
   # ---- cases ------------------------------------------------------------------------------------
@@ -342,23 +344,23 @@ class Interpreter(Target):
     return rng.choice([10**9, -(10**9), 2**63])
 
   def _random_program(self, rng, depth, p_bin):
-    P, F = self.P, self.F
+    program_lib, functions_lib = self.program_lib, self.functions_lib
     if depth == 0 or rng.random() < 0.08:
-      return P.Var() if rng.random() < 0.6 else P.Lit(self._literal(rng))
+      return program_lib.Var() if rng.random() < 0.6 else program_lib.Lit(self._literal(rng))
     r = rng.random()
     sub = lambda: self._random_program(rng, depth - 1, p_bin)  # noqa: E731
     if r < p_bin / 2:
-      return P.Concat(sub(), sub())
+      return program_lib.Concat(sub(), sub())
     if r < p_bin:
-      return P.Call(rng.choice(self.binary), (sub(), sub()))
+      return program_lib.Call(rng.choice(self.binary), (sub(), sub()))
     if r < p_bin + 0.08:
-      return P.Builtin(rng.choice(list(F.BUILTINS)), sub())
+      return program_lib.Builtin(rng.choice(list(functions_lib.BUILTINS)), sub())
     if r < p_bin + 0.08 + (0.92 - p_bin) * 0.55:
-      return P.Call(rng.choice(self.noparam), (sub(),))
+      return program_lib.Call(rng.choice(self.noparam), (sub(),))
     name = rng.choice(self.param)
-    if F.FUNCTIONS[name].param == 'str':
-      return P.Call(name, (sub(),), self._literal(rng, 0, 4))
-    return P.Call(name, (sub(),), self._int_param(rng, name))
+    if functions_lib.FUNCTIONS[name].param == 'str':
+      return program_lib.Call(name, (sub(),), self._literal(rng, 0, 4))
+    return program_lib.Call(name, (sub(),), self._int_param(rng, name))
 
   def _input(self, rng) -> str:
     r = rng.random()
@@ -397,7 +399,7 @@ class Interpreter(Target):
     return s[:i] + rng.choice(_OUT_OF_DOMAIN) + s[i:]
 
   def case(self, rng):
-    P, G = self.P, self.G
+    program_lib, generator_lib = self.program_lib, self.generator_lib
     r = rng.random()
     if r < 0.4:  # the generator's own problems
       mode = 'paper' if rng.random() < 0.6 else 'clean'
@@ -405,7 +407,9 @@ class Interpreter(Target):
       if mode == 'clean' and split == 'test' and rng.random() < 0.7:
         split = 'train'  # clean test is 10x slower to draw
       level = rng.randint(1, 8)
-      p = G.generate(stage, split, level, level, 1, seed=rng.randrange(2**31), mode=mode)[0]
+      p = generator_lib.generate(
+          stage, split, level, level, 1, seed=rng.randrange(2**31), mode=mode
+      )[0]
       code = p.code
       if stage == 1 and rng.random() < 0.3:
         code = self.prompts.stage1_code(p.program)  # definitions, then main_solution
@@ -417,7 +421,7 @@ class Interpreter(Target):
     source = f'random:d{depth}:b{p_bin}'
     k = rng.random()
     if k < 0.01:  # a literal outside the domain
-      node = P.Concat(node, P.Lit('q' + rng.choice(_OUT_OF_DOMAIN)))
+      node = program_lib.Concat(node, program_lib.Lit('q' + rng.choice(_OUT_OF_DOMAIN)))
       source += ':bad_literal'
     elif k < 0.02:  # a rotation that does not fit int32
       fn, v = rng.choice(
@@ -428,47 +432,52 @@ class Interpreter(Target):
               ('rotate_str', 10**12),
           ]
       )
-      node = P.Call(fn, (node,), v)
+      node = program_lib.Call(fn, (node,), v)
       source += ':int32'
-    code = P.to_code(node)
+    code = program_lib.to_code(node)
     if rng.random() < 0.1:
-      code = P.to_text(node)  # a bare expression is accepted too
+      code = program_lib.to_text(node)  # a bare expression is accepted too
     return self._finish(code, self._input(rng), source)
 
   def _finish(self, code: str, x: str, source: str) -> dict:
     # The code is parsed here, on the main thread, before the device call starts: CPython 3.11's
     # ast.parse is not safe in two threads at once ("AST constructor recursion depth mismatch"),
     # and execute_batch parses in the device thread while the references are computed.
-    return dict(code=code, input=x, source=source, node=self.P.parse_code(code))
+    return dict(code=code, input=x, source=source, node=self.program_lib.parse_code(code))
 
   def _anchor_code(self) -> str:
     """A padding program that pins execute_batch's static sizes (instructions, stack, literals)
     at or above what almost every batch needs, so batches share compilations."""
-    P = self.P
+    program_lib = self.program_lib
 
-    node = P.Call('loop_filter_nonalpha', (P.Lit('00'),))  # every value is '': cheap
+    node = program_lib.Call(
+        'loop_filter_nonalpha', (program_lib.Lit('00'),)
+    )  # every value is '': cheap
     for k in range(1, self.ANCHOR_LITERALS):  # a left comb: stack depth 2
-      node = P.Call('interlace_str', (node, P.Call('loop_filter_nonalpha', (P.Lit(f'{k:02d}'),))))
-    while len(self.I.compile_program(node).instrs) < self.ANCHOR_INSTRUCTIONS:
-      node = P.Call('verify_even_length', (node,))
-    return P.to_code(node)
+      node = program_lib.Call(
+          'interlace_str',
+          (node, program_lib.Call('loop_filter_nonalpha', (program_lib.Lit(f'{k:02d}'),))),
+      )
+    while len(self.interpreter_lib.compile_program(node).instrs) < self.ANCHOR_INSTRUCTIONS:
+      node = program_lib.Call('verify_even_length', (node,))
+    return program_lib.to_code(node)
 
   # ---- reference --------------------------------------------------------------------------------
   def _rejection(self, node, x: str) -> Optional[str]:
     """The exception class execute_batch must raise for this case (None: it must run)."""
-    P = self.P
+    program_lib = self.program_lib
     found = []
 
     def walk(n):
-      if isinstance(n, P.Lit):
+      if isinstance(n, program_lib.Lit):
         if not all(map(in_device_domain, n.value)):
           found.append('ValueError')
-      elif isinstance(n, P.Concat):
+      elif isinstance(n, program_lib.Concat):
         walk(n.left)
         walk(n.right)
-      elif isinstance(n, P.Builtin):
+      elif isinstance(n, program_lib.Builtin):
         walk(n.sub)
-      elif isinstance(n, P.Call):
+      elif isinstance(n, program_lib.Call):
         for a in n.args:
           walk(a)
         if isinstance(n.param, str) and not all(map(in_device_domain, n.param)):
@@ -488,7 +497,7 @@ class Interpreter(Target):
   def _capped(self, node, x: str) -> tuple[Optional[str], bool]:
     """program.run's evaluation with the capacity rule: (value, or None if some value on the
     stack exceeds the capacity; whether plain run_code is cheap enough to call)."""
-    P, F, cap = self.P, self.F, self.capacity
+    program_lib, functions_lib, cap = self.program_lib, self.functions_lib, self.capacity
     cheap = [True]
 
     def chk(s):
@@ -497,14 +506,14 @@ class Interpreter(Target):
       return s
 
     def ev(n):
-      if isinstance(n, P.Var):
+      if isinstance(n, program_lib.Var):
         return chk(x)
-      if isinstance(n, P.Lit):
+      if isinstance(n, program_lib.Lit):
         return chk(n.value)
-      if isinstance(n, P.Concat):
+      if isinstance(n, program_lib.Concat):
         return chk(ev(n.left) + ev(n.right))
-      if isinstance(n, P.Builtin):
-        return chk(F.BUILTINS[n.op](ev(n.sub)))
+      if isinstance(n, program_lib.Builtin):
+        return chk(functions_lib.BUILTINS[n.op](ev(n.sub)))
       args = [ev(a) for a in n.args]
       if isinstance(n.param, str):
         chk(n.param)
@@ -517,10 +526,10 @@ class Interpreter(Target):
           return ''
       if n.fn == 'while_rotate' and n.param > self._LOOP_LIMIT and args[0]:
         cheap[0] = False
-        return chk(F.rotate_str(args[0], n.param))  # its closed form (documented twin)
+        return chk(functions_lib.rotate_str(args[0], n.param))  # its closed form (documented twin)
       if n.param is not None:
         args.append(n.param)
-      return chk(F.FUNCTIONS[n.fn].fn(*args))
+      return chk(functions_lib.FUNCTIONS[n.fn].fn(*args))
 
     try:
       return ev(node), cheap[0]
@@ -536,18 +545,18 @@ class Interpreter(Target):
     if value is None:
       return ['overflow']
     if cheap:  # = P.run_code(code, x), parsed earlier
-      value = self.P.run(node, case['input'])
+      value = self.program_lib.run(node, case['input'])
     return ['ok', value]
 
   # ---- device -----------------------------------------------------------------------------------
   def device(self, cases, size):
-    I = self.I
+    interpreter_lib = self.interpreter_lib
     out: list = [None] * len(cases)
     run = []
     for i, c in enumerate(cases):
       try:  # execute_batch's own host-side checks
-        I.compile_program(c['node'])  # (parsed on the main thread)
-        I.check_domain(c['input'], 'input')
+        interpreter_lib.compile_program(c['node'])  # (parsed on the main thread)
+        interpreter_lib.check_domain(c['input'], 'input')
         run.append(i)
       except ValueError:  # ProgramError is a ValueError too
         try:
@@ -1185,11 +1194,16 @@ class Countdown(Target):
     import jax
     from compfn.tasks.countdown import generator
     from compfn.tasks.countdown import scoring as scoring_lib
-    from compfn.tasks.countdown import verifier as V
+    from compfn.tasks.countdown import verifier as countdown_verifier
     from compfn.tasks.response_bytes import encode_responses
 
-    self.CG, self.CS, self.V, self.encode_responses = generator, scoring_lib, V, encode_responses
-    self.fn = jax.jit(functools.partial(V.score, reward=self.reward))
+    (
+        self.countdown_generator,
+        self.countdown_scoring,
+        self.countdown_verifier,
+        self.encode_responses,
+    ) = (generator, scoring_lib, countdown_verifier, encode_responses)
+    self.fn = jax.jit(functools.partial(countdown_verifier.score, reward=self.reward))
 
   def _expr(self, rng, nums) -> tuple[str, Optional[Fraction]]:
     """A random well-formed expression using each of nums once: (text, exact value or None)."""
@@ -1281,8 +1295,8 @@ class Countdown(Target):
     expression = None
     if r < 0.3:  # reasoning-gym's own problems
       n = rng.randint(2, 6)
-      p = self.CG.make_problem(
-          rng.randrange(10**6), rng.randrange(10**6), self.CG.CountdownConfig(n, n)
+      p = self.countdown_generator.make_problem(
+          rng.randrange(10**6), rng.randrange(10**6), self.countdown_generator.CountdownConfig(n, n)
       )
       nums, target, expression = list(p.numbers), p.target, p.expression
     else:
@@ -1376,7 +1390,7 @@ class Countdown(Target):
     return dict(response=resp, numbers=nums, target=target, overlong=rng.random() < 0.02)
 
   def reference(self, case):
-    v = self.CS.score_answer(
+    v = self.countdown_scoring.score_answer(
         _as_text(case['response']),
         case['numbers'],
         case['target'],
@@ -1386,11 +1400,11 @@ class Countdown(Target):
     return [round(float(v.score), 6), int(v.acc)]
 
   def device(self, cases, size):
-    V = self.V
+    countdown_verifier = self.countdown_verifier
     enc, over = self.encode_responses(
         [c['response'] for c in cases], [c['overlong'] for c in cases]
     )
-    nums, lens, tgts = V.encode_problems(
+    nums, lens, tgts = countdown_verifier.encode_problems(
         [c['numbers'] for c in cases], [c['target'] for c in cases]
     )
     out: list = [None] * len(cases)
