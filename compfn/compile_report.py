@@ -782,6 +782,13 @@ def _grpo_program(
       ref=ab.replicated((n, rlen), jnp.int32),
       ref_len=ab.replicated((n,), jnp.int32),
   )
+  if cfg.reference == 'execute':
+    # The encoded programs have static shapes (cfg.execute): encode placeholders for the shapes.
+    placeholder = cfg.computed_reference.encode([('x', '')] * n, cfg.execute)
+    pool = grpo.ExecutePool(
+        batch=pool,
+        programs=ab.replicate_tree(placeholder),
+    )
   detok = ab.replicate_tree(tk.detok)
   ref_params = ab.params if cfg.kl_coef > 0 else None
   state = ab.state(tx, int(b['seed']))
@@ -807,6 +814,7 @@ def _grpo_program(
           'prompt_len': plen,
           'ref_len': rlen,
           'max_new_tokens': cfg.max_new_tokens,
+          'reference': cfg.reference,
           'kl': cfg.kl_coef > 0,
           'dynamic_sampling': cfg.dynamic_sampling,
       },

@@ -207,15 +207,15 @@ def test_filter_on_decides_the_kept_groups(monkeypatch, filter_on, kept_lens, ro
   buf, st = jax.jit(lambda p, pl, r: grpo.generate(cfg, p, pl, r, gcfg, _scfg(gcfg), DETOK))(
       params, _kinds_pool(gcfg, POOL_A), jax.random.PRNGKey(0)
   )
-  assert int(buf.filled) == 3 and int(st['rounds']) == rounds
+  assert int(buf.filled) == 3 and int(st.rounds) == rounds
   np.testing.assert_array_equal(np.asarray(buf.prompt_lens), kept_lens)
   want = {S: [0, 0, 0, 0], P: [-1, 0, 0, 0], M: [1, 0, 0, 0]}
   np.testing.assert_array_equal(np.asarray(buf.reward), [want[k] for k in kept_lens])
   # Statistics count every sampled group, kept or not (the 4th mixed group of round 2 is not).
   sampled = POOL_A[: 4 * rounds]
-  assert int(st['groups']) == 4 * rounds
-  assert int(st['mixed_groups']) == sum(k != S for k in sampled)
-  assert int(st['mixed_acc_groups']) == sum(k == M for k in sampled)
+  assert int(st.groups) == 4 * rounds
+  assert int(st.mixed_groups) == sum(k != S for k in sampled)
+  assert int(st.mixed_acc_groups) == sum(k == M for k in sampled)
 
 
 def _step(cfg, tx, gcfg, state, pool):

@@ -125,7 +125,7 @@ def test_sampled_round_is_the_concatenation_of_its_sub_batches():
 def test_sampled_dynamic_sampling_step_runs_with_sub_batches():
   buf, st = _generate(_gcfg(temperature=1.0, gen_chunks=2, batch_prompts=2))
   assert 0 <= int(buf.filled) <= 2
-  assert float(st['samples']) == 16 * float(st['rounds'])
+  assert float(st.samples) == 16 * float(st.rounds)
 
 
 def test_gen_chunks_must_divide_the_round():

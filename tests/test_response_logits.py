@@ -90,25 +90,25 @@ def _gcfg(**kw):
 
 def _old_response_logits(cfg, params, rows, gcfg):
   logits, _ = transformer.apply(
-      cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids']
+      cfg, params, rows.tokens, rows.positions, segment_ids=rows.segment_ids
   )
-  lg = jnp.take_along_axis(logits, rows['src'][:, :, None], axis=1).astype(jnp.float32)
+  lg = jnp.take_along_axis(logits, rows.src[:, :, None], axis=1).astype(jnp.float32)
   return lg if gcfg.logit_scale == 1.0 else lg / jnp.float32(gcfg.logit_scale)
 
 
 def _old_policy_loss(cfg, params, buf, gcfg, ref_params=None):
   """(loss, aux) of the GRPO loss as computed before: whole batch, full logits."""
   rows = grpo._flat_rows(buf, gcfg)
-  num_tokens = jnp.maximum(rows['mask'].sum().astype(jnp.float32), 1.0)
-  num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
+  num_tokens = jnp.maximum(rows.mask.sum().astype(jnp.float32), 1.0)
+  num_seqs = jnp.maximum(rows.row_valid.sum().astype(jnp.float32), 1.0)
   lg = _old_response_logits(cfg, params, rows, gcfg)
-  lp = losses.token_logprobs(lg, rows['response'])
-  old = jax.lax.stop_gradient(lp) if gcfg.old_logprobs == 'recompute' else rows['old_logprobs']
+  lp = losses.token_logprobs(lg, rows.response)
+  old = jax.lax.stop_gradient(lp) if gcfg.old_logprobs == 'recompute' else rows.old_logprobs
   pg, pm = losses.policy_loss(
       lp,
       old,
-      rows['advantage'],
-      rows['mask'],
+      rows.advantage,
+      rows.mask,
       gcfg.clip_low,
       gcfg.clip_high,
       gcfg.loss_agg,
@@ -116,9 +116,9 @@ def _old_policy_loss(cfg, params, buf, gcfg, ref_params=None):
       num_seqs,
   )
   ent_tok = losses.entropy_from_logits(lg)
-  ent = losses.aggregate(ent_tok, rows['mask'], gcfg.loss_agg, num_tokens, num_seqs)
+  ent = losses.aggregate(ent_tok, rows.mask, gcfg.loss_agg, num_tokens, num_seqs)
   loss = pg - gcfg.entropy_coef * ent
-  m = rows['mask'].astype(jnp.float32)
+  m = rows.mask.astype(jnp.float32)
   aux = {
       'pg_loss': pg,
       'entropy': (ent_tok * m).sum() / num_tokens,
@@ -128,10 +128,10 @@ def _old_policy_loss(cfg, params, buf, gcfg, ref_params=None):
   }
   if gcfg.kl_coef > 0:
     rl = _old_response_logits(cfg, ref_params, rows, gcfg)
-    ref = jax.lax.stop_gradient(losses.token_logprobs(rl, rows['response']))
+    ref = jax.lax.stop_gradient(losses.token_logprobs(rl, rows.response))
     kl = losses.aggregate(
         losses.kl_penalty(lp, ref, gcfg.kl_estimator),
-        rows['mask'],
+        rows.mask,
         gcfg.loss_agg,
         num_tokens,
         num_seqs,
@@ -157,26 +157,26 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
   buf = _buffer()
   rows = grpo._flat_rows(buf, _gcfg())
   full, _ = transformer.apply(
-      cfg, params, rows['tokens'], rows['positions'], segment_ids=rows['segment_ids']
+      cfg, params, rows.tokens, rows.positions, segment_ids=rows.segment_ids
   )
-  want = jnp.take_along_axis(full, rows['src'][:, :, None], axis=1)
+  want = jnp.take_along_axis(full, rows.src[:, :, None], axis=1)
   got, _ = transformer.apply(
       cfg,
       params,
-      rows['tokens'],
-      rows['positions'],
-      segment_ids=rows['segment_ids'],
-      logits_index=rows['src'],
+      rows.tokens,
+      rows.positions,
+      segment_ids=rows.segment_ids,
+      logits_index=rows.src,
   )
   assert got.shape == (P * G, N, cfg.vocab_size)
   _close(got, want)
   hidden, _ = transformer.apply(
       cfg,
       params,
-      rows['tokens'],
-      rows['positions'],
-      segment_ids=rows['segment_ids'],
-      logits_index=rows['src'],
+      rows.tokens,
+      rows.positions,
+      segment_ids=rows.segment_ids,
+      logits_index=rows.src,
       return_hidden=True,
   )
   assert hidden.shape == (P * G, N, cfg.d_model)
@@ -184,9 +184,9 @@ def test_logits_index_2d_and_lm_head_equal_full_logits(name):
   whole, _ = transformer.apply(
       cfg,
       params,
-      rows['tokens'],
-      rows['positions'],
-      segment_ids=rows['segment_ids'],
+      rows.tokens,
+      rows.positions,
+      segment_ids=rows.segment_ids,
       return_hidden=True,
   )
   _close(transformer.lm_head(cfg, params, whole), full)
@@ -203,31 +203,31 @@ def test_chunked_response_logprobs_equal_full_logits(name, chunk, temperature):
   gcfg = _gcfg(temperature=temperature, logits_chunk=chunk)
   rows = grpo._flat_rows(buf, gcfg)
   lg = _old_response_logits(cfg, params, rows, gcfg)
-  want = jnp.where(rows['mask'], losses.token_logprobs(lg, rows['response']), 0.0)
+  want = jnp.where(rows.mask, losses.token_logprobs(lg, rows.response), 0.0)
   got = jax.jit(grpo.response_logprobs, static_argnums=(0, 3))(cfg, params, buf, gcfg)
   _close(got, want)
   hidden, _ = transformer.apply(
       cfg,
       params,
-      rows['tokens'],
-      rows['positions'],
-      segment_ids=rows['segment_ids'],
-      logits_index=rows['src'],
+      rows.tokens,
+      rows.positions,
+      segment_ids=rows.segment_ids,
+      logits_index=rows.src,
       return_hidden=True,
   )
   st = losses.token_stats_from_hidden(
       cfg,
       params,
       hidden,
-      rows['response'],
+      rows.response,
       chunk,
       scale=gcfg.logit_scale,
       entropy='value',
       correct=True,
   )
-  _close(st['logprobs'], losses.token_logprobs(lg, rows['response']))
+  _close(st['logprobs'], losses.token_logprobs(lg, rows.response))
   _close(st['entropy'], losses.entropy_from_logits(lg))
-  np.testing.assert_array_equal(st['correct'], jnp.argmax(lg, -1) == rows['response'])
+  np.testing.assert_array_equal(st['correct'], jnp.argmax(lg, -1) == rows.response)
 
 
 def test_logits_chunk_size():
@@ -371,14 +371,14 @@ def test_entropy_not_differentiated_at_entropy_coef_0():
       hidden, _ = transformer.apply(
           cfg,
           prm,
-          rows['tokens'],
-          rows['positions'],
-          segment_ids=rows['segment_ids'],
-          logits_index=rows['src'],
+          rows.tokens,
+          rows.positions,
+          segment_ids=rows.segment_ids,
+          logits_index=rows.src,
           return_hidden=True,
       )
-      st = losses.token_stats_from_hidden(cfg, prm, hidden, rows['response'], chunk, entropy=mode)
-      out = (st['logprobs'] * rows['mask']).sum()
+      st = losses.token_stats_from_hidden(cfg, prm, hidden, rows.response, chunk, entropy=mode)
+      out = (st['logprobs'] * rows.mask).sum()
       return out + (st['entropy'].sum() if mode == 'grad' else 0.0)
 
     return lambda p: jax.grad(f)(p)

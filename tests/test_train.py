@@ -179,10 +179,10 @@ def test_dynamic_sampling_keeps_only_mixed_groups():
   rew = np.asarray(buf.reward)
   for i in range(filled):
     assert len(set(rew[i].tolist())) > 1, rew[i]
-  assert int(st['rounds']) <= 3 and int(st['samples']) == int(st['rounds']) * 16
+  assert int(st.rounds) <= 3 and int(st.samples) == int(st.rounds) * 16
   assert filled <= 2
   if filled < 2:
-    assert int(st['rounds']) == 3
+    assert int(st.rounds) == 3
 
 
 def test_grpo_loss_hand_computed():
@@ -322,7 +322,7 @@ def test_rl_reward_rises():
           detok,
       )[1]
   )
-  accuracy = lambda p: float(ev(p)['correct'] / ev(p)['samples'])  # noqa: E731
+  accuracy = lambda p: float(ev(p).correct / ev(p).samples)  # noqa: E731
   steps = 40
   tx_rl = train.OptimizerConfig(learning_rate=5e-4, schedule='constant', warmup_ratio=0.0).make(
       steps

@@ -205,6 +205,7 @@ def _trace(
           'group': label,
           'input': p.input,
           'functions': list(p.functions),
+          'family': p.family,
           'sample_prompt': p.prompt,
           'train_prompt': p.prompt,
       }

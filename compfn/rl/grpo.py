@@ -25,6 +25,16 @@ last round, compfn trains on the groups it has (the unfilled rows have zero weig
 normalised by the global count of *kept* tokens) and reports ``filled`` < 1 in the metrics.
 Without dynamic sampling the step samples ``batch_prompts`` prompts once and keeps every group.
 
+References (``GRPOConfig.reference``): ``'stored'`` (default) — the pool is a ``RolloutBatch``
+carrying each prompt's reference bytes. ``'execute'`` — the pool is an :class:`ExecutePool`: the
+same batch plus each problem's program and input, encoded by the task's
+``Task.computed_reference`` (:func:`pool_from_host` with ``programs=``); each round first runs
+the programs with the JAX interpreter (:func:`resolve_references`, inside the same XLA program)
+and scores the responses against its outputs. Where the interpreter's fixed buffers
+(``GRPOConfig.execute``, an ``ExecuteSpec``) overflow, the example is flagged and scored against
+its stored reference, exactly as against the Python reference; ``reference_overflow_frac`` (only
+in this mode) is the flagged share of the sampled prompts.
+
 The host feeds a *pool* of ``pool_size = gen_prompts * max_rounds`` prompts per step (the rounds
 read consecutive slices), so the data consumed per step is fixed and resuming is exact; prompts
 of rounds that were not needed are skipped.
@@ -57,6 +67,8 @@ Metrics of :func:`grpo_step` (all scalars)::
     truncated_frac, overlong_frac, byte_overflow_frac, response_length, generated_tokens,
     generated_samples, train_tokens, loss, pg_loss, entropy, clip_frac, approx_kl, kl,
     sampler_logprob_gap, grad_norm, nonfinite
+    reference_overflow_frac  (reference='execute' only) sampled prompts whose computed reference
+                            was flagged and replaced by the stored one
 
 Strictly on-policy as in the paper (one update per batch; ``old_logprobs='recompute'`` makes
 ``old = stop_gradient(new)``, so the ratio is 1 and clipping inactive); ``old_logprobs='sampler'``
@@ -81,22 +93,36 @@ from compfn.model.config import ModelConfig
 from compfn.rl import losses
 from compfn.rl.advantages import mixed_groups
 from compfn.rl.rollout import DetokTables, RolloutBatch, rollout_fn
+from compfn.tasks import registry as task_registry
+from compfn.tasks.strings.device_reference import ExecuteSpec
 
 Array = jax.Array
 
 __all__ = [
     'GRPOConfig',
     'Buffer',
+    'ExecutePool',
+    'GenStats',
+    'Rows',
+    'ResponseStats',
     'FILTER_ON',
+    'REFERENCE_MODES',
     'group_filter',
     'generate',
     'response_logprobs',
     'policy_grads',
     'grpo_step',
     'make_step',
+    'pool_from_host',
+    'programs_of',
+    'resolve_references',
 ]
 
 FILTER_ON = ('reward', 'acc')
+#: ``GRPOConfig.reference``: 'stored' (the pool carries each prompt's reference) | 'execute'
+#: (the pool carries each problem's program and input; the step computes the reference on
+#: device with the task's :class:`~compfn.tasks.registry.ComputedReference`).
+REFERENCE_MODES = ('stored', 'execute')
 
 
 @gin.configurable
@@ -130,6 +156,8 @@ class GRPOConfig:
   logits_chunk: int = 0  # response positions per LM-head chunk (0: <= 64 MiB f32)
   gen_chunks: int = 1  # sub-batches a generation round is sampled in (one after
   # another: the KV cache holds round_prompts / gen_chunks x G)
+  reference: str = 'stored'  # REFERENCE_MODES: 'execute' runs the programs in the step
+  execute: ExecuteSpec = ExecuteSpec()  # static buffers of reference='execute'
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
@@ -184,12 +212,30 @@ class GRPOConfig:
           f'{self.batch_prompts * self.num_generations} rows is not divisible by '
           f'micro_batches={self.micro_batches}'
       )
+    if self.reference not in REFERENCE_MODES:
+      raise ValueError(f'GRPOConfig.reference={self.reference!r}; one of {REFERENCE_MODES}')
+    if not isinstance(self.execute, ExecuteSpec):
+      raise TypeError(f'GRPOConfig.execute must be an ExecuteSpec, got {self.execute!r}')
+    if self.reference == 'execute' and self.computed_reference is None:
+      raise ValueError(
+          f"GRPOConfig.reference='execute': task {self.task!r} cannot compute its reference on "
+          'device (no Task.computed_reference); tasks that can: '
+          + ', '.join(n for n, t in task_registry.tasks().items() if t.computed_reference)
+      )
     if self.round_prompts % self.gen_chunks:
       raise ValueError(
           f'GRPOConfig: a generation round of {self.round_prompts} prompts '
           f'({"gen_prompts" if self.dynamic_sampling else "batch_prompts"}) is not '
           f'divisible by gen_chunks={self.gen_chunks}'
       )
+
+  @property
+  def computed_reference(self) -> Optional[task_registry.ComputedReference]:
+    """The task's :class:`~compfn.tasks.registry.ComputedReference` (None if it has none)."""
+    try:
+      return task_registry.get(self.task).computed_reference
+    except KeyError:
+      return None
 
   @property
   def rounds(self) -> int:
@@ -268,19 +314,60 @@ def _empty_buffer(p: int, g: int, n: int, lp: int) -> Buffer:
   )
 
 
-_STATS = (
-    'samples',
-    'reward_sum',
-    'correct',
-    'response_tokens',
-    'truncated',
-    'groups',
-    'mixed_groups',
-    'mixed_acc_groups',
-    'rounds',
-    'byte_overflow',
-    'neg_score',
-)
+@flax.struct.dataclass
+class ExecutePool:
+  """The pool of ``GRPOConfig.reference = 'execute'``: the prompts with their stored references
+  (``batch``; read only for the examples whose computed reference is flagged) and each problem's
+  program and input, encoded by the task's ``ComputedReference.encode`` (``programs``; for the
+  string task a :class:`compfn.tasks.strings.device_reference.ProgramBatch`)."""
+
+  batch: RolloutBatch
+  programs: Any
+
+
+@flax.struct.dataclass
+class GenStats:
+  """Generation statistics of a step, summed over its rounds (f32 scalars)."""
+
+  samples: Array  # responses sampled
+  reward_sum: Array
+  correct: Array  # responses with acc = 1
+  response_tokens: Array
+  truncated: Array
+  groups: Array  # prompts sampled
+  mixed_groups: Array  # groups whose rewards differ
+  mixed_acc_groups: Array  # groups whose accuracies differ
+  rounds: Array
+  byte_overflow: Array
+  neg_score: Array  # responses scored < 0
+  reference_overflow: Array  # prompts whose computed reference was flagged ('execute')
+
+  @classmethod
+  def zeros(cls) -> 'GenStats':
+    return cls(**{f.name: jnp.zeros((), jnp.float32) for f in dataclasses.fields(cls)})
+
+
+@flax.struct.dataclass
+class Rows:
+  """The buffer as ``P*G`` flat training rows ``[prompt | response]`` (:func:`_flat_rows`)."""
+
+  tokens: Array  # int32[R, T] packed prompt + response
+  positions: Array  # int32[R, T]
+  segment_ids: Array  # int32[R, T]
+  src: Array  # int32[R, N] positions whose logits predict the response tokens
+  response: Array  # int32[R, N]
+  mask: Array  # bool[R, N] response tokens of kept groups
+  old_logprobs: Array  # f32[R, N] sampler log-probs
+  advantage: Array  # f32[R] (0 on unfilled rows)
+  row_valid: Array  # bool[R] the row belongs to a kept group
+
+
+@flax.struct.dataclass
+class ResponseStats:
+  """Teacher-forced statistics of the response tokens (:func:`_response_stats`)."""
+
+  logprobs: Array  # f32[R, N]
+  entropy: Optional[Array] = None  # f32[R, N] (None when not asked for)
 
 
 def group_filter(reward: Array, acc: Array, group_size: int, filter_on: str = 'reward') -> Array:
@@ -336,27 +423,68 @@ def _round_rollout(
   return jax.tree.map(lambda x: x.reshape((k * x.shape[1],) + x.shape[2:]), ro)
 
 
+def _check_pool(pool, cfg: GRPOConfig) -> RolloutBatch:
+  """The pool's prompts/stored references; raises unless the pool matches ``cfg.reference``."""
+  if cfg.reference == 'execute':
+    if not isinstance(pool, ExecutePool):
+      raise TypeError(
+          "GRPOConfig.reference='execute' needs an ExecutePool (pool_from_host(..., "
+          f'programs=...)), got {type(pool).__name__}'
+      )
+    return pool.batch
+  if not isinstance(pool, RolloutBatch):
+    raise TypeError(
+        "GRPOConfig.reference='stored' needs a RolloutBatch pool, got " f'{type(pool).__name__}'
+    )
+  return pool
+
+
+def resolve_references(pool, cfg: GRPOConfig) -> tuple[RolloutBatch, Array]:
+  """(batch, flagged bool[B]): the prompts with the references the responses are scored against
+  (pure, jittable). ``reference='stored'``: the pool itself, nothing flagged. ``'execute'``: the
+  references computed on device by the task's ``ComputedReference.compute`` (for the string task
+  the JAX interpreter, :mod:`compfn.tasks.strings.device_reference`), at the pool's static
+  reference width; where the computation is flagged (the interpreter's buffers overflowed, the
+  output does not fit the reference width, the host could not encode the program) the stored
+  reference is used instead, so every response is scored exactly as against the Python
+  reference."""
+  batch = _check_pool(pool, cfg)
+  if cfg.reference == 'stored':
+    return batch, jnp.zeros(batch.prompt_lens.shape, bool)
+  width = batch.ref.shape[1]
+  ref, ref_len, flagged = cfg.computed_reference.compute(pool.programs, cfg.execute, width)
+  stored_ref = jnp.asarray(batch.ref, jnp.int32)
+  resolved = batch.replace(
+      ref=jnp.where(flagged[:, None], stored_ref, ref),
+      ref_len=jnp.where(flagged, jnp.asarray(batch.ref_len, jnp.int32), ref_len),
+  )
+  return resolved, flagged
+
+
 def generate(
     model_config: ModelConfig,
     params: Any,
-    pool: RolloutBatch,
+    pool,
     rng: Array,
     cfg: GRPOConfig,
     sampler_cfg: sampling.SamplerConfig,
     detok: DetokTables,
-) -> tuple[Buffer, dict]:
+) -> tuple[Buffer, GenStats]:
   """The dynamic-sampling loop (pure, jittable): (kept-group buffer, generation statistics).
-  Each round is sampled in ``cfg.gen_chunks`` sub-batches (:func:`_round_rollout`)."""
+  Each round is sampled in ``cfg.gen_chunks`` sub-batches (:func:`_round_rollout`). ``pool``:
+  a :class:`RolloutBatch` (``cfg.reference='stored'``) or an :class:`ExecutePool`
+  (``'execute'``: each round first computes its prompts' references, :func:`resolve_references`)."""
   cfg.check_sampler(sampler_cfg)
   p, g, n = cfg.batch_prompts, cfg.num_generations, cfg.max_new_tokens
   gen, rounds = cfg.round_prompts, cfg.rounds
-  if pool.prompts.shape[0] != cfg.pool_size:
+  prompts = _check_pool(pool, cfg).prompts
+  if prompts.shape[0] != cfg.pool_size:
     raise ValueError(
-        f'the prompt pool has {pool.prompts.shape[0]} rows; GRPOConfig needs '
+        f'the prompt pool has {prompts.shape[0]} rows; GRPOConfig needs '
         f'pool_size = {cfg.pool_size}'
     )
-  buf0 = _empty_buffer(p, g, n, pool.prompts.shape[1])
-  stats0 = {k: jnp.zeros((), jnp.float32) for k in _STATS}
+  buf0 = _empty_buffer(p, g, n, prompts.shape[1])
+  stats0 = GenStats.zeros()
 
   def cond(c):
     r, buf, _ = c
@@ -365,6 +493,7 @@ def generate(
   def body(c):
     r, buf, st = c
     sub = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, r * gen, gen, 0), pool)
+    sub, ref_flagged = resolve_references(sub, cfg)
     ro = _round_rollout(
         model_config, params, sub, jax.random.fold_in(rng, r), cfg, sampler_cfg, detok
     )
@@ -387,26 +516,28 @@ def generate(
         filled=jnp.minimum(buf.filled + keep.sum(), p).astype(jnp.int32),
     )
     f32 = lambda x: jnp.asarray(x, jnp.float32).sum()  # noqa: E731
-    st = {
-        'samples': st['samples'] + gen * g,
-        'reward_sum': st['reward_sum'] + f32(ro.reward),
-        'correct': st['correct'] + f32(ro.acc),
-        'response_tokens': st['response_tokens'] + f32(ro.lengths),
-        'truncated': st['truncated'] + f32(ro.truncated),
-        'groups': st['groups'] + gen,
-        'mixed_groups': st['mixed_groups'] + f32(mixed_groups(ro.reward, g)),
-        'mixed_acc_groups': st['mixed_acc_groups'] + f32(mixed_groups(ro.acc, g)),
-        'rounds': st['rounds'] + 1,
-        'byte_overflow': st['byte_overflow'] + f32(ro.byte_overflow),
-        'neg_score': st['neg_score'] + f32(ro.score < 0),
-    }
+    this_round = GenStats(
+        samples=jnp.float32(gen * g),
+        reward_sum=f32(ro.reward),
+        correct=f32(ro.acc),
+        response_tokens=f32(ro.lengths),
+        truncated=f32(ro.truncated),
+        groups=jnp.float32(gen),
+        mixed_groups=f32(mixed_groups(ro.reward, g)),
+        mixed_acc_groups=f32(mixed_groups(ro.acc, g)),
+        rounds=jnp.float32(1),
+        byte_overflow=f32(ro.byte_overflow),
+        neg_score=f32(ro.score < 0),
+        reference_overflow=f32(ref_flagged),
+    )
+    st = jax.tree.map(jnp.add, st, this_round)
     return r + 1, new, st
 
   _, buf, stats = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), buf0, stats0))
   return buf, stats
 
 
-def _flat_rows(buf: Buffer, cfg: GRPOConfig):
+def _flat_rows(buf: Buffer, cfg: GRPOConfig) -> Rows:
   p, g, n = buf.tokens.shape
   valid = jnp.arange(p) < buf.filled  # [P]
   mask = buf.mask & valid[:, None, None]
@@ -420,22 +551,24 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig):
   )
   full, positions, seg = sampling.full_sequences(buf.prompts, buf.prompt_lens, samples, g)
   src = sampling.response_logit_positions(jnp.repeat(buf.prompt_lens, g), buf.prompts.shape[1], n)
-  return {
-      'tokens': full,
-      'positions': positions,
-      'segment_ids': seg,
-      'src': src,
-      'response': samples.tokens,
-      'mask': samples.mask,
-      'old_logprobs': samples.logprobs,
-      'advantage': jnp.where(valid[:, None], buf.advantage, 0.0).reshape(p * g),
-      'row_valid': jnp.repeat(valid, g),
-  }
+  return Rows(
+      tokens=full,
+      positions=positions,
+      segment_ids=seg,
+      src=src,
+      response=samples.tokens,
+      mask=samples.mask,
+      old_logprobs=samples.logprobs,
+      advantage=jnp.where(valid[:, None], buf.advantage, 0.0).reshape(p * g),
+      row_valid=jnp.repeat(valid, g),
+  )
 
 
-def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 'none') -> dict:
+def _response_stats(
+    model_config, params, rows: Rows, cfg: GRPOConfig, entropy: str = 'none'
+) -> ResponseStats:
   """Teacher-forced statistics of the response tokens (``losses.token_stats_from_hidden``:
-  'logprobs' f32[rows, N], and 'entropy' unless ``entropy='none'``) under the logits divided by
+  ``logprobs`` f32[rows, N], and ``entropy`` unless ``entropy='none'``) under the logits divided by
   the sampling temperature (``cfg.logit_scale``), i.e. of the distribution the sampler drew
   from. The trunk runs over ``[prompt | response]``; the final norm and LM head only at the N
   positions predicting response tokens, ``cfg.logits_chunk`` positions at a time, so no
@@ -443,21 +576,22 @@ def _response_stats(model_config, params, rows, cfg: GRPOConfig, entropy: str = 
   hidden, _ = transformer.apply(
       model_config,
       params,
-      rows['tokens'],
-      rows['positions'],
-      segment_ids=rows['segment_ids'],
-      logits_index=rows['src'],
+      rows.tokens,
+      rows.positions,
+      segment_ids=rows.segment_ids,
+      logits_index=rows.src,
       return_hidden=True,
   )  # [rows, N, D]
-  return losses.token_stats_from_hidden(
+  st = losses.token_stats_from_hidden(
       model_config,
       params,
       hidden,
-      rows['response'],
+      rows.response,
       cfg.logits_chunk,
       scale=cfg.logit_scale,
       entropy=entropy,
   )
+  return ResponseStats(logprobs=st['logprobs'], entropy=st.get('entropy'))
 
 
 def response_logprobs(
@@ -466,8 +600,8 @@ def response_logprobs(
   """f32[P*G, N]: the trainer's teacher-forced log-probs of the buffer's tokens (what the loss
   uses), 0 outside the mask and on unfilled rows; comparable with ``buf.logprobs``."""
   rows = _flat_rows(buf, cfg)
-  lp = _response_stats(model_config, params, rows, cfg)['logprobs']
-  return jnp.where(rows['mask'], lp, 0.0)
+  lp = _response_stats(model_config, params, rows, cfg).logprobs
+  return jnp.where(rows.mask, lp, 0.0)
 
 
 def policy_grads(
@@ -496,19 +630,19 @@ def policy_grads(
   rows = _flat_rows(buf, cfg)
   if cfg.kl_coef > 0 and ref_params is None:
     raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
-  num_tokens = jnp.maximum(rows['mask'].sum().astype(jnp.float32), 1.0)
-  num_seqs = jnp.maximum(rows['row_valid'].sum().astype(jnp.float32), 1.0)
+  num_tokens = jnp.maximum(rows.mask.sum().astype(jnp.float32), 1.0)
+  num_seqs = jnp.maximum(rows.row_valid.sum().astype(jnp.float32), 1.0)
   entropy_mode = 'grad' if cfg.entropy_coef != 0 else 'value'
 
-  def loss_fn(prm, mb):
+  def loss_fn(prm, mb: Rows):
     st = _response_stats(model_config, prm, mb, cfg, entropy=entropy_mode)
-    lp, ent_tok = st['logprobs'], st['entropy']
-    old = jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute' else mb['old_logprobs']
+    lp, ent_tok = st.logprobs, st.entropy
+    old = jax.lax.stop_gradient(lp) if cfg.old_logprobs == 'recompute' else mb.old_logprobs
     pg, pm = losses.policy_loss(
         lp,
         old,
-        mb['advantage'],
-        mb['mask'],
+        mb.advantage,
+        mb.mask,
         cfg.clip_low,
         cfg.clip_high,
         cfg.loss_agg,
@@ -517,24 +651,24 @@ def policy_grads(
     )
     loss = pg
     if cfg.entropy_coef != 0:
-      ent = losses.aggregate(ent_tok, mb['mask'], cfg.loss_agg, num_tokens, num_seqs)
+      ent = losses.aggregate(ent_tok, mb.mask, cfg.loss_agg, num_tokens, num_seqs)
       loss = loss - cfg.entropy_coef * ent
-    m = mb['mask'].astype(jnp.float32)
+    m = mb.mask.astype(jnp.float32)
     w = m.sum() / num_tokens  # this micro-batch's share of the tokens
     aux = {
         'pg_loss': pg,
         'entropy': (ent_tok * m).sum() / num_tokens,
         'clip_frac': pm['clip_frac'] * w,
         'approx_kl': pm['approx_kl'] * w,
-        'sampler_logprob_gap': (jnp.abs(jax.lax.stop_gradient(lp) - mb['old_logprobs']) * m).sum()
+        'sampler_logprob_gap': (jnp.abs(jax.lax.stop_gradient(lp) - mb.old_logprobs) * m).sum()
         / num_tokens,
         'kl': jnp.zeros((), jnp.float32),
     }
     if cfg.kl_coef > 0:
-      ref_lp = jax.lax.stop_gradient(_response_stats(model_config, ref_params, mb, cfg)['logprobs'])
+      ref_lp = jax.lax.stop_gradient(_response_stats(model_config, ref_params, mb, cfg).logprobs)
       kl = losses.aggregate(
           losses.kl_penalty(lp, ref_lp, cfg.kl_estimator),
-          mb['mask'],
+          mb.mask,
           cfg.loss_agg,
           num_tokens,
           num_seqs,
@@ -544,7 +678,7 @@ def policy_grads(
     return loss, aux
 
   grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches)
-  aux['train_tokens'] = rows['mask'].sum().astype(jnp.float32)
+  aux['train_tokens'] = rows.mask.sum().astype(jnp.float32)
   return grads, loss, aux
 
 
@@ -574,12 +708,12 @@ def grpo_step(
   grads, loss, aux = policy_grads(model_config, state.params, buf, cfg, sampler_cfg, ref_params)
   skip = buf.filled < max(cfg.min_groups, 1)
   state, upd = apply_gradients(state.replace(rng=rng), grads, tx, loss, skip=skip)
-  samples = jnp.maximum(st['samples'], 1.0)
-  groups = jnp.maximum(st['groups'], 1.0)
+  samples = jnp.maximum(st.samples, 1.0)
+  groups = jnp.maximum(st.groups, 1.0)
   kept = buf.filled.astype(jnp.float32)
   trained = jnp.where(skip, 0.0, kept)
-  reward, acc = st['reward_sum'] / samples, st['correct'] / samples
-  mixed = st['mixed_groups'] / groups
+  reward, acc = st.reward_sum / samples, st.correct / samples
+  mixed = st.mixed_groups / groups
   metrics = {
       'loss': loss,
       **aux,
@@ -588,20 +722,22 @@ def grpo_step(
       'reward_mean': reward,
       'accuracy': acc,
       'sample_acc': acc,
-      'response_length': st['response_tokens'] / samples,
-      'truncated_frac': st['truncated'] / samples,
-      'overlong_frac': st['neg_score'] / samples,
-      'byte_overflow_frac': st['byte_overflow'] / samples,
+      'response_length': st.response_tokens / samples,
+      'truncated_frac': st.truncated / samples,
+      'overlong_frac': st.neg_score / samples,
+      'byte_overflow_frac': st.byte_overflow / samples,
       'mixed_frac': mixed,
       'kept_groups': mixed,  # kept_groups: former name (plots)
-      'mixed_acc_frac': st['mixed_acc_groups'] / groups,
+      'mixed_acc_frac': st.mixed_acc_groups / groups,
       'groups_kept': kept,
       'groups_trained': trained,
       'filled': trained / cfg.batch_prompts,
-      'rounds_used': st['rounds'],
-      'generated_tokens': st['response_tokens'],
-      'generated_samples': st['samples'],
+      'rounds_used': st.rounds,
+      'generated_tokens': st.response_tokens,
+      'generated_samples': st.samples,
   }
+  if cfg.reference == 'execute':
+    metrics['reference_overflow_frac'] = st.reference_overflow / groups
   return state, metrics
 
 
@@ -611,7 +747,7 @@ def make_step(model_config: ModelConfig, tx, cfg: GRPOConfig, sampler_cfg: sampl
   ``train.compile_step(make_step(...))`` (which donates the state, argument 0)."""
   cfg.check_sampler(sampler_cfg)
 
-  def step(state, pool: RolloutBatch, detok: DetokTables, ref_params: Any = None):
+  def step(state, pool, detok: DetokTables, ref_params: Any = None):
     return grpo_step(
         model_config,
         tx,
@@ -627,12 +763,45 @@ def make_step(model_config: ModelConfig, tx, cfg: GRPOConfig, sampler_cfg: sampl
 
 
 def pool_from_host(
-    prompt_ids, refs, cfg: GRPOConfig, prompt_len: int, ref_len: int, pad_id: int = 0
-) -> RolloutBatch:
+    prompt_ids,
+    refs,
+    cfg: GRPOConfig,
+    prompt_len: int,
+    ref_len: int,
+    pad_id: int = 0,
+    programs=None,
+):
   """A fixed-shape pool (numpy) of ``cfg.pool_size`` prompts: static prompt/ref widths so one
-  compiled step serves every batch. Raises if a prompt or reference does not fit."""
+  compiled step serves every batch. Raises if a prompt or reference does not fit.
+
+  ``cfg.reference='stored'``: a :class:`RolloutBatch`. ``'execute'``: an :class:`ExecutePool`;
+  ``programs`` is then one ``(code, input)`` pair per prompt (``Task.computed_reference.program``
+  of each problem, e.g. :func:`programs_of`), encoded with the static sizes of ``cfg.execute``,
+  and ``refs`` the stored references, read on device only where the computed one is flagged."""
   if len(prompt_ids) != cfg.pool_size:
     raise ValueError(f'{len(prompt_ids)} prompts for a pool of {cfg.pool_size}')
-  return RolloutBatch.from_host(
+  batch = RolloutBatch.from_host(
       prompt_ids, refs, pad_id=pad_id, prompt_len=prompt_len, ref_len=ref_len
   )
+  if cfg.reference == 'stored':
+    if programs is not None:
+      raise ValueError("pool_from_host: programs given, but GRPOConfig.reference='stored'")
+    return batch
+  if programs is None:
+    raise ValueError(
+        "pool_from_host: GRPOConfig.reference='execute' needs programs, one (code, input) "
+        'pair per prompt (programs_of(cfg, problems))'
+    )
+  programs = list(programs)
+  if len(programs) != len(prompt_ids):
+    raise ValueError(f'{len(prompt_ids)} prompts but {len(programs)} programs')
+  return ExecutePool(batch=batch, programs=cfg.computed_reference.encode(programs, cfg.execute))
+
+
+def programs_of(cfg: GRPOConfig, problems) -> list:
+  """``(code, input)`` of each problem (a problem object or a record mapping) by the task's
+  ``ComputedReference.program``, for :func:`pool_from_host`'s ``programs``."""
+  comp = cfg.computed_reference
+  if comp is None:
+    raise ValueError(f'task {cfg.task!r} has no computed reference')
+  return [comp.program(p) for p in problems]

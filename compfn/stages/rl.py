@@ -78,21 +78,27 @@ def rl_stage(
   ref_key = 'target' if whole_trace else 'ref'
   if whole_trace and any(r.get('target') is None for r in records):
     raise ValueError(f'[{name}] task {cfg.task!r} needs trace records with a target')
+  # reference='execute': each prompt also carries its problem's (code, input), from which the
+  # step computes the reference on device (the stored one is the fallback for flagged rows).
+  programs = grpo_lib.programs_of(cfg, records) if cfg.reference == 'execute' else None
   enc = [(run.encode(r['prompt']), r[ref_key]) for r in records]
+  if programs is not None:
+    enc = [(p, r, prog) for (p, r), prog in zip(enc, programs)]
   if not enc:
     raise ValueError(
         f'[{name}] no prompt left: every reference response is longer than '
         f'max_new_tokens={cfg.max_new_tokens}'
     )
-  plen = prompt_len or sampling.bucket_length(max(len(p) for p, _ in enc))
-  rlen = ref_len or sampling.bucket_length(max(len(r.encode()) for _, r in enc))
-  kept = [(p, r) for p, r in enc if len(p) <= plen and len(r.encode()) <= rlen]
+  plen = prompt_len or sampling.bucket_length(max(len(e[0]) for e in enc))
+  rlen = ref_len or sampling.bucket_length(max(len(e[1].encode()) for e in enc))
+  kept = [e for e in enc if len(e[0]) <= plen and len(e[1].encode()) <= rlen]
   if not kept:
     raise ValueError(f'[{name}] no prompt fits prompt_len={plen} / ref_len={rlen}')
   print(
       f'[{run.key(name)}] {len(kept):,} prompts (pool {cfg.pool_size}/step: '
       f'{cfg.round_prompts} x {cfg.rounds} rounds, keep {cfg.batch_prompts} groups of '
-      f'{cfg.num_generations}), {num_steps} steps',
+      f'{cfg.num_generations}), {num_steps} steps'
+      + (', references computed on device (the JAX interpreter)' if programs is not None else ''),
       flush=True,
   )
   tx = opt.make(num_steps)
@@ -130,7 +136,13 @@ def rl_stage(
 
   def make(recs):
     pool = grpo_lib.pool_from_host(
-        [p for p, _ in recs], [r for _, r in recs], cfg, plen, rlen, tok.pad_id or 0
+        [e[0] for e in recs],
+        [e[1] for e in recs],
+        cfg,
+        plen,
+        rlen,
+        tok.pad_id or 0,
+        programs=[e[2] for e in recs] if programs is not None else None,
     )
     return batches.place(pool, run.mesh, run.rules, replicate=True)
 

@@ -16,6 +16,11 @@ countdown              ``{"numbers": [..], "target": N}`` JSON     ``countdown.v
                                                                    score_refs``
 =====================  ==========================================  ================================
 
+``strings_json`` and ``strings_trace`` can also compute their reference on device, from the
+problem's program and input (``Task.computed_reference``: :mod:`compfn.tasks.strings.
+device_reference`, the JAX interpreter; ``GRPOConfig.reference = 'execute'``; for the trace task
+the paper family's chains only); the other tasks read stored references only.
+
 ``strings/paper`` and ``strings/trace`` are aliases of ``strings_json`` and ``strings_trace``.
 Device scorers are :class:`~compfn.tasks.registry.Lazy` (JAX is imported on their first call).
 """
@@ -31,6 +36,7 @@ from compfn.tasks.strings import scoring as _strings_scoring
 __all__ = ['registry']
 
 _STRINGS_DEVICE = 'compfn.tasks.strings.device_scoring:'
+_STRINGS_REFERENCE = 'compfn.tasks.strings.device_reference:'
 _PROMPT = operator.attrgetter('prompt')
 
 
@@ -45,6 +51,11 @@ def _register_builtin():
           _strings_scoring.score,
           registry.Lazy(_STRINGS_DEVICE + 'score_json'),
           description="The paper's forward-prediction prompt, answer as the last JSON object.",
+          computed_reference=registry.ComputedReference(
+              registry.Lazy(_STRINGS_REFERENCE + 'code_and_input'),
+              registry.Lazy(_STRINGS_REFERENCE + 'encode_programs'),
+              registry.Lazy(_STRINGS_REFERENCE + 'reference_bytes'),
+          ),
       ),
       aliases=('strings/paper',),
   )
@@ -58,6 +69,11 @@ def _register_builtin():
           registry.Lazy(_STRINGS_DEVICE + 'score_trace'),
           metrics=('accuracy', 'pass_at_k', 'failure_modes'),
           description='Trace format for small from-scratch models (spec/MINIATURE.md).',
+          computed_reference=registry.ComputedReference(
+              registry.Lazy(_STRINGS_REFERENCE + 'trace_code_and_input'),
+              registry.Lazy(_STRINGS_REFERENCE + 'encode_programs'),
+              registry.Lazy(_STRINGS_REFERENCE + 'reference_bytes'),
+          ),
       ),
       aliases=('strings/trace',),
   )

@@ -22,9 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
-__all__ = ['Task', 'Lazy', 'STORED', 'METRICS', 'register', 'get', 'names', 'tasks', 'aliases']
+__all__ = [
+    'Task',
+    'ComputedReference',
+    'Lazy',
+    'STORED',
+    'METRICS',
+    'register',
+    'get',
+    'names',
+    'tasks',
+    'aliases',
+]
 
 #: ``Task.reference`` value meaning "the reference is stored with the problem" (``ref``).
 STORED = 'stored'
@@ -58,6 +69,33 @@ def _identity(ref):
 
 
 @dataclasses.dataclass(frozen=True)
+class ComputedReference:
+  """How a task's reference can be *computed on device* instead of read from storage (the RL
+  step's ``GRPOConfig.reference = 'execute'``, :mod:`compfn.rl.grpo`).
+
+  Attributes:
+    program: ``program(problem) -> (code, input)``: what runs to give the reference (a problem
+      object or a record mapping).
+    encode: ``encode(pairs, spec) -> batch`` (host, numpy): the ``(code, input)`` pairs as the
+      device function reads them, with the static sizes of ``spec`` (``GRPOConfig.execute``).
+    compute: ``compute(batch, spec, width) -> (ref int32[B, width], ref_len int32[B],
+      flagged bool[B])`` (jittable): the references as the task's device scorer reads them
+      (:attr:`Task.encode_reference` form, UTF-8 bytes); ``flagged`` marks the examples whose
+      reference could not be computed within the fixed-size buffers (their ``ref`` is
+      meaningless: the caller falls back to the stored reference).
+  """
+
+  program: Callable[[Any], tuple]
+  encode: Callable[..., Any]
+  compute: Callable[..., tuple]
+
+  def __post_init__(self):
+    for field in ('program', 'encode', 'compute'):
+      if not callable(getattr(self, field)):
+        raise TypeError(f'ComputedReference.{field} must be callable, got {getattr(self, field)!r}')
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """One task.
 
@@ -77,6 +115,8 @@ class Task:
     encode_reference: ``encode_reference(ref) -> str``, the reference as the device scorer
       reads it (validated; raises ``ValueError`` on a bad one). Identity for the string tasks.
     description: one line for listings.
+    computed_reference: a :class:`ComputedReference` when the reference can be computed on
+      device from the problem's program (``GRPOConfig.reference = 'execute'``); None otherwise.
   """
 
   name: str
@@ -88,6 +128,7 @@ class Task:
   metrics: tuple[str, ...] = ('accuracy', 'pass_at_k')
   encode_reference: Callable[[Any], str] = _identity
   description: str = ''
+  computed_reference: Optional[ComputedReference] = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -101,6 +142,13 @@ class Task:
       raise TypeError(
           f'task {self.name!r}: reference must be callable or {STORED!r}, got '
           f'{self.reference!r}'
+      )
+    if self.computed_reference is not None and not isinstance(
+        self.computed_reference, ComputedReference
+    ):
+      raise TypeError(
+          f'task {self.name!r}: computed_reference must be a ComputedReference or None, got '
+          f'{self.computed_reference!r}'
       )
     object.__setattr__(self, 'metrics', tuple(self.metrics))
     unknown = [m for m in self.metrics if m not in METRICS]

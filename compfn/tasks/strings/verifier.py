@@ -1,9 +1,12 @@
 """The on-device verifier of the string task: public entry points (DESIGN.md §4).
 
 Two jittable pieces. The reward rules run inside the fused RL step (``compfn.rl.rollout``,
-``compfn.rl.grpo``); the interpreter does NOT yet: the RL step compares answers against stored
-references, and :func:`execute` serves the agreement tests, ``tools/fuzz.py`` and the verifier
-benchmark (computing references on device inside the step is open work, issue #12):
+``compfn.rl.grpo``). The interpreter runs there too when ``GRPOConfig.reference = 'execute'``:
+the GRPO step then computes each prompt's reference from its encoded program and input
+(:mod:`compfn.tasks.strings.device_reference`) and scores against it, falling back to the stored
+reference (and counting it, ``reference_overflow_frac``) where the interpreter's buffers
+overflow. With the default ``reference='stored'`` the step scores against stored references, and
+:func:`execute` serves the agreement tests, ``tools/fuzz.py`` and the verifier benchmark:
 
 * :func:`execute` — the JAX stack-machine interpreter over encoded programs
   (:mod:`compfn.tasks.strings.interpreter`);
