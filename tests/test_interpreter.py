@@ -515,7 +515,9 @@ def _fuzz(n, capacity, p_binary, seed):
   for start in range(0, n, FUZZ_BATCH):
     chunk = order[start : start + FUZZ_BATCH]
     progs = [compiled[i] for i in chunk] + [pad] * (FUZZ_BATCH - len(chunk))
-    enc = interpreter._pack(progs, max_instructions=256, max_literals=64, literal_capacity=8)
+    enc = interpreter.pack_programs(
+        progs, max_instructions=256, max_literals=64, literal_capacity=8
+    )
     x, x_len = interpreter.encode_strings(
         [xs[i] for i in chunk] + [''] * (FUZZ_BATCH - len(chunk)), capacity
     )

@@ -135,7 +135,7 @@ def trace_code_and_input(problem) -> tuple[str, str]:
 def _compile(code: str, x: str, spec: ExecuteSpec):
   """The compiled program, or None when the host cannot encode it within ``spec``."""
   try:
-    c = interpreter._compile_code(code)
+    c = interpreter.compile_code(code)
     interpreter.check_domain(x, 'input')
   except ValueError:  # ProgramError is a ValueError; so are the domain errors
     return None
@@ -158,8 +158,8 @@ def encode_programs(pairs: Sequence[tuple[str, str]], spec: ExecuteSpec) -> Prog
     raise ValueError('encode_programs: no programs')
   compiled = [_compile(code, x, spec) for code, x in pairs]
   bad = np.array([c is None for c in compiled], bool)
-  rows = [interpreter._PAD if c is None else c for c in compiled]
-  enc = interpreter._pack(
+  rows = [interpreter.PAD_PROGRAM if c is None else c for c in compiled]
+  enc = interpreter.pack_programs(
       rows,
       max_instructions=spec.max_instructions,
       max_literals=spec.max_literals,

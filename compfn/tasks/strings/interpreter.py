@@ -382,7 +382,7 @@ def compile_program(node: program.Node) -> _Compiled:
   return _Compiled(tuple(instrs), tuple(literals), need, uses_x)
 
 
-def _pack(
+def pack_programs(
     compiled: Sequence[_Compiled], max_instructions=None, max_literals=None, literal_capacity=None
 ) -> EncodedPrograms:
   n = len(compiled)
@@ -438,7 +438,7 @@ def encode(
   hence one compilation. A requested size that a program does not fit raises
   :class:`~compfn.tasks.strings.program.ProgramError` naming the program and the size.
   Literals are validated against the character domain (:func:`check_domain`)."""
-  return _pack(
+  return pack_programs(
       [compile_program(n) for n in nodes], max_instructions, max_literals, literal_capacity
   )
 
@@ -896,11 +896,11 @@ MAX_BATCH_ELEMENTS = 1 << 18
 MAX_BATCH = 4096
 #: On CPU, execute_batch runs its (length-sorted) batch in blocks of this many rows.
 BLOCK_ROWS = 128
-_PAD = _Compiled((), (), 1, False)  # a padding row: no instructions, empty output
+PAD_PROGRAM = _Compiled((), (), 1, False)  # a padding row: no instructions, empty output
 
 
 @functools.lru_cache(maxsize=200_000)
-def _compile_code(code: str) -> _Compiled:
+def compile_code(code: str) -> _Compiled:
   return compile_program(program.parse_code(code))
 
 
@@ -934,7 +934,7 @@ def execute_batch(
     if not isinstance(code, str):
       raise TypeError(f'codes[{i}] must be a str, got {type(code).__name__}')
     try:
-      compiled.append(_compile_code(code))
+      compiled.append(compile_code(code))
     except ProgramError as e:
       raise ProgramError(f'codes[{i}]: {e}') from None
     except ValueError as e:
@@ -976,8 +976,8 @@ def _run_compiled(
     lc = _bucket(max((len(s) for i in now for s in compiled[i].literals), default=0), 8)
     for start in range(0, len(now), B):
       chunk = now[start : start + B]
-      progs = [compiled[i] for i in chunk] + [_PAD] * (B - len(chunk))
-      enc = _pack(progs, max_instructions=I, max_literals=NL, literal_capacity=lc)
+      progs = [compiled[i] for i in chunk] + [PAD_PROGRAM] * (B - len(chunk))
+      enc = pack_programs(progs, max_instructions=I, max_literals=NL, literal_capacity=lc)
       x, x_len = encode_strings([inputs[i] for i in chunk] + [''] * (B - len(chunk)), cap)
       kwargs = dict(capacity=cap, stack_depth=S, block_rows=rows)
       if record is not None:
@@ -1000,7 +1000,7 @@ def benchmark_fn(codes: Sequence[str], inputs: Sequence[str], capacity: int = 40
   :func:`execute_batch` makes for these programs (same shapes, same capacity ladder), with the
   arrays already encoded and on the device, and blocks until the results are ready."""
   calls: list = []
-  _run_compiled([_compile_code(c) for c in codes], list(inputs), capacity, record=calls)
+  _run_compiled([compile_code(c) for c in codes], list(inputs), capacity, record=calls)
   dev = [(kw, jax.device_put(args)) for kw, args in calls]
 
   def run():
