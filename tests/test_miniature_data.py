@@ -43,6 +43,53 @@ def test_input_mix_draws_outputs_of_one_call_and_stays_atomic():
     generate_trace(list(functions.FUNCTIONS), 1, 1, 4, input_mix=1.5)
 
 
+def test_input_depths_hand_over_zero_one_or_two_calls():
+  """Inputs pass through d random calls with probability w_d: depth 0 is plain letters, deeper
+  inputs are the strings a composition hands to its second and third calls."""
+  fns = list(functions.FUNCTIONS)
+  only0 = generate_trace(fns, 1, 1, 300, seed=4, input_depths=(1.0,))
+  assert all(p.input.isalpha() and p.input.islower() and 3 <= len(p.input) <= 6 for p in only0)
+  deep = generate_trace(fns, 1, 1, 600, seed=4, input_depths=(0.0, 0.0, 1.0), input_mix_max_len=24)
+  assert all(p.level == 1 and p.target.count('=') == 1 for p in deep)
+  assert max(len(p.input) for p in deep) <= 24
+  assert sum(len(p.input) > 6 for p in deep) > 200  # most grew through two calls
+  assert any(not p.input.isalpha() for p in deep)  # separators, digits, brackets
+  for bad in [(-1.0, 2.0), (), (0.0, 0.0)]:
+    with pytest.raises(ValueError, match='input_depths'):
+      generate_trace(fns, 1, 1, 4, input_depths=bad)
+  with pytest.raises(ValueError, match='input_depths'):
+    generate_trace(fns, 1, 1, 4, input_depths=(0.5, 0.5), input_mix=0.3)
+
+
+def test_step_records_make_bare_steps_with_optional_context():
+  atomic = sources.trace_records(functions='all', num=400, seed=2)
+  ctx = sources.trace_records(
+      functions='generic_func_wide', min_level=1, max_level=2, num=50, seed=3
+  )
+  full = list(atomic)
+  steps = list(sources.step_records(records=atomic, p=1.0, context=ctx, context_p=0.5, seed=1))
+  assert len(steps) == len(full)
+  with_ctx = 0
+  for r, s in zip(full, steps):
+    head = ';' + r['prompt']
+    assert s['prompt'].endswith(head) and r['target'] == head + s['target']
+    assert s['target'] == f"{r['ref']};{r['ref']}"
+    assert s['ref'] == r['ref'] and s['level'] == 1
+    if s['prompt'] != head:
+      with_ctx += 1
+      pre = s['prompt'][: -len(head)]
+      assert pre.endswith(' ') and any(pre == c['prompt'] + c['target'] + ' ' for c in ctx)
+  assert 120 < with_ctx < 280  # context_p = 0.5
+  kept = list(sources.step_records(records=atomic, p=0.0))
+  assert kept == full
+  again = list(sources.step_records(records=atomic, p=1.0, context=ctx, context_p=0.5, seed=1))
+  assert again == steps  # deterministic
+  with pytest.raises(ValueError, match='level-1'):
+    list(sources.step_records(records=sources.trace_records(min_level=2, max_level=2, num=4)))
+  with pytest.raises(ValueError, match='context'):
+    list(sources.step_records(records=atomic, context_p=0.5))
+
+
 def test_shortcut_rule_on_hand_made_chains():
   # answer == x
   assert shortcut([('f', 'ab')], 'ab', 'ab', []) == 'identity'

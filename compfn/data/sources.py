@@ -34,6 +34,7 @@ import gin
 from compfn.tasks.strings import functions as functions_lib
 from compfn.tasks.strings import generic
 from compfn.tasks.strings import generator as Gen
+from compfn.tasks.strings import prompts
 
 __all__ = [
     'trace_records',
@@ -123,13 +124,17 @@ def trace_records(
     group: Optional[str] = None,
     input_mix: float = 0.0,
     drop_shortcuts: bool = False,
+    input_depths: Optional[Sequence[float]] = None,
+    input_max_len: int = 16,
 ) -> LazyRecords:
   """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records.
 
   ``drop_shortcuts`` removes chains that a non-composing answer solves (the generator's
   ``shortcut`` rule: answer = x, answer = one call on x, or an identity step) and prints how many
   of each were dropped; ``input_mix`` draws that share of inputs from the outputs of one call
-  (the strings an outer call sees in a composition)."""
+  (the strings an outer call sees in a composition); ``input_depths`` generalises it: weights of
+  passing the random letters through 0, 1, 2, ... random calls first (each intermediate at most
+  ``input_max_len`` characters), e.g. ``(0.5, 0.35, 0.15)``."""
   family, names = resolve_functions(functions)
   label = group if group is not None else (functions if isinstance(functions, str) else 'custom')
   desc = f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}'
@@ -148,6 +153,8 @@ def trace_records(
           input_mix,
           drop_shortcuts,
           desc,
+          tuple(input_depths) if input_depths is not None else None,
+          input_max_len,
       ),
       desc,
   )
@@ -167,6 +174,8 @@ def _trace(
     input_mix=0.0,
     drop_shortcuts=False,
     desc='',
+    input_depths=None,
+    input_max_len=16,
 ):
   stats = {}
   probs = Gen.generate_trace(
@@ -180,6 +189,8 @@ def _trace(
       inputs=inputs,
       max_chars=max_chars,
       input_mix=input_mix,
+      input_mix_max_len=input_max_len,
+      input_depths=input_depths,
       drop_shortcuts=drop_shortcuts,
       stats=stats,
   )
@@ -311,6 +322,63 @@ def _countdown(config, data_dir, limit, group):
             'train_prompt': r['prompt'],
         }
     )
+  return out
+
+
+@gin.configurable
+def step_records(
+    records=gin.REQUIRED,
+    p: float = 1.0,
+    context=None,
+    context_p: float = 0.0,
+    seed: int = 0,
+) -> LazyRecords:
+  """Level-1 trace records turned, each with probability ``p``, into *bare steps*: prompt
+  ``[context];CALL=`` and target ``VALUE;VALUE`` — the step's value follows from the literal
+  written in the step itself, with no copy of the call in a prompt.
+
+  Why (measured on the demo's stage-1 char model): trained on full level-1 traces only
+  (``CALL=`` -> ``;CALL=VALUE;VALUE``), a small model computes VALUE by reading the *prompt's*
+  copy of the call: asked ``OTHER=;CALL=`` it is right 2% of the time instead of 62%, and inside
+  a composition (whose later steps' inputs exist only in the trace) 1-13%. Bare steps make it
+  read the step. With probability ``context_p`` a whole ``context`` record (``prompt + target``,
+  e.g. a generic-family composition or another atomic problem: never a composition of the
+  records' functions) and a space precede the step, so the skill does not depend on what comes
+  before it. Example::
+
+      func_9('abc')= -> ;func_9('abc')=abccba;abccba     (a level-1 record)
+      ;func_9('abc')= -> abccba;abccba                    (its bare step)
+      func_57('xy')=;func_57('xy')=yx;yx ;func_9('abc')= -> abccba;abccba   (with context)
+  """
+  if not 0.0 <= p <= 1.0 or not 0.0 <= context_p <= 1.0:
+    raise ValueError(f'step_records: p and context_p must be in [0, 1], got {p}, {context_p}')
+  return LazyRecords(
+      lambda: _steps(records, p, context, context_p, seed),
+      f'steps(p={p}, context_p={context_p}) of {getattr(records, "describe", "records")}',
+  )
+
+
+def _steps(records, p, context, context_p, seed):
+  rng = random.Random(f'compfn-steps:{seed}')
+  ctx = list(context) if context is not None else []
+  if context_p and not ctx:
+    raise ValueError('step_records: context_p > 0 needs context records')
+  out = []
+  for r in records:
+    if rng.random() >= p:
+      out.append(r)
+      continue
+    if int(r.get('level', 1)) != 1 or not r['prompt'].endswith('='):
+      raise ValueError(f'step_records needs level-1 trace records, got {r["prompt"]!r}')
+    head = prompts.TRACE_SEP + r['prompt']
+    if not r['target'].startswith(head):
+      raise ValueError(f'record target {r["target"]!r} does not start with its step {head!r}')
+    pre = ''
+    if ctx and rng.random() < context_p:
+      c = ctx[rng.randrange(len(ctx))]
+      pre = c['prompt'] + c['target'] + ' '
+    prompt = pre + head
+    out.append({**r, 'prompt': prompt, 'target': r['target'][len(head) :], 'train_prompt': prompt})
   return out
 
 

@@ -385,6 +385,7 @@ def generate_trace(
     input_mix_max_len: int = 16,
     drop_shortcuts: bool = False,
     stats: dict | None = None,
+    input_depths: Sequence[float] | None = None,
 ) -> list[TraceProblem]:
   """Pure chains of ``level`` unary calls over ``functions`` in the trace format.
 
@@ -401,6 +402,10 @@ def generate_trace(
       strings), so an atomic skill is learnt on them too. Level-1 problems stay atomic.
   drop_shortcuts: skip chains a non-composing answer solves (:func:`shortcut`); the counts
       per reason go to ``stats['shortcuts']`` (``stats['made']``, ``stats['attempts']`` too).
+  input_depths: instead of ``input_mix``, weights ``(w_0, w_1, ...)``: the input is random
+      letters passed through ``d`` random calls of ``functions`` with probability ``w_d``, each
+      intermediate at most ``input_mix_max_len`` characters — the strings the second, third,
+      ... call of a chain sees. E.g. ``(0.5, 0.35, 0.15)``: half the inputs are plain letters.
   Deduplicated on the prompt. num // #levels per level.
   """
   from compfn.tasks.strings import generic
@@ -416,6 +421,13 @@ def generate_trace(
     raise ValueError(f'bad level range {min_level}..{max_level}')
   if not 0.0 <= input_mix <= 1.0:
     raise ValueError(f'input_mix must be in [0, 1], got {input_mix}')
+  if input_depths is not None:
+    input_depths = [float(w) for w in input_depths]
+    if input_mix or not input_depths or min(input_depths) < 0 or sum(input_depths) <= 0:
+      raise ValueError(
+          f'input_depths must be non-negative weights with a positive sum, and input_mix 0; got '
+          f'input_depths={input_depths}, input_mix={input_mix}'
+      )
   rng = random.Random(f'compfn-trace:{seed}:{family}')
   names = lambda fn: registry[fn].fid  # noqa: E731
   run = lambda n, x: program_lib.run(n, x, registry=registry)  # noqa: E731
@@ -438,10 +450,25 @@ def generate_trace(
       return program_lib.Call(fn, (sub,), p)
     return program_lib.Call(fn, (sub,))
 
+  def handed_over(x: str) -> str | None:
+    """x through one random call, or None if the result cannot be a chain's input."""
+    x = run(call(rng.choice(functions), program_lib.Var()), x)
+    if not x or len(x) > input_mix_max_len or any(c in x for c in ("'", prompts.TRACE_SEP, '=')):
+      return None
+    return x
+
   def draw_input() -> str:
     while True:
       x = ''.join(rng.choices(L, k=rng.randint(*input_len)))
-      if input_mix and rng.random() < input_mix:
+      if input_depths is not None:
+        depth = rng.choices(range(len(input_depths)), weights=input_depths)[0]
+        for _ in range(depth):
+          x = handed_over(x)
+          if x is None:
+            break
+        if x is None:
+          continue
+      elif input_mix and rng.random() < input_mix:
         x = run(call(rng.choice(functions), program_lib.Var()), x)
         if (
             not x
