@@ -30,7 +30,7 @@ from compfn import parallel, reports
 from compfn.stages import models  # importing compfn.stages registers the stages with gin
 from compfn.stages.base import Run
 
-__all__ = ['pipeline', 'branch']
+__all__ = ['pipeline', 'branch', 'arm']
 
 
 @gin.configurable
@@ -44,6 +44,24 @@ def branch(run: Run, name: str = gin.REQUIRED, stages: Sequence[Callable] = gin.
       stage(run)
   finally:
     run.params, run.prefix, run.lineage = saved, prefix, lineage
+
+
+@gin.configurable
+def arm(name: str = gin.REQUIRED, arms: dict = gin.REQUIRED) -> list:
+  """The stages of experiment arm ``name`` out of ``arms`` (name -> list of stages): one gin file
+  holds every arm of an experiment and the command line picks one, e.g.
+  ``gin/repro_cpu.gin`` with ``--gin_param="ARM='rl_L2'"``::
+
+      pipeline.stages = @arm()
+      arm.name = %ARM
+      arm.arms = {'rl_L2': [@rl_L2/rl_stage, @after/eval_stage], 'base': [@after/eval_stage]}
+  """
+  if name not in arms:
+    raise ValueError(f"arm {name!r} is not one of this experiment's arms: {sorted(arms)}")
+  stages = list(arms[name])
+  if not all(callable(s) for s in stages):
+    raise ValueError(f'arm {name!r}: every entry must be a stage (@name/stage), got {stages}')
+  return stages
 
 
 @gin.configurable

@@ -190,3 +190,29 @@ def test_step_credit_trace_reward_device_equals_reference():
     want = scoring.score_trace_steps(v, t, overlong=bool(over[i]))
     assert (float(sc[i]), int(acc[i])) == pytest.approx(want), (v, t)
   assert len({float(x) for x in sc}) >= 5  # -1, 0, partial credits, 1 all occur
+
+
+def test_clean_split_and_twin_groups():
+  """The clean split drops the 3 behavioural twin pairs (PAPER §1.2); twin_group labels the
+  problems that call a twin, so one evaluation reports both splits."""
+  _, train_clean = sources.resolve_functions('train_clean')
+  _, heldout_clean = sources.resolve_functions('heldout_clean')
+  assert len(train_clean) == 10 and len(heldout_clean) == 9
+  twins = set(functions.IDENTICAL_ACROSS_SPLIT) | set(functions.IDENTICAL_ACROSS_SPLIT.values())
+  assert not twins & (set(train_clean) | set(heldout_clean))
+  twin_ids = {functions.FUNCTIONS[n].fid for n in twins}
+  recs = list(
+      sources.trace_records(
+          functions='heldout',
+          min_level=1,
+          max_level=2,
+          num=200,
+          seed=2,
+          group='clean',
+          twin_group='twin',
+      )
+  )
+  groups = {r['group'] for r in recs}
+  assert groups == {'clean', 'twin'}
+  for r in recs:
+    assert (r['group'] == 'twin') == bool(set(r['functions']) & twin_ids)

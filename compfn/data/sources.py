@@ -73,7 +73,8 @@ class LazyRecords(Sequence):
 
 
 def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
-  """(family, internal names) for 'train' | 'heldout' (= 'test') | 'all' | 'generic' |
+  """(family, internal names) for 'train' | 'heldout' (= 'test') | 'train_clean' |
+  'heldout_clean' (the split without the 3 behavioural twin pairs) | 'all' | 'generic' |
   'generic_func' (the generic behaviours under ids func_25..func_99) | a list of names or func_k /
   gen_k ids."""
   if isinstance(functions, str):
@@ -81,6 +82,18 @@ def resolve_functions(functions) -> tuple[str, tuple[str, ...]]:
       return 'paper', functions_lib.TRAIN_FUNCTIONS
     if functions in ('heldout', 'test'):
       return 'paper', functions_lib.TEST_FUNCTIONS
+    if functions in ('train_clean', 'heldout_clean'):
+      # The clean split: no function behaviourally identical to one across the split
+      # (functions.IDENTICAL_ACROSS_SPLIT: 3 held-out functions duplicate train ones).
+      twins = set(functions_lib.IDENTICAL_ACROSS_SPLIT) | set(
+          functions_lib.IDENTICAL_ACROSS_SPLIT.values()
+      )
+      pool = (
+          functions_lib.TRAIN_FUNCTIONS
+          if functions == 'train_clean'
+          else functions_lib.TEST_FUNCTIONS
+      )
+      return 'paper', tuple(n for n in pool if n not in twins)
     if functions == 'all':
       return 'paper', tuple(functions_lib.FUNCTIONS)
     if functions == 'generic':
@@ -126,6 +139,7 @@ def trace_records(
     drop_shortcuts: bool = False,
     input_depths: Optional[Sequence[float]] = None,
     input_max_len: int = 16,
+    twin_group: Optional[str] = None,
 ) -> LazyRecords:
   """Trace-format chains (``compfn.tasks.strings.generator.generate_trace``) as records.
 
@@ -134,7 +148,10 @@ def trace_records(
   of each were dropped; ``input_mix`` draws that share of inputs from the outputs of one call
   (the strings an outer call sees in a composition); ``input_depths`` generalises it: weights of
   passing the random letters through 0, 1, 2, ... random calls first (each intermediate at most
-  ``input_max_len`` characters), e.g. ``(0.5, 0.35, 0.15)``."""
+  ``input_max_len`` characters), e.g. ``(0.5, 0.35, 0.15)``. ``twin_group``: records that call
+  a function with a behavioural twin across the split (``functions.IDENTICAL_ACROSS_SPLIT``)
+  get this group label instead of ``group``, so one evaluation reports the paper split (every
+  problem) and the clean split (the others) side by side."""
   family, names = resolve_functions(functions)
   label = group if group is not None else (functions if isinstance(functions, str) else 'custom')
   desc = f'trace {functions} L{min_level}-{max_level} x{num} seed {seed}'
@@ -155,6 +172,7 @@ def trace_records(
           desc,
           tuple(input_depths) if input_depths is not None else None,
           input_max_len,
+          twin_group,
       ),
       desc,
   )
@@ -176,6 +194,7 @@ def _trace(
     desc='',
     input_depths=None,
     input_max_len=16,
+    twin_group=None,
 ):
   stats = {}
   probs = Gen.generate_trace(
@@ -207,13 +226,18 @@ def _trace(
         'dedup / shortcut filters)',
         flush=True,
     )
+  twins = {
+      functions_lib.FUNCTIONS[n].fid
+      for pair in functions_lib.IDENTICAL_ACROSS_SPLIT.items()
+      for n in pair
+  }
   return [
       {
           'prompt': p.prompt,
           'target': p.target,
           'ref': p.answer,
           'level': p.level,
-          'group': label,
+          'group': twin_group if twin_group and set(p.functions) & twins else label,
           'input': p.input,
           'functions': list(p.functions),
           'family': p.family,
