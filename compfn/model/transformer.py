@@ -420,6 +420,7 @@ class Transformer(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast),
         length=c.num_layers,
+        unroll=c.scan_unroll,
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )
     sliding = jnp.asarray(c.sliding_layers, bool)
