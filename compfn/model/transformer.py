@@ -244,9 +244,9 @@ class Attention(nn.Module):
     wk = _param(self, "wk", (d, kh, hd), (EMBED, KV_HEADS, HEAD_DIM))
     wv = _param(self, "wv", (d, kh, hd), (EMBED, KV_HEADS, HEAD_DIM))
     wo = _param(self, "wo", (h, hd, d), (HEADS, HEAD_DIM, EMBED))
-    q = jnp.einsum("btd,dnh->btnh", x, wq.astype(dt))
-    k = jnp.einsum("btd,dnh->btnh", x, wk.astype(dt))
-    v = jnp.einsum("btd,dnh->btnh", x, wv.astype(dt))
+    q = _dense(x, wq.astype(dt), (HEADS, HEAD_DIM))
+    k = _dense(x, wk.astype(dt), (KV_HEADS, HEAD_DIM))
+    v = _dense(x, wv.astype(dt), (KV_HEADS, HEAD_DIM))
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "bq", (h, hd), (HEADS, HEAD_DIM), zeros).astype(dt)
@@ -299,10 +299,27 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
-    y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
+    y = _dense(out, wo.astype(dt), (EMBED,), contract=2)
     if c.out_bias:
       y = y + _param(self, "bo", (d,), (EMBED,), nn.initializers.zeros).astype(dt)
     return y, kv
+
+
+def _dense(x: Array, w: Array, out_axes: tuple, contract: int = 1) -> Array:
+  """``x[..., *K] @ w[*K, *F]`` (``contract`` = len(K) trailing axes of ``x``) ->
+  ``[..., *F]`` as ONE 2-D matmul ``[rows, prod(K)] x [prod(K), prod(F)]``.
+
+  Same values as the einsum, but autodiff's weight gradient is then a dot with a single
+  contracting axis (the rows): with two (``'btd,btf->df'``) XLA:CPU first copies the [B, T, F]
+  cotangent into a transposed layout, fused with the elementwise backward (measured: the
+  SwiGLU backward's transposing copies were ~23% of a train step). ``out_axes``: logical axes
+  of the trailing ``F`` axes of the result (the rows keep the batch sharding)."""
+  lead, k_shape = x.shape[: x.ndim - contract], x.shape[x.ndim - contract :]
+  k = math.prod(k_shape)
+  feat = w.shape[contract:]
+  y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1))
+  y = nn.with_logical_constraint(y, (BATCH, out_axes[0]))
+  return y.reshape(lead + feat)
 
 
 class Mlp(nn.Module):
@@ -312,20 +329,17 @@ class Mlp(nn.Module):
   def __call__(self, x):
     c = self.config
     dt = jnp.dtype(c.dtype)
-    gate = jnp.einsum(
-        "btd,df->btf", x, _param(self, "wi_gate", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
-    )
-    up = jnp.einsum(
-        "btd,df->btf", x, _param(self, "wi_up", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
-    )
+    wg = _param(self, "wi_gate", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
+    wu = _param(self, "wi_up", (c.d_model, c.mlp_dim), (EMBED, MLP)).astype(dt)
+    wo = _param(self, "wo", (c.mlp_dim, c.d_model), (MLP, EMBED)).astype(dt)
+    gate = _dense(x, wg, (MLP,))
+    up = _dense(x, wu, (MLP,))
     if c.activation == "silu":
       act = jax.nn.silu(gate)
     else:
       act = jax.nn.gelu(gate, approximate=True)
     hid = nn.with_logical_constraint(act * up, (BATCH, LENGTH, MLP))
-    return jnp.einsum(
-        "btf,fd->btd", hid, _param(self, "wo", (c.mlp_dim, c.d_model), (MLP, EMBED)).astype(dt)
-    )
+    return _dense(hid, wo, (EMBED,))
 
 
 class Block(nn.Module):
@@ -640,9 +654,9 @@ def decode_step(
   for i, lp in enumerate(layers):
     a = lp["attn"]
     hn = _rms_norm(c, lp["pre_attn_norm"]["scale"], x)
-    q = jnp.einsum("bd,dnh->bnh", hn, a["wq"].astype(dt))
-    k = jnp.einsum("bd,dnh->bnh", hn, a["wk"].astype(dt))
-    v = jnp.einsum("bd,dnh->bnh", hn, a["wv"].astype(dt))
+    q = _dense(hn, a["wq"].astype(dt), (HEADS, HEAD_DIM))
+    k = _dense(hn, a["wk"].astype(dt), (KV_HEADS, HEAD_DIM))
+    v = _dense(hn, a["wv"].astype(dt), (KV_HEADS, HEAD_DIM))
     if c.qkv_bias:
       q, k, v = q + a["bq"].astype(dt), k + a["bk"].astype(dt), v + a["bv"].astype(dt)
     q = rope(nn.with_logical_constraint(q, row_axes))
@@ -687,7 +701,7 @@ def decode_step(
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, vc.astype(dt)).reshape(b, h, hd)
     out = nn.with_logical_constraint(out, row_axes)
-    y = jnp.einsum("bnh,nhd->bd", out, a["wo"].astype(dt))
+    y = _dense(out, a["wo"].astype(dt), (EMBED,), contract=2)
     if c.out_bias:
       y = y + a["bo"].astype(dt)
     if c.post_norms:
@@ -695,11 +709,11 @@ def decode_step(
     x = x + y
     hn = _rms_norm(c, lp["pre_mlp_norm"]["scale"], x)
     mp = lp["mlp"]
-    gate = jnp.einsum("bd,df->bf", hn, mp["wi_gate"].astype(dt))
-    up = jnp.einsum("bd,df->bf", hn, mp["wi_up"].astype(dt))
+    gate = _dense(hn, mp["wi_gate"].astype(dt), (MLP,))
+    up = _dense(hn, mp["wi_up"].astype(dt), (MLP,))
     act = jax.nn.silu(gate) if c.activation == "silu" else jax.nn.gelu(gate, approximate=True)
     hid = nn.with_logical_constraint(act * up, (BATCH, MLP))
-    y = jnp.einsum("bf,fd->bd", hid, mp["wo"].astype(dt))
+    y = _dense(hid, mp["wo"].astype(dt), (EMBED,))
     if c.post_norms:
       y = _rms_norm(c, lp["post_mlp_norm"]["scale"], y)
     x = nn.with_logical_constraint(x + y, (BATCH, EMBED))
