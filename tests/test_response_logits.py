@@ -292,8 +292,10 @@ def test_sft_loss_from_hidden_equals_sft_loss():
             logits_chunk=1,
             micro_batches=2,
         ),
+        # 3 micro-batches of 4 rows, 2 of 3 groups filled: the third micro-batch is skipped.
+        dict(entropy_coef=0.01, kl_coef=0.05, micro_batches=3),
     ],
-    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2'],
+    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2', 'micro3_skips_unfilled'],
 )
 def test_grpo_loss_and_grads_equal_full_logits_path(kw):
   cfg, params = _model()

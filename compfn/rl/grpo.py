@@ -150,7 +150,8 @@ class GRPOConfig:
   kl_estimator: str = 'low_var_kl'
   entropy_coef: float = 0.0
   old_logprobs: str = 'recompute'  # 'recompute' (on-policy, ratio 1) | 'sampler'
-  micro_batches: int = 1  # gradient accumulation over the B*G rows
+  micro_batches: int = 1  # gradient accumulation over the B*G rows (micro-batches holding no
+  # kept group are skipped: with dynamic sampling, more micro-batches = less padding computed)
   filter_on: str = 'reward'  # dynamic sampling keeps groups whose 'reward' | 'acc' differ
   min_groups: int = 0  # skip the update when fewer groups were kept
   logits_chunk: int = 0  # response positions per LM-head chunk (0: <= 64 MiB f32)
@@ -677,7 +678,12 @@ def policy_grads(
       aux['kl'] = kl
     return loss, aux
 
-  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches)
+  # Kept groups fill the buffer from the front: micro-batches past the last filled group
+  # (all rows masked, advantage 0) contribute nothing and are not computed.
+  per_mb = rows.row_valid.shape[0] // cfg.micro_batches
+  filled_rows = rows.row_valid.sum().astype(jnp.int32)
+  active = (filled_rows + per_mb - 1) // per_mb
+  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches, active=active)
   aux['train_tokens'] = rows.mask.sum().astype(jnp.float32)
   return grads, loss, aux
 
