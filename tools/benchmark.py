@@ -845,7 +845,7 @@ def bench_demo(steps: int, warmup: int, tiny: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def bench_memory(tiny: bool = False, rows: int = 1, prompt_len: int = 1024, new_tokens: int = 8192):
+def bench_memory(tiny: bool = False, rows: int = 2, prompt_len: int = 1024, new_tokens: int = 8192):
   """``compiled.memory_analysis()`` of ``grpo.policy_grads`` + AdamW for Llama-3.1-8B-Instruct
   (abstract params: nothing is allocated or run) on ``rows`` sequences of ``prompt_len`` +
   ``new_tokens`` tokens, and the largest f32 buffers of the compiled program: no buffer holds
