@@ -112,12 +112,20 @@ class OptimizerConfig:
 # --------------------------------------------------------------------------- pure step helpers
 
 
-def accumulate(loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 1):
+def accumulate(
+    loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 1, active: Any = None
+):
   """Sum of gradients of ``loss_fn(params, micro_batch) -> (loss, aux)`` over micro-batches.
 
   ``batch`` is a pytree whose leaves share a leading axis divisible by ``micro_batches``; each
   loss must already be normalised by *global* counts (then the sum is the whole batch's
-  gradient). Returns (grads, loss_sum, aux_sum). One micro-batch = no scan."""
+  gradient). Returns (grads, loss_sum, aux_sum). One micro-batch = no loop.
+
+  ``active`` (int32[], optional, with ``micro_batches > 1``): only the first ``active``
+  micro-batches are computed (a ``lax.fori_loop`` with that trip count); the caller guarantees
+  that the others would contribute exactly zero loss, gradient and aux (e.g. GRPO rows of
+  groups dynamic sampling did not fill: mask 0, advantage 0), so the result is that of all
+  ``micro_batches``, at the cost of the active ones only."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
     (loss, aux), grads = grad_fn(params, batch)
@@ -131,13 +139,19 @@ def accumulate(loss_fn: Callable, params: Any, batch: Any, micro_batches: int = 
   zeros = jax.tree.map(jnp.zeros_like, params)
   (_, aux_shape), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], mbs))
   aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+  init = (zeros, jnp.zeros((), jnp.float32), aux0)
 
-  def body(carry, mb):
+  def add(carry, mb):
     g_acc, l_acc, a_acc = carry
     (loss, aux), g = grad_fn(params, mb)
-    return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, jax.tree.map(jnp.add, a_acc, aux)), None
+    return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, jax.tree.map(jnp.add, a_acc, aux))
 
-  (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), aux0), mbs)
+  if active is None:
+    (grads, loss, aux), _ = jax.lax.scan(lambda c, mb: (add(c, mb), None), init, mbs)
+    return grads, loss, aux
+  take = lambda i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, False), mbs)
+  n = jnp.clip(jnp.asarray(active, jnp.int32), 0, micro_batches)
+  grads, loss, aux = jax.lax.fori_loop(0, n, lambda i, c: add(c, take(i)), init)
   return grads, loss, aux
 
 

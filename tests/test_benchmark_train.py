@@ -48,3 +48,38 @@ def test_rl_step_subcommand_tiny(tmp_path):
   for k in ('step_s', 'generated_tokens_per_s', 'trained_positions_per_s', 'mfu'):
     assert c[k] > 0
   assert set(c['split_s']) == {'generate', 'verify', 'train', 'sum_of_pieces', 'fused_step'}
+
+
+def test_all_tiny_writes_each_json_and_the_summary(tmp_path):
+  """``benchmark.py all --tiny``: one JSON per benchmark and summary.json with the rows
+  {name, metric, compfn, peer, peer_value, ratio}, including one peer measured in the run
+  (transformers ``generate`` on the tiny Llama; Tunix is skipped without its venv)."""
+  out = tmp_path / 'bench'
+  _load().main(
+      [
+          'all',
+          '--tiny',
+          '--out',
+          str(out),
+          '--tunix_python',
+          '',
+          '--cache_dir',
+          str(tmp_path / 'cache'),
+          '--only',
+          'sampler,memory',  # train / rl-step / verifier: their own tiny tests above
+      ]
+  )
+  s = json.loads((out / 'summary.json').read_text())
+  assert s['partial'] is False and s['tiny'] is True
+  assert 'load1' in s['load_at_start'] and s['matmul_peak']['median_flops'] > 0
+  assert s['machine']['cpu'] is not None and s['wall_s'] > 0
+  assert set(s['benchmarks']) == {'sampler', 'memory'}
+  for name in s['benchmarks']:
+    assert s['benchmarks'][name]['error'] is None, s['benchmarks'][name]
+    assert (out / f'{name}.json').exists()
+  rows = s['rows']
+  assert all(set(r) == {'name', 'metric', 'compfn', 'peer', 'peer_value', 'ratio'} for r in rows)
+  peer = [r for r in rows if r['peer'] == 'transformers' and r['metric'] == 'decode tok/s']
+  assert peer and all(r['compfn'] > 0 and r['peer_value'] > 0 and r['ratio'] > 0 for r in peer)
+  assert any(r['name'].startswith('verifier share of the fused rollout') for r in rows)
+  assert any('compiled temp memory' in r['name'] for r in rows)

@@ -292,8 +292,10 @@ def test_sft_loss_from_hidden_equals_sft_loss():
             logits_chunk=1,
             micro_batches=2,
         ),
+        # 3 micro-batches of 4 rows, 2 of 3 groups filled: the third micro-batch is skipped.
+        dict(entropy_coef=0.01, kl_coef=0.05, micro_batches=3),
     ],
-    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2'],
+    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2', 'micro3_skips_unfilled'],
 )
 def test_grpo_loss_and_grads_equal_full_logits_path(kw):
   cfg, params = _model()
@@ -464,3 +466,60 @@ def test_grpo_loss_memory_is_well_below_one_full_logits_tensor():
     )
     print(f'former full-logits path temp: {old / 2**20:.1f} MiB')
     assert old > full and new < old / 4
+
+
+# ------------------------------------- (c) grouped responses: the prompt computed once per group
+
+
+@pytest.mark.parametrize(
+    'kind,overrides',
+    [
+        ('llama', {}),
+        ('qwen2', {}),
+        ('gemma2', {}),  # soft-caps, sliding window 4 (< the 16 positions here)
+        ('llama', {'scan_layers': True, 'remat': 'full'}),
+    ],
+    ids=['llama', 'qwen2', 'gemma2', 'llama_scan_remat'],
+)
+def test_response_hidden_equals_full_rows(kind, overrides):
+  """``transformer.response_hidden`` (each prompt once, G responses attending to its keys)
+  equals ``apply`` on the ``[prompt | response]`` rows at the positions predicting the response
+  tokens: ragged prompts (one full, one of 2 tokens), responses of random lengths (one full,
+  one empty)."""
+  from compfn import model as model_lib
+  from compfn import sampling
+
+  cfg = model_lib.tiny(kind, **overrides)
+  params = model_lib.init_params(cfg, jax.random.key(1))
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 1 else x + 0.1, params)
+  p, g, lp, n = 3, 4, 7, 9
+  rng = np.random.default_rng(0)
+  lens = np.array([7, 2, 5], np.int32)
+  prompts = rng.integers(2, 200, (p, lp)).astype(np.int32)
+  prompts[np.arange(lp)[None] >= lens[:, None]] = 0
+  rl = rng.integers(1, n + 1, p * g)
+  rl[0], rl[1] = n, 0
+  mask = np.arange(n)[None] < rl[:, None]
+  resp = np.where(mask, rng.integers(2, 200, (p * g, n)), 0).astype(np.int32)
+  samples = sampling.Samples(
+      tokens=jnp.asarray(resp),
+      lengths=jnp.asarray(rl),
+      logprobs=jnp.zeros((p * g, n)),
+      mask=jnp.asarray(mask),
+      truncated=jnp.zeros(p * g, bool),
+      group=jnp.repeat(jnp.arange(p), g),
+  )
+  full, pos, seg = sampling.full_sequences(prompts, lens, samples, g)
+  src = sampling.response_logit_positions(jnp.repeat(jnp.asarray(lens), g), lp, n)
+  want, _ = transformer.apply(
+      cfg, params, full, pos, segment_ids=seg, logits_index=src, return_hidden=True
+  )
+  got = jax.jit(transformer.response_hidden, static_argnums=(0, 6))(
+      cfg, params, prompts, lens, resp, mask, g
+  )
+  assert got.shape == want.shape == (p * g, n, cfg.d_model)
+  # Positions that predict a real response token: the prompt's last, then the response's own.
+  used = np.concatenate([np.ones((p * g, 1), bool), mask[:, :-1]], axis=1) & (
+      np.arange(n)[None] < np.maximum(rl, 1)[:, None]
+  )
+  _close(np.asarray(got)[used], np.asarray(want)[used])

@@ -300,6 +300,35 @@ def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
     np.testing.assert_allclose(s.logprobs, greedy.logprobs, atol=1e-5)  # raw logprobs
 
 
+@pytest.mark.parametrize(
+    "kw,want",
+    [
+        (dict(), [0.5, 0.2, 0.15, 0.1, 0.05]),
+        (dict(top_k=3), [0.5 / 0.85, 0.2 / 0.85, 0.15 / 0.85, 0, 0]),
+        (dict(top_p=0.6), [0.5 / 0.7, 0.2 / 0.7, 0, 0, 0]),
+        (dict(temperature=2.0), np.sqrt([0.5, 0.2, 0.15, 0.1, 0.05])),
+    ],
+)
+def test_draws_follow_the_softmax(kw, want):
+  """The one-uniform inverse-CDF draw samples exactly softmax(logits / T) (after top-k /
+  top-p), never a zero-probability token (600 of them, over three search blocks), and
+  returns log_softmax at the drawn token."""
+  probs = np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32)
+  logits = np.full((1, 605), -1e30, np.float32)
+  logits[0, :5] = np.log(probs)
+  cfg = sampling.SamplerConfig(1, **kw)
+  n = 100_000
+  draw = jax.jit(jax.vmap(lambda k: sampling._choose(jax.numpy.asarray(logits), k, cfg)))
+  tok, lp = (np.asarray(x)[:, 0] for x in draw(jax.random.split(jax.random.key(0), n)))
+  want = np.asarray(want, np.float64) / np.sum(want)
+  freq = np.bincount(tok, minlength=605)
+  assert freq[5:].sum() == 0
+  sigma = np.sqrt(want * (1 - want) / n)
+  np.testing.assert_array_less(np.abs(freq[:5] / n - want), 5 * sigma + 1e-12)
+  ref = jax.nn.log_softmax(logits[0]) if cfg.logprobs == "raw" else None
+  np.testing.assert_allclose(lp, np.asarray(ref)[tok], rtol=1e-6)
+
+
 def test_stop_ids_lengths_mask_and_truncation(tiny):
   config, params = tiny
   base = _np(

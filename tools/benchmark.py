@@ -5,6 +5,17 @@ and says what machine it ran on.
     python tools/benchmark.py verifier [--batch 1024] [--repeats 5] [--out bench/verifier.json]
     python tools/benchmark.py train [--out bench/train.json]
     python tools/benchmark.py rl-step [--out bench/rl_step.json]
+    python tools/benchmark.py demo [--out bench/demo_steps.json]
+    python tools/benchmark.py memory [--out bench/memory.json]
+    python tools/benchmark.py all --out bench/ [--tiny] [--only verifier,sampler,...]
+
+all: every benchmark below in one run (the sampler through tools/benchmark_sampler.py, each
+configuration and each peer in a fresh process), one JSON per benchmark in --out plus
+summary.json: rows {name, metric, compfn, peer, peer_value, ratio} (ratio > 1: compfn is faster
+or meets the target), the machine, the load at the start and the f32 matmul peak measured in the
+run; summary.json is rewritten after each benchmark (``partial`` until the end). Peers:
+transformers 5.24 / torch 2.13 (this interpreter) and Tunix 0.1.7 (``--tunix_python``, a venv
+built by tools/peers/setup_tunix.sh; skipped with a note when missing).
 
 verifier: programs/s of the JAX interpreter vs the Python reference (compfn's `program.run`, the
 same work as the paper's eval'd lambdas) on the paper's level 1–8 test programs, and responses/s
@@ -29,6 +40,9 @@ import sys
 import time
 
 import numpy as np
+
+# Benchmark this checkout's compfn (not whichever one is pip-installed): tools/ is sys.path[0].
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def machine_info() -> dict:
@@ -691,6 +705,493 @@ def bench_rl_step(models, steps: int, warmup: int, tunix_python: str, tiny: bool
   return out
 
 
+# ------------------------------------------------------------------------------------------------
+# demo: the char model's GRPO and packed SFT steps at the CPU demo's shapes (compfn only)
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_demo(steps: int, warmup: int, tiny: bool = False) -> dict:
+  """The steps the 15-minute CPU demo (gin/demo.gin) is bound by, at its shapes, random weights:
+  the fused GRPO step (16 prompts x G=8, up to 2 dynamic-sampling rounds of 16 prompts, 128 new
+  tokens, stop at EOS, trace-steps reward, L2 trace prompts) and the packed SFT step (128
+  examples of L1-L2 trace records packed into rows of 112). No peer: this is compfn's own
+  before/after yardstick (run it on two commits)."""
+  import jax
+  from compfn import sampling, tokenizers, train
+  from compfn.data import sources
+  from compfn.model import transformer
+  from compfn.rl import grpo, sft
+  from compfn.rl.rollout import DetokTables
+
+  out = _header('demo', '')
+  tok = tokenizers.CharTokenizer()
+  cfg = _model_config('char')
+  P, G, N, R = (2, 2, 8, 2) if tiny else (16, 8, 128, 2)
+  micro = 1 if tiny else 4
+  if tiny:
+    steps, warmup = 1, 1
+  recs = list(sources.trace_records('train', 2, 2, 400, seed=0, max_chars=200, drop_shortcuts=True))
+  prompts = [tok.encode(r['prompt']) for r in recs]
+  Lp = sampling.bucket_length(max(len(x) for x in prompts))
+  Lr = sampling.bucket_length(max(len(r['target'].encode()) for r in recs))
+  res = {}
+  for mb in sorted({1, micro}):
+    gcfg = grpo.GRPOConfig(
+        num_generations=G,
+        batch_prompts=P,
+        gen_prompts=P,
+        max_rounds=R,
+        max_new_tokens=N,
+        task='strings_trace_steps',
+        micro_batches=mb,
+    )
+    scfg = gcfg.sampler_config(tok.stop_ids, tok.pad_id)
+    detok = jax.device_put(DetokTables.from_tokenizer(tok))
+    tx = train.OptimizerConfig(learning_rate=3e-5, schedule='constant', warmup_ratio=0.0).make(100)
+    per = gcfg.pool_size
+    pools = [
+        jax.device_put(
+            grpo.pool_from_host(
+                prompts[i * per : (i + 1) * per],
+                [r['target'] for r in recs[i * per : (i + 1) * per]],
+                gcfg,
+                Lp,
+                Lr,
+                tok.pad_id,
+            )
+        )
+        for i in range(len(recs) // per)
+    ]
+    fn = train.compile_step(
+        lambda s, p, d, cfg=cfg, tx=tx, gcfg=gcfg, scfg=scfg: grpo.grpo_step(
+            cfg, tx, gcfg, scfg, s, p, d
+        )
+    )
+    holder = {'s': train.TrainState.create(transformer.init_params(cfg, jax.random.PRNGKey(0)), tx)}
+    holder['i'], metrics = 0, []
+
+    def call():
+      holder['s'], m = fn(holder['s'], pools[holder['i'] % len(pools)], detok)
+      holder['i'] += 1
+      m = jax.device_get(m)
+      metrics.append({k: float(m[k]) for k in ('rounds_used', 'generated_tokens', 'filled')})
+
+    t = time.perf_counter()
+    call()
+    first = time.perf_counter() - t
+    med, ts = _steady(call, max(warmup - 1, 0), steps)
+    gen = statistics.mean(m['generated_tokens'] for m in metrics[warmup:])
+    res[f'grpo_step_micro_batches_{mb}'] = {
+        'step_s': med,
+        'steps_s': ts,
+        'first_step_s': first,
+        'generated_tokens_per_s': gen / med,
+        'mean_generated_tokens': gen,
+        'mean_rounds': statistics.mean(m['rounds_used'] for m in metrics[warmup:]),
+        'mean_filled': statistics.mean(m['filled'] for m in metrics[warmup:]),
+    }
+  # Packed SFT at the demo's stage-0 shape.
+  B, L = (8, 112) if tiny else (128, 112)
+  srecs = list(sources.trace_records('train', 1, 2, 4 * B, seed=1, max_chars=L))
+  ex = [(tok.encode(r['prompt']), tok.encode(r['target'])) for r in srecs]
+  ex = [e for e in ex if len(e[0]) + len(e[1]) <= L]
+  batches = [sft.pack_batch(ex[i * B : (i + 1) * B], L, tok.eos_id, tok.pad_id) for i in range(2)]
+  rows = max(b.inputs.shape[0] for b in batches)
+  batches = [
+      jax.device_put(sft.pack_batch(ex[i * B : (i + 1) * B], L, tok.eos_id, tok.pad_id, rows))
+      for i in range(2)
+  ]
+  tx = train.OptimizerConfig(learning_rate=2e-3).make(1000)
+  fn = train.compile_step(lambda s, b: sft.sft_step(cfg, tx, s, b))
+  holder = {'s': train.TrainState.create(transformer.init_params(cfg, jax.random.PRNGKey(0)), tx)}
+  holder['i'] = 0
+
+  def call_sft():
+    holder['s'], m = fn(holder['s'], batches[holder['i'] % 2])
+    holder['i'] += 1
+    jax.block_until_ready(m['loss'])
+
+  call_sft()
+  med, ts = _steady(call_sft, max(warmup - 1, 0), steps)
+  real = float(np.mean([np.asarray(b.segment_ids > 0).sum() for b in batches]))
+  cnt = _counts(cfg, holder['s'].params)
+  flops = 3 * real * 2.0 * cnt['matmul_params'] + 3 * rows * L * _attn_flops(cfg, L)
+  peak = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
+  res['sft_step_packed'] = {
+      'examples': B,
+      'rows': rows,
+      'seq': L,
+      'real_tokens': real,
+      'step_s': med,
+      'steps_s': ts,
+      'real_tokens_per_s': real / med,
+      'model_flops_per_step': flops,
+      'mfu': flops / med / peak['median_flops'],
+  }
+  out['matmul_peak'] = peak
+  out['config'] = {
+      'grpo': dict(
+          prompts=P, G=G, new_tokens=N, rounds=R, prompt_pad=Lp, task='strings_trace_steps'
+      ),
+      'sft': dict(examples=B, seq=L),
+  }
+  out['results'] = res
+  out['machine']['load_at_end'] = _load()
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# memory: the GRPO train half of Llama-3.1-8B at 8,192 new tokens, compiled (not run) on CPU
+# ------------------------------------------------------------------------------------------------
+
+
+def bench_memory(tiny: bool = False, rows: int = 2, prompt_len: int = 1024, new_tokens: int = 8192):
+  """``compiled.memory_analysis()`` of ``grpo.policy_grads`` + AdamW for Llama-3.1-8B-Instruct
+  (abstract params: nothing is allocated or run) on ``rows`` sequences of ``prompt_len`` +
+  ``new_tokens`` tokens, and the largest f32 buffers of the compiled program: no buffer holds
+  [rows, tokens, vocab] logits (the LM head runs in chunks of response positions)."""
+  import re
+
+  import jax
+  import jax.numpy as jnp
+  from compfn import model as model_lib
+  from compfn import train
+  from compfn.model import transformer
+  from compfn.rl import grpo
+
+  out = _header('memory', '')
+  if tiny:
+    cfg = model_lib.tiny('llama', vocab_size=4096)
+    rows, prompt_len, new_tokens = 2, 16, 64
+  else:
+    cfg = model_lib.PRESETS['llama3_1_8b_instruct']
+  cfg = dataclasses_replace(cfg, remat='full')
+  gcfg = grpo.GRPOConfig(
+      num_generations=rows,
+      batch_prompts=1,
+      gen_prompts=1,
+      max_rounds=1,
+      max_new_tokens=new_tokens,
+      task='strings_json',
+  )
+  params = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.PRNGKey(0)))
+  tx = train.OptimizerConfig(learning_rate=1e-6, schedule='constant', warmup_ratio=0.0).make(10)
+  state = jax.eval_shape(lambda p: train.TrainState.create(p, tx), params)
+  sds = jax.ShapeDtypeStruct
+  buf = grpo.Buffer(
+      prompts=sds((1, prompt_len), jnp.int32),
+      prompt_lens=sds((1,), jnp.int32),
+      tokens=sds((1, rows, new_tokens), jnp.int32),
+      mask=sds((1, rows, new_tokens), jnp.bool_),
+      logprobs=sds((1, rows, new_tokens), jnp.float32),
+      advantage=sds((1, rows), jnp.float32),
+      reward=sds((1, rows), jnp.float32),
+      filled=sds((), jnp.int32),
+  )
+
+  def step(state, buf):
+    g, loss, aux = grpo.policy_grads(cfg, state.params, buf, gcfg)
+    return train.apply_gradients(state, g, tx, loss)
+
+  t = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, buf).compile()
+  secs = time.perf_counter() - t
+  ma = compiled.memory_analysis()
+  txt = compiled.as_text()
+  tokens = prompt_len + new_tokens
+  sizes = []
+  for m in re.finditer(r'f32\[([\d,]+)\]', txt):
+    dims = [int(x) for x in m.group(1).split(',')]
+    sizes.append((int(np.prod(dims)) * 4, dims))
+  sizes = sorted({(b, tuple(d)) for b, d in sizes}, reverse=True)[:8]
+  full_logits = [
+      list(d) for _, d in sizes if cfg.vocab_size in d and any(x >= new_tokens for x in d)
+  ]
+  logits_bytes = rows * tokens * cfg.vocab_size * 4
+  out['config'] = {
+      'model': 'tiny llama (smoke)' if tiny else 'llama3_1_8b_instruct (f32 params, remat full)',
+      'vocab': cfg.vocab_size,
+      'rows': rows,
+      'prompt_len': prompt_len,
+      'new_tokens': new_tokens,
+      'program': 'grpo.policy_grads + AdamW (the train half of grpo_step), one CPU device',
+  }
+  out['results'] = {
+      'compile_s': secs,
+      'temp_bytes': ma.temp_size_in_bytes,
+      'argument_bytes': ma.argument_size_in_bytes,
+      'output_bytes': ma.output_size_in_bytes,
+      'alias_bytes': ma.alias_size_in_bytes,
+      'full_logits_tensor_bytes': logits_bytes,
+      'largest_f32_buffers': [{'bytes': b, 'shape': list(d)} for b, d in sizes],
+      'buffers_with_tokens_x_vocab': full_logits,
+      'no_rows_T_V_logits': not full_logits,
+  }
+  return out
+
+
+def dataclasses_replace(obj, **kw):
+  import dataclasses
+
+  return dataclasses.replace(obj, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# all: every benchmark in one run, one JSON each plus bench/summary.json
+# ------------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ('name', 'metric', 'compfn', 'peer', 'peer_value', 'ratio')
+
+
+def _row(name, metric, compfn, peer, peer_value, ratio):
+  return dict(zip(SUMMARY_KEYS, (name, metric, compfn, peer, peer_value, ratio)))
+
+
+def summary_rows(kind: str, res: dict) -> list:
+  """Rows of bench/summary.json for one benchmark's JSON (ratio > 1: compfn is faster, or meets
+  the target)."""
+  rows = []
+  if 'error' in res:
+    return [_row(kind, 'error', None, None, None, None)]
+  if kind == 'verifier':
+    r = res['result']
+    rows.append(
+        _row(
+            'verifier programs (run only)',
+            'programs/s',
+            r['programs']['device_steady_per_s'],
+            'python reference',
+            r['programs']['python_run_only_per_s'],
+            r['programs']['ratio_device_steady_vs_python_run'],
+        )
+    )
+    rows.append(
+        _row(
+            'verifier responses (reward rule)',
+            'responses/s',
+            r['responses']['device_steady_per_s'],
+            'python reference',
+            r['responses']['python_reference_per_s'],
+            r['responses']['ratio_device_steady_vs_python'],
+        )
+    )
+  elif kind == 'sampler':
+    for c in res.get('configs', []):
+      comp = c['results'].get('compfn') or {}
+      for peer in ('transformers', 'tunix'):
+        pr = c['results'].get(peer) or {}
+        for metric, key in (('decode tok/s', 'decode_tok_s'), ('end-to-end tok/s', 'e2e_tok_s')):
+          if key in comp and key in pr:
+            rows.append(
+                _row(
+                    f'sampler {c["model"]} B={c["batch"]}',
+                    metric,
+                    comp[key],
+                    peer,
+                    pr[key],
+                    comp[key] / pr[key],
+                )
+            )
+    v = res.get('verifier_share') or {}
+    if 'verifier_share_fused' in v:
+      share = max(v['verifier_share_fused'], v['verifier_share_separate'])
+      rows.append(
+          _row(
+              f'verifier share of the fused rollout ({v["model"]} B={v["batch"]})',
+              'fraction (max of fused difference, separate timing)',
+              share,
+              'target (at most)',
+              0.02,
+              0.02 / max(share, 1e-9),
+          )
+      )
+  elif kind in ('train', 'rl_step'):
+    for name, r in res.get('results', {}).items():
+      comp, tun = r['compfn'], r['tunix']
+      what = 'SFT step' if kind == 'train' else 'GRPO step'
+      if 'steady_step_s' in tun:
+        rows.append(
+            _row(
+                f'{what} {name} ({r["params"]:,} params)',
+                's/step',
+                comp['step_s'],
+                'tunix',
+                tun['steady_step_s'],
+                tun['steady_step_s'] / comp['step_s'],
+            )
+        )
+      if kind == 'train':
+        rows.append(
+            _row(
+                f'SFT step MFU {name}',
+                'fraction of the measured f32 peak',
+                comp['mfu'],
+                'target (at least)',
+                0.40,
+                comp['mfu'] / 0.40,
+            )
+        )
+      else:
+        sp = comp['split_s']
+        share = sp['verify'] / (sp['generate'] + sp['verify'])
+        rows.append(
+            _row(
+                f'verifier share of the rollout, GRPO step {name}',
+                'fraction (verify / (generate + verify), separate calls)',
+                share,
+                'target (at most)',
+                0.02,
+                0.02 / max(share, 1e-9),
+            )
+        )
+  elif kind == 'demo':
+    for name, r in res.get('results', {}).items():
+      rows.append(_row(f'demo {name}', 's/step', r['step_s'], None, None, None))
+  elif kind == 'memory':
+    r = res['results']
+    rows.append(
+        _row(
+            f'GRPO train half, {res["config"]["model"]}, {res["config"]["new_tokens"]:,} new '
+            'tokens: compiled temp memory',
+            'bytes (no [rows, T, V] logits buffer: '
+            + ('true' if r['no_rows_T_V_logits'] else 'FALSE')
+            + ')',
+            r['temp_bytes'],
+            'one [rows, T, V] f32 logits tensor',
+            r['full_logits_tensor_bytes'],
+            r['full_logits_tensor_bytes'] / max(r['temp_bytes'], 1),
+        )
+    )
+  return rows
+
+
+def bench_all(
+    out_dir: str, tunix_python: str, tiny: bool = False, only=None, cache_dir: str = ''
+) -> dict:
+  """Every benchmark, one after the other, each JSON written as soon as it is done and
+  ``summary.json`` rewritten after each (``partial`` until the end)."""
+  import subprocess
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  summary = {
+      'benchmark': 'all',
+      'machine': machine_info(),
+      'load_at_start': _load(),
+      'tiny': tiny,
+      'command': 'python tools/benchmark.py all --out '
+      + str(out_dir)
+      + (' --tiny' if tiny else ''),
+      'rows': [],
+      'benchmarks': {},
+      'partial': True,
+  }
+  summary['matmul_peak'] = matmul_peak(256 if tiny else 2048, 2 if tiny else 20)
+  tunix_ok = bool(tunix_python) and os.path.exists(tunix_python)
+  sampler_args = [
+      '--tunix_python',
+      tunix_python if tunix_ok else '/nonexistent',
+      '--systems',
+      'compfn,transformers' + (',tunix' if tunix_ok else ''),
+  ]
+  if cache_dir:
+    sampler_args += ['--cache_dir', cache_dir]
+  if tiny:  # the tiny model, B=2, 8 new tokens, compfn + transformers (+ tunix when present)
+    sampler_args += ['--quick', '--batches', '2', '--greedy_tokens', '0', '--verifier_batch', '2']
+  else:
+    sampler_args += ['--models', 'smollm2,tiny', '--batches', '1,16,64']
+
+  def sampler():
+    cmd = [
+        sys.executable,
+        str(ROOT / 'tools' / 'benchmark_sampler.py'),
+        '--out',
+        str(out / 'sampler.json'),
+    ]
+    p = subprocess.run(cmd + sampler_args, cwd=str(ROOT))
+    if p.returncode:
+      return {'error': f'benchmark_sampler.py exited {p.returncode}'}
+    return json.loads((out / 'sampler.json').read_text())
+
+  models = ['tiny'] if tiny else ['char', 'L4d256']
+  steps = [
+      (
+          'verifier',
+          lambda: {
+              'benchmark': 'verifier',
+              'machine': machine_info(),
+              'result': bench_verifier(64 if tiny else 1024, 1 if tiny else 5),
+          },
+      ),
+      ('train', lambda: bench_train(models, 10, 3, tunix_python, tiny)),
+      ('rl_step', lambda: bench_rl_step(models, 8, 3, tunix_python, tiny)),
+      ('demo', lambda: bench_demo(6, 2, tiny)),
+      ('memory', lambda: bench_memory(tiny)),
+      ('sampler', sampler),  # the longest (SmolLM2 at B=64 in three systems): last
+  ]
+  for name, fn in steps:
+    if only and name not in only:
+      continue
+    t = time.perf_counter()
+    print(
+        f'[all {t - t0:7.1f}s] {name} ... (load {os.getloadavg()[0]:.2f})',
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+      res = fn()
+    except Exception as e:  # one failed benchmark must not lose the others
+      import traceback
+
+      res = {'error': repr(e), 'traceback': traceback.format_exc()[-3000:]}
+    res.pop('_table', None)
+    res['wall_s'] = time.perf_counter() - t
+    if name != 'sampler' or 'error' in res:
+      (out / f'{name}.json').write_text(json.dumps(res, indent=1))
+    rows = summary_rows(name, res)
+    summary['rows'] += rows
+    summary['benchmarks'][name] = {
+        'file': f'{name}.json',
+        'wall_s': res['wall_s'],
+        'load_at_start': (res.get('machine') or {}).get('load_at_start'),
+        'error': res.get('error'),
+    }
+    summary['wall_s'] = time.perf_counter() - t0
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    for r in rows:
+      rat = f'{r["ratio"]:.2f}x' if r['ratio'] else '-'
+      print(
+          f'  {r["name"]} | {r["metric"]} | compfn {r["compfn"]} | {r["peer"]} {r["peer_value"]} | {rat}',
+          file=sys.stderr,
+          flush=True,
+      )
+  summary['partial'] = False
+  summary['load_at_end'] = _load()
+  summary['wall_s'] = time.perf_counter() - t0
+  (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+  return summary
+
+
+def summary_markdown(summary: dict) -> str:
+  lines = [
+      f'Machine: {summary["machine"]["cpu"]}, {summary["machine"]["cores"]} cores, jax '
+      f'{summary["machine"]["jax"]}; load at start {summary["load_at_start"]["load1"]:.2f}; f32 '
+      f'matmul peak {summary["matmul_peak"]["median_flops"] / 1e9:.0f} GFLOP/s; wall '
+      f'{summary["wall_s"] / 60:.1f} min',
+      '',
+      '| name | metric | compfn | peer | peer value | ratio |',
+      '|---|---|---|---|---|---|',
+  ]
+  f = lambda x: '-' if x is None else (f'{x:,.4g}' if isinstance(x, float) else str(x))  # noqa
+  for r in summary['rows']:
+    lines.append(
+        f'| {r["name"]} | {r["metric"]} | {f(r["compfn"])} | {r["peer"] or "-"} | '
+        f'{f(r["peer_value"])} | {f(r["ratio"])} |'
+    )
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(
       description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -716,7 +1217,45 @@ def main(argv=None):
         action='store_true',
         help='a tiny smoke configuration (tests; no meaningful timing)',
     )
+  a = sub.add_parser(
+      'all',
+      help='every benchmark (verifier, sampler, train, rl-step, demo, memory) vs its peers; '
+      'one JSON each + summary.json',
+  )
+  a.add_argument('--out', default='bench/')
+  a.add_argument('--tunix_python', default=DEFAULT_TUNIX, help="'' or missing: no Tunix peer")
+  a.add_argument(
+      '--tiny', action='store_true', help='smoke sizes (CI): seconds, no meaningful timing'
+  )
+  a.add_argument('--only', default='', help='comma-separated subset of the benchmarks')
+  a.add_argument('--cache_dir', default='', help="the sampler's weights folder (default its own)")
+  d = sub.add_parser('demo', help="the CPU demo's GRPO and packed SFT steps (compfn only)")
+  d.add_argument('--out', default='bench/demo_steps.json')
+  d.add_argument('--steps', type=int, default=6)
+  d.add_argument('--warmup', type=int, default=2)
+  d.add_argument('--tiny', action='store_true')
+  m = sub.add_parser('memory', help='compiled memory of the GRPO train half, Llama-3.1-8B, 8k')
+  m.add_argument('--out', default='bench/memory.json')
+  m.add_argument('--tiny', action='store_true')
   args = ap.parse_args(argv)
+  if args.what == 'all':
+    only = [x for x in args.only.split(',') if x]
+    summary = bench_all(args.out, args.tunix_python, args.tiny, only, args.cache_dir)
+    print(summary_markdown(summary))
+    print(f'\nwrote {args.out}/summary.json')
+    return
+  if args.what in ('demo', 'memory'):
+    result = (
+        bench_demo(args.steps, args.warmup, args.tiny)
+        if args.what == 'demo'
+        else bench_memory(args.tiny)
+    )
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result['results'], indent=1))
+    print(f'\nwrote {out}')
+    return
   if args.what in ('train', 'rl-step'):
     models = [m for m in args.models.split(',') if m]
     bad = [m for m in models if m not in MODELS]

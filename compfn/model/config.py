@@ -25,6 +25,7 @@ ARCHITECTURES = {
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
+UNROLL_MAX_LAYERS = 8  # ModelConfig.scan_layers=None unrolls the layer stack up to this depth
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
@@ -74,6 +75,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype; logits are always returned in float32
   remat: str = "none"  # 'none' | 'full' | 'dots'
+  # The layer stack runs under ``nn.scan`` (params stacked [L, ...] either way). True: one rolled
+  # loop (compile time independent of L: deep models, TPU). False: the scan fully unrolled (no
+  # while loop, no per-layer dynamic slicing and stacking of weights and saved activations; on
+  # XLA:CPU a 2-layer GRPO train step is ~20% faster). None: unrolled for up to
+  # ``UNROLL_MAX_LAYERS`` layers, scanned above.
+  scan_layers: Optional[bool] = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -99,6 +106,14 @@ class ModelConfig:
         raise ValueError(f"unknown layer_types {sorted(bad)}; supported: {SLIDING}, {FULL}")
       if SLIDING in self.layer_types and not self.sliding_window:
         raise ValueError("layer_types has sliding layers but sliding_window is not set")
+
+  @property
+  def scan_unroll(self) -> int:
+    """The ``unroll`` of the layer scan (``scan_layers``)."""
+    scan = self.scan_layers
+    if scan is None:
+      scan = self.num_layers > UNROLL_MAX_LAYERS
+    return 1 if scan else self.num_layers
 
   # Derived family behaviour.
   @property

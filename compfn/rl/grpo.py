@@ -7,8 +7,10 @@ One call of :func:`grpo_step` is one XLA program (DESIGN §1)::
         ─► loop (lax.while_loop) until ``batch_prompts`` groups are kept or R rounds are used
         ─► teacher-forced log-probs ─► clipped policy loss (+ KL, − entropy) ─► AdamW update
 
-The train half computes logits only where the loss is: the trunk runs over ``[prompt |
-response]``, the final norm + LM head only at the N positions predicting response tokens, in
+The train half computes logits only where the loss is: the trunk runs over each prompt ONCE
+for its G responses and over the responses (``compfn.model.transformer.response_hidden``:
+the same values as ``[prompt | response]`` rows, G-fold less prompt work), the final norm +
+LM head only at the N positions predicting response tokens, in
 chunks of ``GRPOConfig.logits_chunk`` positions (rematerialised in the backward pass), so no
 ``[rows, T, V]`` or ``[rows, N, V]`` f32 tensor exists (``compfn.rl.losses.
 token_stats_from_hidden``). The entropy is differentiated only when ``entropy_coef != 0`` and the
@@ -150,7 +152,8 @@ class GRPOConfig:
   kl_estimator: str = 'low_var_kl'
   entropy_coef: float = 0.0
   old_logprobs: str = 'recompute'  # 'recompute' (on-policy, ratio 1) | 'sampler'
-  micro_batches: int = 1  # gradient accumulation over the B*G rows
+  micro_batches: int = 1  # gradient accumulation over the B*G rows (micro-batches holding no
+  # kept group are skipped: with dynamic sampling, more micro-batches = less padding computed)
   filter_on: str = 'reward'  # dynamic sampling keeps groups whose 'reward' | 'acc' differ
   min_groups: int = 0  # skip the update when fewer groups were kept
   logits_chunk: int = 0  # response positions per LM-head chunk (0: <= 64 MiB f32)
@@ -352,6 +355,8 @@ class Rows:
   """The buffer as ``P*G`` flat training rows ``[prompt | response]`` (:func:`_flat_rows`)."""
 
   tokens: Array  # int32[R, T] packed prompt + response
+  prompts: Array  # int32[R, Lp] each row's prompt (rows of a group share it)
+  prompt_lens: Array  # int32[R]
   positions: Array  # int32[R, T]
   segment_ids: Array  # int32[R, T]
   src: Array  # int32[R, N] positions whose logits predict the response tokens
@@ -553,6 +558,8 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig) -> Rows:
   src = sampling.response_logit_positions(jnp.repeat(buf.prompt_lens, g), buf.prompts.shape[1], n)
   return Rows(
       tokens=full,
+      prompts=jnp.repeat(buf.prompts, g, axis=0),
+      prompt_lens=jnp.repeat(buf.prompt_lens, g),
       positions=positions,
       segment_ids=seg,
       src=src,
@@ -570,18 +577,34 @@ def _response_stats(
   """Teacher-forced statistics of the response tokens (``losses.token_stats_from_hidden``:
   ``logprobs`` f32[rows, N], and ``entropy`` unless ``entropy='none'``) under the logits divided by
   the sampling temperature (``cfg.logit_scale``), i.e. of the distribution the sampler drew
-  from. The trunk runs over ``[prompt | response]``; the final norm and LM head only at the N
-  positions predicting response tokens, ``cfg.logits_chunk`` positions at a time, so no
+  from. The trunk runs over each prompt once and its G responses
+  (``transformer.response_hidden``; rows that are not whole groups: over ``[prompt |
+  response]`` rows); the final norm and LM head only at the N positions predicting response
+  tokens, ``cfg.logits_chunk`` positions at a time, so no
   ``[rows, T, V]`` (nor ``[rows, N, V]``) f32 logits tensor is materialised."""
-  hidden, _ = transformer.apply(
-      model_config,
-      params,
-      rows.tokens,
-      rows.positions,
-      segment_ids=rows.segment_ids,
-      logits_index=rows.src,
-      return_hidden=True,
-  )  # [rows, N, D]
+  g = cfg.num_generations
+  if g > 1 and rows.response.shape[0] % g == 0:
+    # Whole groups (the micro-batches split the rows at group boundaries): each prompt runs
+    # through the trunk once for its G responses (``transformer.response_hidden``).
+    hidden = transformer.response_hidden(
+        model_config,
+        params,
+        rows.prompts[::g],
+        rows.prompt_lens[::g],
+        rows.response,
+        rows.mask,
+        g,
+    )
+  else:
+    hidden, _ = transformer.apply(
+        model_config,
+        params,
+        rows.tokens,
+        rows.positions,
+        segment_ids=rows.segment_ids,
+        logits_index=rows.src,
+        return_hidden=True,
+    )  # [rows, N, D]
   st = losses.token_stats_from_hidden(
       model_config,
       params,
@@ -677,7 +700,12 @@ def policy_grads(
       aux['kl'] = kl
     return loss, aux
 
-  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches)
+  # Kept groups fill the buffer from the front: micro-batches past the last filled group
+  # (all rows masked, advantage 0) contribute nothing and are not computed.
+  per_mb = rows.row_valid.shape[0] // cfg.micro_batches
+  filled_rows = rows.row_valid.sum().astype(jnp.int32)
+  active = (filled_rows + per_mb - 1) // per_mb
+  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches, active=active)
   aux['train_tokens'] = rows.mask.sum().astype(jnp.float32)
   return grads, loss, aux
 
