@@ -13,7 +13,8 @@ is a view of the device scorers) and the evaluator handle every task the same wa
 
 The registry is filled in one direction: :mod:`compfn.tasks` (the package ``__init__``) imports
 the task modules and registers the built-in tasks (``strings_json``, ``strings_trace``,
-``strings_trace_steps``, ``countdown``); no task module imports this one. Other tasks register
+``strings_trace_steps``, ``strings_trace_shape``, ``countdown``); no task module imports this
+one (``tests/test_layers.py``). Other tasks register
 themselves with :func:`register`. This module imports nothing of the tasks (and not JAX): a
 device scorer may be a :class:`Lazy` reference, imported on its first call.
 """
