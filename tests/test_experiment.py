@@ -255,30 +255,58 @@ def test_grpo_kill9_then_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
-  """The RFT stage glue in-process: collect-only writes the (empty) records and stats, and a
-  training RFT stops with a message instead of fitting noise. Rigged so that nothing can be
-  solved: every reference ends in a character the char model cannot emit (it is not in its
-  vocabulary), so the empty branch runs whatever the random model samples."""
+def _in_process_run(tmp_path):
+  """A stages.Run of a random char model on all (fake) devices."""
   import jax
   from compfn import parallel
   from compfn import stages
-  from compfn.data import sources
   from compfn.model import transformer
   from compfn.tokenizers import CharTokenizer
 
   tok = CharTokenizer()
   cfg = stages.char_model(d_model=32, head_dim=8, mlp_dim=64, max_len=128)
-  mesh = parallel.make_mesh((-1, 1, 1))
-  run = stages.Run(
+  return stages.Run(
       workdir=str(tmp_path),
       model_config=cfg,
       params=transformer.init_params(cfg, jax.random.PRNGKey(0)),
       tokenizer=tok,
       encode=tok.encode,
-      mesh=mesh,
+      mesh=parallel.make_mesh((-1, 1, 1)),
       rules=parallel.logical_rules(),
   )
+
+
+def test_eval_stage_takes_the_reference_and_metrics_from_the_task(tmp_path):
+  """eval_stage reads each record's reference through the task (the whole reference trace for
+  strings_trace_shape, the answer for strings_trace) and offers failure modes only for the tasks
+  whose Task.metrics list them."""
+  from compfn import stages
+  from compfn.data import sources
+
+  run = _in_process_run(tmp_path)
+  recs = sources.trace_records('train', 2, 2, 4, seed=0)
+  common = dict(records=recs, max_new_tokens=8, batch_size=8)
+  stages.eval_stage(run, name='shape', task='strings_trace_shape', **common)
+  assert [p.ref for p in run.results['shape'].problems] == [r['target'] for r in recs]
+  stages.eval_stage(run, name='answer', task='strings_trace', failure_modes=True, **common)
+  assert [p.ref for p in run.results['answer'].problems] == [r['ref'] for r in recs]
+  assert 'failure_analysis' in run.summaries['answer']
+  with pytest.raises(ValueError, match='failure_modes needs greedy=True and a task'):
+    stages.eval_stage(
+        run, name='shape_fm', task='strings_trace_shape', failure_modes=True, **common
+    )
+
+
+def test_rft_stage_collects_writes_and_refuses_to_train_on_nothing(tmp_path):
+  """The RFT stage glue in-process: collect-only writes the (empty) records and stats, and a
+  training RFT stops with a message instead of fitting noise. Rigged so that nothing can be
+  solved: every reference ends in a character the char model cannot emit (it is not in its
+  vocabulary), so the empty branch runs whatever the random model samples."""
+  from compfn import stages
+  from compfn.data import sources
+
+  run = _in_process_run(tmp_path)
+  tok = run.tokenizer
   unsolvable = '\u2603'  # not in the CharTokenizer's vocabulary: no response contains it
   with pytest.raises(ValueError, match='not in the vocabulary'):
     tok.encode(unsolvable)
