@@ -465,11 +465,7 @@ class _Abstract:
 
   @property
   def batch_devices(self) -> int:
-    axes = self.batch_axes
-    if axes is None:
-      return 1
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    return int(np.prod([self.mesh.shape[a] for a in axes]))
+    return parallel.batch_devices(self.mesh, self.rules)
 
 
 # -------------------------------------------------------------------------------- programs
@@ -546,8 +542,6 @@ def _rollout_program(
   from compfn import sampling
   from compfn.rl import rollout
 
-  if task == 'countdown':  # compfn.evaluate: scored on the host
-    task, ref_len = 'strings_trace', 16
   cfg = sampling.SamplerConfig(
       int(max_new_tokens),
       temperature=float(temperature),
@@ -566,13 +560,11 @@ def _rollout_program(
   rng = ab.replicated((), _key_dtype())
   detok = ab.replicate_tree(tk.detok)
   mesh, rules = (ab.mesh, ab.rules) if sharded else (None, None)
-  rules = sampling._check_rules(mesh, rules)[1]
 
   def lower():
-    with sampling._MeshContext(mesh, rules):
-      return rollout._rollout_jit.lower(
-          ab.config, ab.params, batch, rng, cfg, task, detok, max_bytes=None, mesh=mesh, rules=rules
-      )
+    return rollout.lower(
+        ab.config, ab.params, batch, rng, cfg, task, detok=detok, mesh=mesh, rules=rules
+    )
 
   return Program(
       stage,

@@ -60,11 +60,7 @@ from compfn.rl.host_rollouts import (  # the runner lives below evaluation (and 
 __all__ = [
     'evaluate',
     'default_ks',
-    'TASKS',
 ]
-
-#: The built-in tasks (:func:`evaluate` scores every task in :mod:`compfn.tasks.registry`).
-TASKS = ('strings_json', 'strings_trace', 'countdown')
 
 
 def default_ks(num_samples: int) -> tuple[int, ...]:
@@ -101,7 +97,8 @@ def evaluate(
   """Evaluate a model on ``problems`` (see the module docstring).
 
   Args:
-    task: 'strings_json' | 'strings_trace' | 'countdown'.
+    task: the name of a task in :mod:`compfn.tasks.registry` (``'strings_json'``,
+      ``'strings_trace'``, ``'countdown'``, ...), scored by its registered device scorer.
     greedy: run one greedy sample per problem (-> ``greedy_acc``).
     num_samples: samples per problem at ``temperature`` (0 = none; -> ``sample_correct``,
       pass@k for ``ks``, default :func:`default_ks`).

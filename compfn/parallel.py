@@ -9,8 +9,13 @@ name to a mesh axis (or a tuple of axes, or None = replicated), T5X-style, and i
     >>> mesh = make_mesh((2, 2, 2))                          # 8 devices: data=2, fsdp=2, tensor=2
     >>> shardings = param_shardings(config, mesh)            # NamedSharding per parameter
     >>> params = jax.device_put(params, shardings)
-    >>> with use_mesh(mesh):                                 # activations follow the same rules
-    ...     logits = jax.jit(fn)(params, tokens)
+    >>> batch = shard_batch({'tokens': tokens}, mesh)          # rows over ('data', 'fsdp')
+    >>> with use_mesh(mesh, logical_rules()):                # activations follow the same rules
+    ...     logits = jax.jit(fn)(params, batch['tokens'])
+
+One of each helper lives here and nowhere else: :func:`normalize_rules` (a rules table as a
+hashable, checked tuple), :func:`use_mesh` (the mesh and rules context every jitted call runs
+under), :func:`shard_batch` (host batch -> global arrays on the mesh) and :func:`batch_devices`.
 
 Meshes are built with ``AxisType.Auto`` (jax 0.10's ``make_mesh`` defaults to Explicit).
 Multi-host: call :func:`initialize_distributed` first on every host (``compfn-train`` does, with
@@ -29,7 +34,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -48,9 +53,14 @@ DEFAULT_RULES = (
 )
 
 
-@gin.configurable
-def logical_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
-  """The rules table in force (bind ``logical_rules.rules`` in gin to change it)."""
+def normalize_rules(rules) -> Optional[tuple]:
+  """The one rules normaliser: a rules table (pairs; lists as gin and JSON write them are
+  accepted) as a hashable tuple of ``(logical_name, mesh_axis | tuple of mesh axes | None)``
+  pairs, so that it can be a static argument of ``jax.jit``. Raises ValueError when a logical
+  name appears twice or an axis is not one of :data:`MESH_AXES`. ``None`` stays ``None`` (no
+  rules)."""
+  if rules is None:
+    return None
   out = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
   names = [k for k, _ in out]
   dup = sorted({k for k in names if names.count(k) > 1})
@@ -61,6 +71,12 @@ def logical_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
       if ax is not None and ax not in MESH_AXES:
         raise ValueError(f'rule {k!r} -> {v!r}: {ax!r} is not a mesh axis {MESH_AXES}')
   return out
+
+
+@gin.configurable
+def logical_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple:
+  """The rules table in force (bind ``logical_rules.rules`` in gin to change it)."""
+  return normalize_rules(rules)
 
 
 @gin.configurable
@@ -103,10 +119,46 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=None) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def batch_devices(mesh: Optional[Mesh], rules=None) -> int:
+  """How many ways the rules' ``'batch'`` axis splits a batch on ``mesh`` (1 without a mesh):
+  the row count of a batch placed by :func:`shard_batch` must be a multiple of it."""
+  if mesh is None:
+    return 1
+  axes = dict(normalize_rules(rules) or logical_rules()).get('batch')
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def shard_batch(tree, mesh: Mesh, rules=None, replicate: bool = False):
+  """The one batch placement: host arrays (the whole global batch, the same on every process)
+  -> global ``jax.Array``s on ``mesh``, each with its leading axis over the rules' ``'batch'``
+  mesh axes (rules default to :func:`logical_rules`), or whole on every device with
+  ``replicate=True`` (tables, pools). Scalars are replicated. Each process places the rows of its
+  own devices (:func:`put_global`), so the batch does not depend on the process count."""
+  axes = None if replicate else dict(normalize_rules(rules) or logical_rules()).get('batch')
+
+  def put(x):
+    x = np.asarray(x)
+    spec = PartitionSpec(axes, *([None] * (x.ndim - 1))) if x.ndim else PartitionSpec()
+    return put_global(x, NamedSharding(mesh, spec))
+
+  return jax.tree.map(put, tree)
+
+
 @contextlib.contextmanager
-def use_mesh(mesh: Mesh, rules=None):
-  """Make ``mesh`` current and the logical rules active (for ``with_logical_constraint``)."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules or logical_rules()):
+def use_mesh(mesh: Optional[Mesh] = None, rules=None):
+  """The one mesh context: ``jax.set_mesh(mesh)`` when a mesh is given, and the logical-axis
+  ``rules`` active (``nn.logical_axis_rules``, for the model's ``with_logical_constraint``
+  annotations) when rules are given; nothing is entered for ``None``. Rules are normalised by
+  :func:`normalize_rules`; pass :func:`logical_rules` for the gin-bound table."""
+  rules = normalize_rules(rules)
+  with contextlib.ExitStack() as stack:
+    if mesh is not None:
+      stack.enter_context(jax.set_mesh(mesh))
+    if rules is not None:
+      stack.enter_context(nn.logical_axis_rules(rules))
     yield mesh
 
 

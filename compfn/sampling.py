@@ -98,6 +98,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compfn import buckets, parallel
 from compfn.model import transformer
 from compfn.model.config import ModelConfig
 
@@ -185,8 +186,7 @@ class DecodeState:
 
 def bucket_length(n: int, min_bucket: int = 16) -> int:
   """Next power of two >= max(n, min_bucket) (the host pads prompts to it)."""
-  n = max(int(n), int(min_bucket), 1)
-  return 1 << (n - 1).bit_length()
+  return buckets.next_power_of_two(n, min_bucket)
 
 
 # ------------------------------------------------------------------------------ the sampler
@@ -446,32 +446,6 @@ def sample_fn(
   return samples_from_state(decode_fn(model_config, state, params, cfg), cfg)
 
 
-class _MeshContext:
-  """``jax.set_mesh(mesh)`` + ``nn.logical_axis_rules(rules)`` when given, else nothing."""
-
-  def __init__(self, mesh, rules):
-    self.mesh, self.rules, self._stack = mesh, rules, []
-
-  def __enter__(self):
-    import contextlib
-
-    self._stack = contextlib.ExitStack()
-    if self.mesh is not None:
-      self._stack.enter_context(jax.set_mesh(self.mesh))
-    if self.rules is not None:
-      self._stack.enter_context(nn.logical_axis_rules(self.rules))
-    return self
-
-  def __exit__(self, *exc):
-    return self._stack.__exit__(*exc)
-
-
-def _check_rules(mesh, rules):
-  if rules is not None:
-    rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in rules)
-  return mesh, rules
-
-
 # mesh / rules are static so that a sharded and an unsharded trace never share a cache entry.
 @functools.partial(jax.jit, static_argnames=("model_config", "cfg", "mesh", "rules"))
 def _prefill_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=None, rules=None):
@@ -505,8 +479,8 @@ def prefill(
     rules=None,
 ) -> DecodeState:
   """Jitted prefill: the DecodeState after the first sampled token."""
-  mesh, rules = _check_rules(mesh, rules)
-  with _MeshContext(mesh, rules):
+  rules = parallel.normalize_rules(rules)
+  with parallel.use_mesh(mesh, rules):
     return _prefill_jit(
         model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh, rules=rules
     )
@@ -522,8 +496,8 @@ def decode(
     rules=None,
 ) -> DecodeState:
   """Jitted decode loop; ``state`` is donated (do not reuse it)."""
-  mesh, rules = _check_rules(mesh, rules)
-  with _MeshContext(mesh, rules):
+  rules = parallel.normalize_rules(rules)
+  with parallel.use_mesh(mesh, rules):
     return _decode_jit(model_config, state, params, cfg, mesh=mesh, rules=rules)
 
 
@@ -540,8 +514,8 @@ def sample(
 ) -> Samples:
   """Sample ``cfg.num_samples`` continuations of each prompt: one jitted call (prefill and
   the decode while_loop in one XLA program). See the module docstring."""
-  mesh, rules = _check_rules(mesh, rules)
-  with _MeshContext(mesh, rules):
+  rules = parallel.normalize_rules(rules)
+  with parallel.use_mesh(mesh, rules):
     return _sample_jit(model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh, rules=rules)
 
 
@@ -660,7 +634,7 @@ class Sampler:
 
   def pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     b = len(ids)
-    rows = 1 << max(0, b - 1).bit_length()
+    rows = buckets.next_power_of_two(b)
     p = bucket_length(max(len(x) for x in ids), self.min_bucket)
     pad_id = self.cfg.pad_id
     arr = np.full((rows, p), pad_id, np.int32)

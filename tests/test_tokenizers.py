@@ -10,10 +10,6 @@ import pytest
 
 from compfn import tokenizers
 
-spm = pytest.importorskip('sentencepiece')
-pytest.importorskip('tokenizers')
-pytest.importorskip('jinja2')
-
 HAVE_TRANSFORMERS = importlib.util.find_spec('transformers') is not None
 
 

@@ -164,12 +164,44 @@ def test_grpo_step_sharded_2x4_equals_unsharded():
   assert float(ref_m['generated_samples']) == 32
 
 
-def test_dynamic_sampling_keeps_only_mixed_groups():
-  """Rewards are compared directly: every kept group in the buffer is mixed; the counts add up."""
+def test_dynamic_sampling_keeps_only_mixed_groups(monkeypatch):
+  """Every kept group is mixed, every uniform group is dropped, and the counts add up. Rigged so
+  that both branches always run: the real sampler runs, but each group's rewards are decided by
+  its reference's byte length (mod 3: all 0 | [1, 0, 0, 0] | all -1), so which groups are mixed
+  is known on the host, whatever the random model samples."""
+  from compfn.rl.advantages import group_advantages
+
+  real = grpo.rollout_fn
+
+  def rigged(model_config, params, batch, rng, cfg, task='strings_json', *, detok, max_bytes=None):
+    ro = real(model_config, params, batch, rng, cfg, task, detok=detok, max_bytes=max_bytes)
+    g = cfg.num_samples
+    kind = jnp.repeat(batch.ref_len % 3, g)
+    first = jnp.arange(kind.shape[0]) % g == 0
+    reward = jnp.where(kind == 2, -1.0, jnp.where((kind == 1) & first, 1.0, 0.0))
+    return ro.replace(
+        reward=reward,
+        score=reward.astype(jnp.int32),
+        acc=(reward > 0).astype(jnp.int32),
+        advantage=group_advantages(reward, g),
+    )
+
+  monkeypatch.setattr(grpo, 'rollout_fn', rigged)
   cfg = _config()
   gcfg, scfg, pool = _grpo_setup(
       {'max_rounds': 3, 'gen_prompts': 4, 'batch_prompts': 2, 'max_new_tokens': 16}
   )
+  # What dynamic sampling must do, from the references alone: rounds of 4 prompts until 2 mixed
+  # groups are kept (or 3 rounds are used).
+  kinds = np.asarray(pool.ref_len) % 3
+  kept, rounds = [], 0
+  while len(kept) < 2 and rounds < 3:
+    sampled = range(4 * rounds, 4 * rounds + 4)
+    kept += [i for i in sampled if kinds[i] == 1][: 2 - len(kept)]
+    rounds += 1
+  dropped = [i for i in range(4 * rounds) if kinds[i] != 1]
+  assert kept and dropped, (kinds, kept, dropped)  # both branches run on this pool
+
   params = transformer.init_params(cfg, jax.random.PRNGKey(5))
   detok = DetokTables.from_tokenizer(TOK)
   buf, st = jax.jit(lambda p, pl, r: grpo.generate(cfg, p, pl, r, gcfg, scfg, detok))(
@@ -177,12 +209,13 @@ def test_dynamic_sampling_keeps_only_mixed_groups():
   )
   filled = int(buf.filled)
   rew = np.asarray(buf.reward)
+  assert filled == len(kept) and int(st.rounds) == rounds
   for i in range(filled):
-    assert len(set(rew[i].tolist())) > 1, rew[i]
-  assert int(st.rounds) <= 3 and int(st.samples) == int(st.rounds) * 16
-  assert filled <= 2
-  if filled < 2:
-    assert int(st.rounds) == 3
+    assert len(set(rew[i].tolist())) > 1, rew[i]  # mixed
+    np.testing.assert_array_equal(rew[i], [1, 0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(buf.prompts)[:filled], np.asarray(pool.prompts)[kept])
+  assert int(st.samples) == rounds * 16 and int(st.groups) == rounds * 4
+  assert int(st.mixed_groups) == sum(kinds[: 4 * rounds] == 1)
 
 
 def test_grpo_loss_hand_computed():

@@ -119,7 +119,7 @@ def synthetic_responses(problems, seed=0):
 
 def bench_verifier(batch: int, repeats: int) -> dict:
   import jax
-  from compfn.tasks.strings import generate, program as P, scoring
+  from compfn.tasks.strings import generate, program, scoring
   from compfn.tasks.strings import device_scoring, interpreter
 
   test = generate(2, 'test', 1, 8, 2048)
@@ -131,9 +131,11 @@ def bench_verifier(batch: int, repeats: int) -> dict:
   res: dict = {'batch': len(probs)}
 
   # Programs: Python reference.
-  nodes = [P.parse_code(c) for c in codes]
-  t_parse_run = timeit(lambda: [P.run(P.parse_code(c), x) for c, x in zip(codes, inputs)], repeats)
-  t_run = timeit(lambda: [P.run(n, x) for n, x in zip(nodes, inputs)], repeats)
+  nodes = [program.parse_code(c) for c in codes]
+  t_parse_run = timeit(
+      lambda: [program.run(program.parse_code(c), x) for c, x in zip(codes, inputs)], repeats
+  )
+  t_run = timeit(lambda: [program.run(n, x) for n, x in zip(nodes, inputs)], repeats)
   # Programs: device, end to end (parse + encode + run + decode) and steady state.
   outs = interpreter.execute_batch(codes, inputs, capacity=4096)
   assert outs == refs, 'device interpreter disagrees with the reference'

@@ -7,7 +7,7 @@ Any other set: ``Countdown.config_for(level, num, seed)``, canonically named
 ``L{level}[_n{num}][_seed{seed}]`` (e.g. ``L3_n128_seed7``), which :func:`config_from_name`
 parses back. Problems are :func:`compfn.tasks.countdown.generate` (reasoning-gym-identical).
 
-The builder reuses :mod:`compfn.data.strings_tfds`'s plumbing (``_Builder``): array_record by
+The builder reuses :mod:`compfn.data.strings_tfds`'s plumbing (``Builder``): array_record by
 default, the deterministic example writer (byte-identical shards across builds), the
 ``code_path`` override (TFDS 4.9.10 would need ``importlib_resources``), generator order
 (``disable_shuffling=True``, key = index, so ``src[i]`` is problem ``i``)::
@@ -145,7 +145,7 @@ def config_from_name(name: str) -> CountdownSetConfig:
   return cfg
 
 
-class Countdown(strings_tfds._Builder):
+class Countdown(strings_tfds.Builder):
   """Countdown problems (the paper's prompt), one config per generated set."""
 
   BUILDER_CONFIGS = [countdown_config(level) for level in PAPER_LEVELS]
@@ -194,7 +194,7 @@ class Countdown(strings_tfds._Builder):
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     cfg = self.builder_config
     problems = generator.iter_generate(**cfg.generator_args())
-    for i, p in enumerate(strings_tfds._progress(problems, cfg.num, cfg.name, self._progress)):
+    for i, p in enumerate(strings_tfds.progress_bar(problems, cfg.num, cfg.name, self._progress)):
       yield i, problem_record(p, i)
 
 

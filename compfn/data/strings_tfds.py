@@ -118,7 +118,8 @@ def decode_record(raw: dict) -> dict:
   return out
 
 
-def _progress(it: Iterable, total: int, desc: str, enabled: bool):
+def progress_bar(it: Iterable, total: int, desc: str, enabled: bool):
+  """``it`` under a tqdm bar of ``total`` examples when ``enabled`` (else ``it`` itself)."""
   if not enabled:
     return it
   from tqdm.auto import tqdm
@@ -141,7 +142,7 @@ class _DeterministicWriter(tfds_writer.ExampleWriter):
     return super().write(path, canonical)
 
 
-class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared builder plumbing: array_record by default, configs by canonical name, an optional
   tqdm bar over generation.
 
@@ -241,7 +242,7 @@ def task_config(
   arguments with the generator's own checks."""
   if num is None:
     num = DEFAULT_NUM.get(split, 0)
-  generator._check_args(stage, split, min_level, max_level, num, mode)  # raises ValueError
+  generator.check_args(stage, split, min_level, max_level, num, mode)  # raises ValueError
   if not isinstance(seed, int) or seed < 0:
     raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
   name = _task_name(stage, split, min_level, max_level, num, mode, seed)
@@ -277,7 +278,7 @@ def _paper_configs() -> list[StringTaskConfig]:
   ]
 
 
-class StringTask(_Builder):
+class StringTask(Builder):
   """The string-function problems (paper prompt format), one config per generated set."""
 
   BUILDER_CONFIGS = _paper_configs()
@@ -323,7 +324,7 @@ class StringTask(_Builder):
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     cfg = self.builder_config
     it = generator.iter_generate(**cfg.generator_args())
-    for i, p in enumerate(_progress(it, cfg.num, cfg.name, self._progress)):
+    for i, p in enumerate(progress_bar(it, cfg.num, cfg.name, self._progress)):
       yield i, problem_record(p, i)
 
 
@@ -482,7 +483,7 @@ def trace_config(
   return StringTraceConfig(name=name, version=VERSION, description=desc.strip(), **args)
 
 
-class StringTrace(_Builder):
+class StringTrace(Builder):
   """Trace-format chains for small from-scratch models, one config per generated set."""
 
   BUILDER_CONFIGS = [trace_config(name=n, **kw) for n, kw in _TRACE_NAMED.items()]
@@ -530,7 +531,7 @@ class StringTrace(_Builder):
           f'{cfg.name}: generate_trace made {len(problems)} of {cfg.num} '
           f'problems (attempts ran out; lower num or raise max_chars)'
       )
-    for i, t in enumerate(_progress(problems, cfg.num, cfg.name, self._progress)):
+    for i, t in enumerate(progress_bar(problems, cfg.num, cfg.name, self._progress)):
       yield i, trace_record(t, i)
 
 
@@ -685,4 +686,6 @@ __all__ = [
     'generate_records',
     'FUNCTION_SETS',
     'BUILDERS',
+    'Builder',
+    'progress_bar',
 ]

@@ -28,8 +28,6 @@ __all__ = [
     'decode_response',
     'strip_stop',
     'as_key',
-    'batch_devices',
-    'pow2',
     'encoded_reference',
 ]
 
@@ -41,22 +39,6 @@ class Sampled:
   lengths: np.ndarray  # int32[P, G] generated tokens incl. the stop token
   truncated: np.ndarray  # bool[P, G]
   kept: dict  # (problem, sample) -> int32[length] generated ids (incl. stop)
-
-
-def pow2(n: int) -> int:
-  return 1 << max(0, int(n) - 1).bit_length()
-
-
-def batch_devices(mesh, rules) -> int:
-  if mesh is None:
-    return 1
-  from compfn.rl.rollout import DEFAULT_RULES
-
-  axes = dict(rules or DEFAULT_RULES).get('batch')
-  if axes is None:
-    return 1
-  axes = (axes,) if isinstance(axes, str) else tuple(axes)
-  return int(np.prod([mesh.shape[a] for a in axes]))
 
 
 def encoded_reference(encode, ref, index: int) -> str:
@@ -111,9 +93,8 @@ def sample_and_score(
   import jax
   from tqdm.auto import tqdm
 
-  from compfn import sampling
+  from compfn import buckets, parallel, sampling
   from compfn.rl import rollout
-
   from compfn.tasks import registry as task_registry
 
   if task not in task_registry.names():
@@ -158,18 +139,15 @@ def sample_and_score(
   if n_prob == 0:
     return out
 
-  ndev = batch_devices(mesh, rules)
-  rows = min(int(batch_size), pow2(n_prob))
+  ndev = parallel.batch_devices(mesh, rules or parallel.DEFAULT_RULES)
+  rows = min(int(batch_size), buckets.next_power_of_two(n_prob))
   rows = -(-rows // ndev) * ndev
   plen = sampling.bucket_length(max(len(x) for x in prompt_ids), 16)
   ref_bytes = [r.encode('utf-8') for r in refs]
   rlen = sampling.bucket_length(max(len(b) for b in ref_bytes), 16)
   detok = rollout.DetokTables.from_tokenizer(tokenizer)
   if mesh is not None:  # replicated over the mesh (every process holds it whole)
-    from compfn.parallel import put_global
-
-    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    detok = jax.tree.map(lambda x: put_global(x, repl), detok)
+    detok = parallel.shard_batch(detok, mesh, replicate=True)
   else:
     detok = jax.device_put(detok)
   key = as_key(rng)
@@ -189,7 +167,7 @@ def sample_and_score(
           ref_len=rlen,
       )
       if mesh is not None:
-        batch = rollout.shard_batch(batch, mesh, rules)
+        batch = parallel.shard_batch(batch, mesh, rules or parallel.DEFAULT_RULES)
       for c in range(n_chunks):
         k = jax.random.fold_in(jax.random.fold_in(key, b), c)
         res = rollout_impl(

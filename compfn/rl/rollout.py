@@ -66,7 +66,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from compfn import parallel, sampling
-from compfn.parallel import DEFAULT_RULES, make_mesh, param_shardings  # noqa: F401 (re-exported)
+from compfn.parallel import (  # noqa: F401 (re-exported)
+    DEFAULT_RULES,
+    make_mesh,
+    param_shardings,
+    shard_batch,
+)
 from compfn import tokenizers
 from compfn.model.config import ModelConfig
 from compfn.rl.advantages import group_advantages
@@ -81,6 +86,7 @@ __all__ = [
     "Rollout",
     "rollout",
     "rollout_fn",
+    "lower",
     "score_samples",
     "make_mesh",
     "shard_params",
@@ -280,9 +286,44 @@ def rollout(
     raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
   if mesh is not None and rules is None:
     rules = DEFAULT_RULES
-  mesh, rules = sampling._check_rules(mesh, rules)
-  with sampling._MeshContext(mesh, rules):
+  rules = parallel.normalize_rules(rules)
+  with parallel.use_mesh(mesh, rules):
     return _rollout_jit(
+        model_config,
+        params,
+        batch,
+        rng,
+        cfg,
+        task,
+        detok,
+        max_bytes=max_bytes,
+        mesh=mesh,
+        rules=rules,
+    )
+
+
+def lower(
+    model_config: ModelConfig,
+    params: Any,
+    batch: RolloutBatch,
+    rng: Array,
+    cfg: sampling.SamplerConfig,
+    task: str = "strings_json",
+    *,
+    detok: DetokTables,
+    max_bytes: Optional[int] = None,
+    mesh=None,
+    rules=None,
+) -> jax.stages.Lowered:
+  """:func:`rollout`'s program lowered, not run (arguments may be ``jax.ShapeDtypeStruct``s):
+  what ``compfn.compile_report`` compiles ahead of time for a target topology."""
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
+  if mesh is not None and rules is None:
+    rules = DEFAULT_RULES
+  rules = parallel.normalize_rules(rules)
+  with parallel.use_mesh(mesh, rules):
+    return _rollout_jit.lower(
         model_config,
         params,
         batch,
@@ -302,15 +343,3 @@ def rollout(
 def shard_params(model_config: ModelConfig, params: Any, mesh, rules=None) -> Any:
   """``device_put`` params by their logical axes and ``rules`` (default: compfn.parallel's)."""
   return jax.device_put(params, param_shardings(model_config, mesh, rules or DEFAULT_RULES))
-
-
-def shard_batch(batch: Any, mesh, rules=None) -> Any:
-  """``device_put`` every array of ``batch`` with its leading axis over the rules' 'batch'."""
-  axes = dict(rules or DEFAULT_RULES).get("batch")
-
-  def put(x):
-    x = np.asarray(x)
-    spec = jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
-    return parallel.put_global(x, jax.sharding.NamedSharding(mesh, spec))
-
-  return jax.tree.map(put, batch)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
-import numpy as np
 
 from compfn import parallel
 
@@ -55,18 +53,6 @@ def record_iterator(
   return Batches(iter(ds), fn)
 
 
-def place(tree, mesh, rules, replicate: bool = False):
-  """Host arrays (the whole global batch, the same on every process) -> global arrays on the
-  mesh: the leading axis over the rules' 'batch' mesh axes, or replicated."""
-  axes = None if replicate else dict(rules).get('batch')
-
-  def put(x):
-    x = np.asarray(x)
-    spec = (
-        jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1)))
-        if x.ndim
-        else jax.sharding.PartitionSpec()
-    )
-    return parallel.put_global(x, jax.sharding.NamedSharding(mesh, spec))
-
-  return jax.tree.map(put, tree)
+#: Host arrays (the whole global batch, the same on every process) -> global arrays on the mesh:
+#: the one batch placement, :func:`compfn.parallel.shard_batch`.
+place = parallel.shard_batch

@@ -17,13 +17,17 @@ from compfn.stages.base import Run
 __all__ = ['eval_stage', 'evaluate_cached', 'classify']
 
 
-def _eval_problems(records):
+def _eval_problems(records, task: str):
+  """Records -> EvalProblems, each with the reference ``task`` scores against
+  (``Task.reference_of``)."""
   from compfn import eval_results
+  from compfn.tasks import registry as task_registry
 
+  reference = task_registry.get(task).reference_of
   return [
       eval_results.EvalProblem(
           prompt=r['prompt'],
-          ref=r['ref'],
+          ref=reference(r),
           level=int(r['level']),
           group=r.get('group', ''),
           target=r.get('target'),
@@ -82,7 +86,7 @@ def evaluate_cached(run: Run, name: str, records, **kw):
 
   d = run.stage_dir(name)
   path = workdir_lib.join(d, 'eval.json')
-  problems = _eval_problems(records)
+  problems = _eval_problems(records, kw.get('task', 'strings_trace'))
   settings = json.dumps({'kw': kw, 'problems': len(problems)}, sort_keys=True, default=str)
   if workdir_lib.exists(path):
     saved = workdir_lib.read_json(path)
@@ -139,8 +143,15 @@ def eval_stage(
 
   if base.dry(run, name, records=records, task=task, greedy=greedy, num_samples=num_samples):
     return
-  if failure_modes and (task != 'strings_trace' or not greedy):
-    raise ValueError(f"[{name}] failure_modes needs task='strings_trace' and greedy=True")
+  if failure_modes:
+    from compfn.tasks import registry as task_registry
+
+    if 'failure_modes' not in task_registry.get(task).metrics or not greedy:
+      able = [n for n, t in task_registry.tasks().items() if 'failure_modes' in t.metrics]
+      raise ValueError(
+          f'[{name}] failure_modes needs greedy=True and a task that reports them '
+          f'(Task.metrics: {", ".join(able)}), got task={task!r}, greedy={greedy}'
+      )
   res = evaluate_cached(
       run,
       name,

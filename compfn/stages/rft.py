@@ -43,6 +43,7 @@ def rft_stage(
   iteration): the records stay in ``<name>/iter_0/rft_records.jsonl`` for a later stage, e.g.
   a mixture of two tasks' collections (``gin/experiments/countdown_multibase.gin``)."""
   from compfn.rl import rft
+  from compfn.tasks import registry as task_registry
 
   if not train and iterations != 1:
     raise ValueError(f'[{name}] rft_stage(train=False) collects once; got iterations={iterations}')
@@ -67,11 +68,12 @@ def rft_stage(
       stats = workdir_lib.read_json(stats_path)
       print(f'[{run.key(name)}/iter_{k}] reusing {len(kept):,} collected records', flush=True)
     else:
+      reference = task_registry.get(task).reference_of
       problems = [
           rft.RFTProblem(
               sample_prompt=r.get('sample_prompt', r['prompt']),
               train_prompt=r.get('train_prompt', r['prompt']),
-              ref=r['ref'],
+              ref=reference(r),
               level=int(r['level']),
           )
           for r in chunk

@@ -40,6 +40,7 @@ def rl_stage(
   from compfn.rl import grpo as grpo_lib
   from compfn.rl.rollout import DetokTables
   from compfn import sampling
+  from compfn.tasks import registry as task_registry
 
   t0 = time.time()
   cfg = grpo or grpo_lib.GRPOConfig()
@@ -72,16 +73,18 @@ def rl_stage(
         'dropped',
         flush=True,
     )
-  # The step-credit and shape-aware trace rewards score against the whole reference trace,
-  # not the answer.
-  whole_trace = cfg.task in ('strings_trace_steps', 'strings_trace_shape')
-  ref_key = 'target' if whole_trace else 'ref'
-  if whole_trace and any(r.get('target') is None for r in records):
-    raise ValueError(f'[{name}] task {cfg.task!r} needs trace records with a target')
+  # Each task's reference, as its scorer reads it (Task.reference_of: the step-credit and
+  # shape-aware trace rewards score against the whole reference trace, not the answer).
+  task = task_registry.get(cfg.task)
+  if any(r.get(task.record_reference) is None for r in records):
+    raise ValueError(
+        f"[{name}] task {cfg.task!r} reads its reference from the records' "
+        f'{task.record_reference!r}, which some records lack'
+    )
   # reference='execute': each prompt also carries its problem's (code, input), from which the
   # step computes the reference on device (the stored one is the fallback for flagged rows).
   programs = grpo_lib.programs_of(cfg, records) if cfg.reference == 'execute' else None
-  enc = [(run.encode(r['prompt']), r[ref_key]) for r in records]
+  enc = [(run.encode(r['prompt']), task.reference_of(r)) for r in records]
   if programs is not None:
     enc = [(p, r, prog) for (p, r), prog in zip(enc, programs)]
   if not enc:

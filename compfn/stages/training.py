@@ -68,10 +68,12 @@ def mfu_hook(run: Run, tokens_key: str, factor: float, gen: bool = False):
 def eval_hook(run: Run, records, task: str, max_new_tokens: int):
   from compfn import eval_results
   from compfn import evaluate
+  from compfn.tasks import registry as task_registry
 
+  reference = task_registry.get(task).reference_of
   problems = [
       eval_results.EvalProblem(
-          prompt=r['prompt'], ref=r['ref'], level=int(r['level']), group=r.get('group', '')
+          prompt=r['prompt'], ref=reference(r), level=int(r['level']), group=r.get('group', '')
       )
       for r in records
   ]

@@ -87,6 +87,7 @@ def _register_builtin():
           registry.Lazy(_STRINGS_DEVICE + 'score_trace_steps'),
           description='Trace format with credit for correct leading steps (ref = the whole '
           "reference trace; a departure from the paper's final-answer reward).",
+          record_reference='target',
       )
   )
   registry.register(
@@ -100,6 +101,7 @@ def _register_builtin():
           description='Trace format, shape-aware: credit for the right calls in the right order, '
           'for right steps and for the right answer; overlong keeps its step credit '
           "(ref = the whole reference trace; a departure from the paper's reward).",
+          record_reference='target',
       )
   )
   registry.register(

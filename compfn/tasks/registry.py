@@ -13,7 +13,8 @@ is a view of the device scorers) and the evaluator handle every task the same wa
 
 The registry is filled in one direction: :mod:`compfn.tasks` (the package ``__init__``) imports
 the task modules and registers the built-in tasks (``strings_json``, ``strings_trace``,
-``strings_trace_steps``, ``countdown``); no task module imports this one. Other tasks register
+``strings_trace_steps``, ``strings_trace_shape``, ``countdown``); no task module imports this
+one (``tests/test_layers.py``). Other tasks register
 themselves with :func:`register`. This module imports nothing of the tasks (and not JAX): a
 device scorer may be a :class:`Lazy` reference, imported on its first call.
 """
@@ -117,6 +118,9 @@ class Task:
     description: one line for listings.
     computed_reference: a :class:`ComputedReference` when the reference can be computed on
       device from the problem's program (``GRPOConfig.reference = 'execute'``); None otherwise.
+    record_reference: the key of a record (a mapping, as :mod:`compfn.data.sources` makes them)
+      that holds this reference: ``'ref'``, or ``'target'`` for the tasks scored against the
+      whole reference trace. The stages read every reference through :meth:`reference_of`.
   """
 
   name: str
@@ -129,10 +133,16 @@ class Task:
   encode_reference: Callable[[Any], str] = _identity
   description: str = ''
   computed_reference: Optional[ComputedReference] = None
+  record_reference: str = 'ref'
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
       raise ValueError(f'a task needs a non-empty name, got {self.name!r}')
+    if not isinstance(self.record_reference, str) or not self.record_reference:
+      raise ValueError(
+          f'task {self.name!r}: record_reference must be a non-empty str, got '
+          f'{self.record_reference!r}'
+      )
     for field in ('generate', 'prompt', 'score', 'device_score', 'encode_reference'):
       if not callable(getattr(self, field)):
         raise TypeError(
@@ -156,11 +166,20 @@ class Task:
       raise ValueError(f'task {self.name!r}: unknown metrics {unknown}; known: {METRICS}')
 
   def reference_of(self, problem) -> str:
-    """The reference of a problem: ``reference(problem)``, or its stored ``ref`` (a mapping's
-    ``'ref'`` item or a ``.ref`` attribute) when ``reference`` is :data:`STORED`."""
+    """The reference the scorers compare against: a record's (mapping's)
+    :attr:`record_reference` item; a problem object's ``reference(problem)``, or its ``.ref``
+    when ``reference`` is :data:`STORED`. A record without the item is a KeyError naming it."""
+    if isinstance(problem, Mapping):
+      try:
+        return problem[self.record_reference]
+      except KeyError:
+        raise KeyError(
+            f"task {self.name!r} reads its reference from a record's "
+            f'{self.record_reference!r}, which this record lacks (it has {sorted(problem)})'
+        ) from None
     if self.reference != STORED:
       return self.reference(problem)
-    return problem['ref'] if isinstance(problem, Mapping) else problem.ref
+    return problem.ref
 
 
 _REGISTRY: dict[str, Task] = {}

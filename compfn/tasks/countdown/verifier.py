@@ -81,6 +81,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compfn.buckets import next_power_of_two
 from compfn.tasks.response_bytes import encode_responses
 from compfn.tasks.countdown.scoring import (
     CLOSE_TAG,
@@ -553,10 +554,6 @@ _JITTED = {r: jax.jit(functools.partial(score, reward=r)) for r in REWARDS}
 _MIN_T, _ROWS = 64, 512
 
 
-def _pow2(n: int, lo: int) -> int:
-  return max(lo, 1 << max(0, int(n) - 1).bit_length())
-
-
 def encode_problems(
     numbers_list: Sequence[Sequence[int]], targets: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -610,7 +607,7 @@ def score_batch(
   accs = np.zeros(len(enc), np.int32)
   buckets: dict[int, list[int]] = {}
   for i, b in enumerate(enc):
-    buckets.setdefault(_pow2(len(b), _MIN_T), []).append(i)
+    buckets.setdefault(next_power_of_two(len(b), _MIN_T), []).append(i)
   fn = _JITTED[reward]
   rows = _ROWS
   for t, idx in sorted(buckets.items()):

@@ -175,12 +175,12 @@ def utf8_bytes(codes, lengths, width: int):
   """Code points -> UTF-8 bytes (jittable): ``codes`` int32[B, C], ``lengths`` int32[B] ->
   (bytes int32[B, width] zero-padded, true byte length int32[B] (may exceed width: the bytes are
   then cut), bad bool[B] (a surrogate code point, which UTF-8 cannot encode))."""
-  from compfn.tasks.strings.device_scoring import _utf8_encode
+  from compfn.tasks.strings.device_scoring import utf8_encode
 
   codes = jnp.asarray(codes, jnp.int32)
   b, c = codes.shape
   valid = jnp.arange(c)[None, :] < lengths[:, None]
-  (b0, b1, b2, b3), n = _utf8_encode(codes)
+  (b0, b1, b2, b3), n = utf8_encode(codes)
   n = jnp.where(valid, n, 0)
   start = jnp.cumsum(n, axis=1) - n  # first byte of each character
   byts = jnp.stack([b0, b1, b2, b3], axis=-1)  # [B, C, 4]

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compfn.buckets import next_power_of_two
 from compfn.tasks.response_bytes import encode_responses
 from compfn.tasks.strings.scoring import (
     ANSWER_CREDIT,
@@ -92,6 +93,7 @@ __all__ = [
     'score_trace_shape',
     'score_batch',
     'benchmark_fn',
+    'utf8_encode',
     'MAX_JSON_DEPTH',
 ]
 
@@ -514,8 +516,9 @@ def _python_literals(c, m):
 R_ERR, R_ABORT, R_NULL, R_OTHER, R_NOOUT, R_MISS, R_HIT = range(7)
 
 
-def _utf8_encode(cp):
-  """Code point -> (4 bytes, count)."""
+def utf8_encode(cp):
+  """UTF-8 encoding, elementwise and jittable: int32 code points ``cp`` -> ``((b0, b1, b2, b3),
+  n)``, the 4 byte slots (those past ``n`` are meaningless) and the byte count ``n`` in 1..4."""
   n = jnp.where(cp < 0x80, 1, jnp.where(cp < 0x800, 2, jnp.where(cp < 0x10000, 3, 4)))
   c = lambda k: 0x80 | ((cp >> (6 * k)) & 0x3F)  # noqa: E731  (continuation byte k from the end)
   b0 = jnp.where(
@@ -595,7 +598,7 @@ def _json_outcome(cb, cinv, clen, tgt, ref_len):
     is_lo = (cp >= 0xDC00) & (cp <= 0xDFFF)
     u_done, u2_done = has(A_U_DONE), has(A_U2_DONE)
     joined = 0x10000 + ((c['hi'] - 0xD800) << 10) + (cp - 0xDC00)
-    (e0, e1, e2, e3), en = _utf8_encode(jnp.where(u2_done, joined, cp))
+    (e0, e1, e2, e3), en = utf8_encode(jnp.where(u2_done, joined, cp))
     single = has(A_EMIT_RAW) | has(A_EMIT_ESC)
     encoded = (u_done & ~is_hi) | (u2_done & is_lo)
     e0 = jnp.where(single, jnp.where(has(A_EMIT_RAW), byte, escmap[byte]), e0)
@@ -993,10 +996,6 @@ _JITTED = {'json': jax.jit(score_json), 'trace': jax.jit(score_trace)}
 _MIN_T, _MIN_R, _MAX_ROWS = 64, 16, 512
 
 
-def _pow2(n: int, lo: int) -> int:
-  return max(lo, 1 << max(0, int(n) - 1).bit_length())
-
-
 def _prepare(responses, refs, overlong, fmt, min_bucket):
   """Validate, encode and pad: returns (N, [(row indices, (resp, resp_len, ref, ref_len,
   overlong) numpy arrays)]), one entry per call of the jitted scorer."""
@@ -1022,11 +1021,11 @@ def _prepare(responses, refs, overlong, fmt, min_bucket):
       raise ValueError(f'ref {i} is not encodable as UTF-8: {err}') from None
   buckets: dict[int, list[int]] = {}
   for i, b in enumerate(enc):
-    buckets.setdefault(_pow2(len(b), _pow2(min_bucket, 1)), []).append(i)
+    buckets.setdefault(next_power_of_two(len(b), next_power_of_two(min_bucket)), []).append(i)
   calls = []
   for t, idx in sorted(buckets.items()):
-    rows = min(_pow2(len(idx), 1), _MAX_ROWS)
-    r = _pow2(max(len(ref_enc[i]) for i in idx), _MIN_R)
+    rows = min(next_power_of_two(len(idx)), _MAX_ROWS)
+    r = next_power_of_two(max(len(ref_enc[i]) for i in idx), _MIN_R)
     for lo in range(0, len(idx), rows):
       chunk = idx[lo : lo + rows]
       resp = np.zeros((rows, t), np.int32)

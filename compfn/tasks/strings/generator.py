@@ -88,7 +88,8 @@ class CleanOptions:
   require_function: bool = True
 
 
-def _check_args(stage, split, min_level, max_level, num, mode):
+def check_args(stage, split, min_level, max_level, num, mode):
+  """Raises ValueError unless ``generate``'s arguments are valid (without generating)."""
   if stage not in (1, 2):
     raise ValueError(f'stage must be 1 or 2, got {stage!r}')
   if split not in ('train', 'test'):
@@ -194,7 +195,7 @@ def iter_generate(
     clean: CleanOptions | None = None,
 ):
   """Yield problems one by one (same contract as :func:`generate`)."""
-  _check_args(stage, split, min_level, max_level, num, mode)
+  check_args(stage, split, min_level, max_level, num, mode)
   active = list(functions_lib.function_set(stage, split))
   opts = clean or CleanOptions()
   if mode == 'paper':

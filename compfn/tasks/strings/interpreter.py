@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from compfn.buckets import next_power_of_two
 from compfn.tasks.strings import functions
 from compfn.tasks.strings import program
 from compfn.tasks.strings.program import ProgramError
@@ -269,11 +270,6 @@ class _Compiled(NamedTuple):
   uses_x: bool
 
 
-def _bucket(n: int, minimum: int) -> int:
-  """Next power of two >= max(n, minimum)."""
-  return 1 << (max(n, minimum, 1) - 1).bit_length()
-
-
 def _int_param(name: str, value) -> int:
   if type(value) is not int:
     raise ProgramError(f'{name}: expected an int parameter, got {value!r}')
@@ -391,9 +387,9 @@ def pack_programs(
   need_i = max(len(c.instrs) for c in compiled)
   need_l = max(len(c.literals) for c in compiled)
   need_c = max((len(s) for c in compiled for s in c.literals), default=0)
-  I = _bucket(need_i, 8) if max_instructions is None else max_instructions
-  NL = _bucket(need_l, 2) if max_literals is None else max_literals
-  LC = _bucket(need_c, 8) if literal_capacity is None else literal_capacity
+  I = next_power_of_two(need_i, 8) if max_instructions is None else max_instructions
+  NL = next_power_of_two(need_l, 2) if max_literals is None else max_literals
+  LC = next_power_of_two(need_c, 8) if literal_capacity is None else literal_capacity
   for size, name, needed, get in (
       (I, 'max_instructions', need_i, lambda c: len(c.instrs)),
       (NL, 'max_literals', need_l, lambda c: len(c.literals)),
@@ -961,9 +957,9 @@ def _run_compiled(
   pending = [i for i in range(len(compiled)) if lower[i] <= capacity]
   if not pending:
     return results
-  S = _bucket(max(compiled[i].stack_need for i in pending), 4)
-  NL = _bucket(max(len(compiled[i].literals) for i in pending), 2)
-  I = _bucket(max(len(compiled[i].instrs) for i in pending), 16)
+  S = next_power_of_two(max(compiled[i].stack_need for i in pending), 4)
+  NL = next_power_of_two(max(len(compiled[i].literals) for i in pending), 2)
+  I = next_power_of_two(max(len(compiled[i].instrs) for i in pending), 16)
   for cap in ladder:
     now = [i for i in pending if lower[i] <= cap]
     pending = [i for i in pending if lower[i] > cap]
@@ -971,9 +967,9 @@ def _run_compiled(
       continue
     # one shape per capacity: sorted by length, batches of B rows, blocks of similar length
     now.sort(key=lambda i: len(compiled[i].instrs))
-    B = _bucket(min(len(now), max(8, min(MAX_BATCH, MAX_BATCH_ELEMENTS // cap))), 8)
+    B = next_power_of_two(min(len(now), max(8, min(MAX_BATCH, MAX_BATCH_ELEMENTS // cap))), 8)
     rows = min(B, BLOCK_ROWS) if jax.default_backend() == 'cpu' else None
-    lc = _bucket(max((len(s) for i in now for s in compiled[i].literals), default=0), 8)
+    lc = next_power_of_two(max((len(s) for i in now for s in compiled[i].literals), default=0), 8)
     for start in range(0, len(now), B):
       chunk = now[start : start + B]
       progs = [compiled[i] for i in chunk] + [PAD_PROGRAM] * (B - len(chunk))
