@@ -212,6 +212,13 @@ def comparison(summary: dict, level: str = '3') -> dict:
   return out
 
 
+def _save(plt, fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plots(summary: dict, out: str, group: str) -> list[str]:
   import matplotlib
 
@@ -238,11 +245,7 @@ def plots(summary: dict, out: str, group: str) -> list[str]:
   ax.set_title(f'compfn repro_cpu: held-out accuracy by level ({group})')
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  p = os.path.join(out, f'accuracy_by_level_{group}.png')
-  fig.tight_layout()
-  fig.savefig(p, dpi=120)
-  plt.close(fig)
-  paths.append(p)
+  paths.append(_save(plt, fig, os.path.join(out, f'accuracy_by_level_{group}.png')))
   # pass@k at the levels that have it
   pk_levels = sorted(
       {lv for s in summary.values() for r in s.values() for lv in r['pass_at_k_by_level']}, key=int
@@ -265,11 +268,7 @@ def plots(summary: dict, out: str, group: str) -> list[str]:
       ax.set_title(f'level {lv}')
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
-    p = os.path.join(out, f'pass_at_k_{group}.png')
-    fig.tight_layout()
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, os.path.join(out, f'pass_at_k_{group}.png')))
   return paths
 
 

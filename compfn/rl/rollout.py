@@ -265,6 +265,15 @@ def _rollout_jit(
   return rollout_fn(model_config, params, batch, rng, cfg, task, detok=detok, max_bytes=max_bytes)
 
 
+def _checked_rules(task: str, mesh, rules):
+  """The task checked against TASKS; the rules normalised (DEFAULT_RULES when a mesh is given)."""
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
+  if mesh is not None and rules is None:
+    rules = DEFAULT_RULES
+  return parallel.normalize_rules(rules)
+
+
 def rollout(
     model_config: ModelConfig,
     params: Any,
@@ -282,11 +291,7 @@ def rollout(
 
   ``mesh``/``rules``: run under ``jax.set_mesh(mesh)`` + ``nn.logical_axis_rules(rules)``
   (rules default to DEFAULT_RULES when a mesh is given)."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
-  if mesh is not None and rules is None:
-    rules = DEFAULT_RULES
-  rules = parallel.normalize_rules(rules)
+  rules = _checked_rules(task, mesh, rules)
   with parallel.use_mesh(mesh, rules):
     return _rollout_jit(
         model_config,
@@ -317,11 +322,7 @@ def lower(
 ) -> jax.stages.Lowered:
   """:func:`rollout`'s program lowered, not run (arguments may be ``jax.ShapeDtypeStruct``s):
   what ``compfn.compile_report`` compiles ahead of time for a target topology."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
-  if mesh is not None and rules is None:
-    rules = DEFAULT_RULES
-  rules = parallel.normalize_rules(rules)
+  rules = _checked_rules(task, mesh, rules)
   with parallel.use_mesh(mesh, rules):
     return _rollout_jit.lower(
         model_config,
