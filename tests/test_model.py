@@ -668,3 +668,21 @@ def test_decode_step_equals_cached_apply(kind, overrides):
     ):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
     nxt, positions = jnp.argmax(ref[:, 0], -1).astype(jnp.int32), positions + 1
+
+
+def test_attention_softmax_matches_jax_softmax_values_and_gradients():
+  """The reciprocal-multiply softmax of the attention equals ``jax.nn.softmax`` (values and
+  the gradient of a weighted sum), including a fully masked row (uniform, no NaN)."""
+  from compfn.model import transformer
+
+  x = jax.random.normal(jax.random.key(0), (3, 4, 7, 33)) * 5.0
+  x = x.at[0, 1, 2].set(transformer._NEG)  # a fully masked query row
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  ours = transformer.attention_softmax(x, -1)
+  ref = jax.nn.softmax(x, axis=-1)
+  np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours[0, 1, 2], np.full(33, 1 / 33), rtol=1e-6)
+  g_ours = jax.grad(lambda a: (transformer.attention_softmax(a, -1) * w).sum())(x)
+  g_ref = jax.grad(lambda a: (jax.nn.softmax(a, axis=-1) * w).sum())(x)
+  np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+  assert not np.isnan(np.asarray(g_ours)).any()

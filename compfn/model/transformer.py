@@ -100,6 +100,26 @@ from compfn.model.config import ModelConfig
 Array = jax.Array
 _NEG = -1e30  # finite: a fully masked (padding) query row gives a uniform softmax, not NaN
 
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def attention_softmax(x: Array, axis: int = -1) -> Array:
+  """``jax.nn.softmax(x, axis)`` with the normaliser applied as ONE reciprocal per row and a
+  multiply per element, instead of an element-wise divide, and the same custom JVP
+  (``y * (dx - sum(y * dx))``). Values agree with ``jax.nn.softmax`` to ~1 ulp. XLA:CPU's
+  vector divide is several times slower than a multiply: over the ``[B, heads, T, S]`` scores
+  of a training step the change took the char model's SFT step from 0.58 to 0.48 s (batch
+  128 x 128, ``python tools/benchmark.py train --models char``, 2 idle cores)."""
+  m = jax.lax.stop_gradient(jnp.max(x, axis, keepdims=True))
+  e = jnp.exp(x - m)
+  return e * (1.0 / jnp.sum(e, axis, keepdims=True))
+
+
+@attention_softmax.defjvp
+def _attention_softmax_jvp(axis, primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  y = attention_softmax(x, axis)
+  return y, y * (x_dot - (y * x_dot).sum(axis, keepdims=True))
+
 # Logical axis names.
 BATCH, LENGTH, EMBED, VOCAB, MLP = "batch", "length", "embed", "vocab", "mlp"
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = "heads", "kv_heads", "head_dim", "layers"
@@ -296,7 +316,7 @@ class Attention(nn.Module):
     if c.attn_logit_softcap:
       scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    probs = attention_softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
     out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, HEAD_DIM))
     y = _dense(out, wo.astype(dt), (EMBED,), contract=2)
@@ -636,7 +656,7 @@ def response_hidden(
       )
     # The prompt attends to itself (as ``Attention``).
     sc = scores("btkgd,bskd->bkgts", qp.reshape(p, lp, kh, grp, hd), kp, m_pp[:, None, None])
-    probs = jax.nn.softmax(sc, axis=-1).astype(dt)
+    probs = attention_softmax(sc, axis=-1).astype(dt)
     out_p = jnp.einsum("bkgts,bskd->btkgd", probs, vp).reshape(p, lp, h, hd)
     # Responses: queries [P, G, N1, K, grp, Dh] over the prompt's keys and their own.
     q6 = qs.reshape(p, g, n1, kh, grp, hd)
@@ -838,7 +858,7 @@ def decode_step(
     if c.sliding_window and c.sliding_layers[i]:
       m = m & (dist < c.sliding_window)
     scores = jnp.where(m[:, None, None, :], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    probs = attention_softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, vc.astype(dt)).reshape(b, h, hd)
     out = nn.with_logical_constraint(out, row_axes)
     y = _dense(out, a["wo"].astype(dt), (EMBED,), contract=2)
