@@ -120,6 +120,7 @@ def _attention_softmax_jvp(axis, primals, tangents):
   y = attention_softmax(x, axis)
   return y, y * (x_dot - (y * x_dot).sum(axis, keepdims=True))
 
+
 # Logical axis names.
 BATCH, LENGTH, EMBED, VOCAB, MLP = "batch", "length", "embed", "vocab", "mlp"
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = "heads", "kv_heads", "head_dim", "layers"
