@@ -1189,8 +1189,7 @@ def bench_all(
   summary['partial'] = False
   summary['load_at_end'] = _load()
   summary['wall_s'] = time.perf_counter() - t0
-  (out / 'summary.json').write_text(json.dumps(summary, indent=1))
-  (out / 'summary.md').write_text(summary_markdown(summary) + '\n')
+  _write_summary(out, summary)
   return summary
 
 
@@ -1221,7 +1220,9 @@ def summary_markdown(summary: dict) -> str:
   return '\n'.join(lines)
 
 
-BENCH_FILES = ('verifier', 'train', 'rl_step', 'demo', 'memory', 'sampler')
+def _write_summary(out: pathlib.Path, summary: dict) -> None:
+  (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+  (out / 'summary.md').write_text(summary_markdown(summary) + '\n')
 
 
 def rebuild_summary(out_dir: str) -> dict:
@@ -1234,12 +1235,11 @@ def rebuild_summary(out_dir: str) -> dict:
     raise SystemExit(f'{path} does not exist: run `python tools/benchmark.py all --out {out_dir}`')
   summary = json.loads(path.read_text())
   summary['rows'] = []
-  for name in BENCH_FILES:
-    f = out / f'{name}.json'
-    if name in summary.get('benchmarks', {}) and f.exists():
+  for name, entry in summary.get('benchmarks', {}).items():  # in the run's order
+    f = out / entry['file']
+    if f.exists():
       summary['rows'] += summary_rows(name, json.loads(f.read_text()))
-  path.write_text(json.dumps(summary, indent=1))
-  (out / 'summary.md').write_text(summary_markdown(summary) + '\n')
+  _write_summary(out, summary)
   return summary
 
 
