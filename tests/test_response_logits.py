@@ -294,8 +294,25 @@ def test_sft_loss_from_hidden_equals_sft_loss():
         ),
         # 3 micro-batches of 4 rows, 2 of 3 groups filled: the third micro-batch is skipped.
         dict(entropy_coef=0.01, kl_coef=0.05, micro_batches=3),
+        # Length-sorted groups, each micro-batch at the smallest width holding it.
+        dict(train_widths=(2, 5), micro_batches=3),
+        dict(
+            train_widths=(3,),
+            micro_batches=3,
+            entropy_coef=0.01,
+            kl_coef=0.05,
+            old_logprobs='sampler',
+            temperature=0.7,
+        ),
     ],
-    ids=['defaults', 'ent_kl_chunk3', 'ent_kl_T0.7_sampler_micro2', 'micro3_skips_unfilled'],
+    ids=[
+        'defaults',
+        'ent_kl_chunk3',
+        'ent_kl_T0.7_sampler_micro2',
+        'micro3_skips_unfilled',
+        'widths_micro3',
+        'widths_ent_kl_sampler',
+    ],
 )
 def test_grpo_loss_and_grads_equal_full_logits_path(kw):
   cfg, params = _model()
@@ -318,6 +335,29 @@ def test_grpo_loss_and_grads_equal_full_logits_path(kw):
     assert float(aux['clip_frac']) > 0  # the clipped branch is exercised
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     _close(a, b)
+
+
+def test_train_widths_sort_groups_and_pick_the_smallest_width():
+  buf = _buffer(seed=3, filled=2)
+  longest = np.asarray(buf.mask).sum(-1).max(-1)
+  got = grpo._longest_groups_first(buf)
+  order = [int(np.argmax(longest[:2])), int(np.argmin(longest[:2])), 2]  # filled, then unfilled
+  if longest[0] == longest[1]:
+    order = [0, 1, 2]
+  np.testing.assert_array_equal(got.tokens, np.asarray(buf.tokens)[order])
+  np.testing.assert_array_equal(got.advantage, np.asarray(buf.advantage)[order])
+  mask = np.zeros((2, 16), bool)
+  mask[1, :6] = True
+  assert int(grpo.width_index(jnp.asarray(mask), (4, 8, 16))) == 1
+  mask[0, :16] = True
+  assert int(grpo.width_index(jnp.asarray(mask), (4, 8, 16))) == 2
+  assert int(grpo.width_index(jnp.zeros((2, 16), bool), (4, 8, 16))) == 0
+  with pytest.raises(ValueError, match='train_widths'):
+    _gcfg(train_widths=(4, 2))
+  with pytest.raises(ValueError, match='train_widths'):
+    _gcfg(train_widths=(N,))
+  with pytest.raises(ValueError, match='whole groups'):
+    _gcfg(train_widths=(2,), micro_batches=2)
 
 
 # ------------------------------------------------------------- (c) static guards

@@ -161,6 +161,9 @@ class GRPOConfig:
   # another: the KV cache holds round_prompts / gen_chunks x G)
   reference: str = 'stored'  # REFERENCE_MODES: 'execute' runs the programs in the step
   execute: ExecuteSpec = ExecuteSpec()  # static buffers of reference='execute'
+  train_widths: tuple = ()  # response widths (< max_new_tokens) the train half may run at: each
+  # micro-batch runs at the smallest of (*train_widths, max_new_tokens) holding its longest
+  # response, groups sorted longest first (lax.switch, one compiled branch per width)
 
   def __post_init__(self):
     if self.loss_agg not in losses.AGG_MODES:
@@ -215,6 +218,24 @@ class GRPOConfig:
           f'{self.batch_prompts * self.num_generations} rows is not divisible by '
           f'micro_batches={self.micro_batches}'
       )
+    widths = tuple(self.train_widths)
+    if any(not isinstance(w, int) or isinstance(w, bool) for w in widths) or list(widths) != sorted(
+        set(widths)
+    ):
+      raise ValueError(
+          f'GRPOConfig.train_widths={self.train_widths!r}: strictly increasing ints, e.g. (32, 64)'
+      )
+    if widths and not 1 <= widths[0] <= widths[-1] < self.max_new_tokens:
+      raise ValueError(
+          f'GRPOConfig.train_widths={self.train_widths!r}: each width must be in '
+          f'[1, max_new_tokens={self.max_new_tokens}) (max_new_tokens is always the last one)'
+      )
+    if widths and self.batch_prompts % self.micro_batches:
+      raise ValueError(
+          f'GRPOConfig.train_widths needs micro-batches of whole groups: batch_prompts='
+          f'{self.batch_prompts} is not divisible by micro_batches={self.micro_batches}'
+      )
+    object.__setattr__(self, 'train_widths', widths)  # a gin list -> hashable tuple
     if self.reference not in REFERENCE_MODES:
       raise ValueError(f'GRPOConfig.reference={self.reference!r}; one of {REFERENCE_MODES}')
     if not isinstance(self.execute, ExecuteSpec):
@@ -571,6 +592,46 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig) -> Rows:
   )
 
 
+def _longest_groups_first(buf: Buffer) -> Buffer:
+  """``buf`` with its filled groups reordered by their longest response, longest first (then the
+  unfilled ones), so consecutive micro-batches hold groups of similar length
+  (``GRPOConfig.train_widths``). The loss is a sum over groups with global normalisers, so the
+  order does not change it. E.g. filled 3 of 4, longest responses [5, 9, 2, 0] -> order
+  [1, 0, 2, 3]."""
+  p, _, n = buf.tokens.shape
+  longest = jnp.max(jnp.where(buf.mask, jnp.arange(1, n + 1, dtype=jnp.int32), 0), axis=(1, 2))
+  key = jnp.where(jnp.arange(p) < buf.filled, longest, -1)
+  order = jnp.argsort(-key, stable=True)
+  take = lambda x: jnp.take(x, order, axis=0)  # noqa: E731
+  return buf.replace(
+      **{
+          f: take(getattr(buf, f))
+          for f in ('prompts', 'prompt_lens', 'tokens', 'mask', 'logprobs', 'advantage', 'reward')
+      }
+  )
+
+
+def width_index(mask: Array, widths: tuple) -> Array:
+  """int32[]: the index of the smallest of ``widths`` (increasing, the last = ``mask``'s width)
+  that holds every masked column of ``mask[rows, N]``. E.g. widths (4, 8, 16), the last real
+  token in column 5 -> 1."""
+  n = mask.shape[-1]
+  longest = jnp.max(jnp.where(mask, jnp.arange(1, n + 1, dtype=jnp.int32), 0))
+  return jnp.sum(jnp.asarray(widths[:-1], jnp.int32) < longest).astype(jnp.int32)
+
+
+def _narrow(rows: Rows, width: int) -> Rows:
+  """``rows`` with their response columns cut to the first ``width`` (the caller guarantees that
+  no response token lies beyond: the cut columns are masked out and contribute nothing)."""
+  cut = lambda x: x[:, :width]  # noqa: E731
+  return rows.replace(
+      src=cut(rows.src),
+      response=cut(rows.response),
+      mask=cut(rows.mask),
+      old_logprobs=cut(rows.old_logprobs),
+  )
+
+
 def _response_stats(
     model_config, params, rows: Rows, cfg: GRPOConfig, entropy: str = 'none'
 ) -> ResponseStats:
@@ -650,6 +711,8 @@ def policy_grads(
 
   if sampler_cfg is not None:
     cfg.check_sampler(sampler_cfg)
+  if cfg.train_widths:
+    buf = _longest_groups_first(buf)
   rows = _flat_rows(buf, cfg)
   if cfg.kl_coef > 0 and ref_params is None:
     raise ValueError('GRPOConfig.kl_coef > 0 needs reference params')
@@ -700,12 +763,20 @@ def policy_grads(
       aux['kl'] = kl
     return loss, aux
 
+  loss_of = loss_fn
+  if cfg.train_widths:
+    widths = (*cfg.train_widths, rows.mask.shape[1])
+    branches = [lambda prm, mb, w=w: loss_fn(prm, _narrow(mb, w)) for w in widths]
+
+    def loss_of(prm, mb: Rows):
+      return jax.lax.switch(width_index(mb.mask, widths), branches, prm, mb)
+
   # Kept groups fill the buffer from the front: micro-batches past the last filled group
   # (all rows masked, advantage 0) contribute nothing and are not computed.
   per_mb = rows.row_valid.shape[0] // cfg.micro_batches
   filled_rows = rows.row_valid.sum().astype(jnp.int32)
   active = (filled_rows + per_mb - 1) // per_mb
-  grads, loss, aux = accumulate(loss_fn, params, rows, cfg.micro_batches, active=active)
+  grads, loss, aux = accumulate(loss_of, params, rows, cfg.micro_batches, active=active)
   aux['train_tokens'] = rows.mask.sum().astype(jnp.float32)
   return grads, loss, aux
 
