@@ -43,6 +43,8 @@ import numpy as np
 
 # Benchmark this checkout's compfn (not whichever one is pip-installed): tools/ is sys.path[0].
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# Before any JAX computation, so XLA's worker threads share the heap (compfn/host_allocator.py).
+import compfn  # noqa: E402
 
 
 def machine_info() -> dict:
@@ -65,6 +67,7 @@ def machine_info() -> dict:
       'devices': [str(d) for d in jax.devices()],
       'platform': platform.platform(),
       'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+      'host_allocator': compfn.host_allocator.status(),
   }
 
 

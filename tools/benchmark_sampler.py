@@ -314,7 +314,7 @@ def _compfn_worker(spec: dict) -> dict:
   the steady median is also reported, but at B=64 the repeat spread exceeds the compile time."""
   import jax
   import jax.numpy as jnp
-  from compfn import sampling
+  from compfn import host_allocator, sampling
   from compfn.model import load
 
   t = time.perf_counter()
@@ -337,6 +337,7 @@ def _compfn_worker(spec: dict) -> dict:
       new_tokens=N,
       cache_size=P + N,
       load_s=load_s,
+      host_allocator=host_allocator.status(),
   )
   if spec.get('mode') == 'greedy':
     cfg = sampling.SamplerConfig(max_new_tokens=N, temperature=0.0, pad_id=spec['pad_id'])
