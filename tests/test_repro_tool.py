@@ -5,6 +5,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -67,10 +69,27 @@ def test_collect_then_report(tmp_path, capsys):
   assert cmp_['1']['beats_rl_L1_and_rft_L2'] is True
   assert cmp_['2']['beats_rl_L1_and_rft_L2'] is False  # loses to rl_L1 in seed 2
   assert cmp_['3']['rl_L1'] is None and cmp_['3']['beats_rl_L1_and_rft_L2'] is False
+  # 0.2 vs 0.05 and 0.1 of 256: both gaps have intervals above 0 (+0.15 [+0.09, +0.21], +0.10
+  # [+0.04, +0.16]); seed 2 loses; seed 3 has no controls.
+  d = cmp_['1']['diff_vs']
+  assert d['rl_L1']['ci95'][0] > 0 and d['rft_L2']['ci95'][0] > 0
+  assert d['rl_L1']['diff'] == pytest.approx(0.15, abs=0.005)
+  assert cmp_['1']['clearly_beats_rl_L1_and_rft_L2'] is True
+  assert cmp_['2']['clearly_beats_rl_L1_and_rft_L2'] is False
+  assert cmp_['3']['clearly_beats_rl_L1_and_rft_L2'] is False and cmp_['3']['diff_vs'] == {}
   md = (out / 'summary.md').read_text()
   assert '| rl_L2 | 3 |' in md  # three seeds of rl_L2 in the mean table
   assert (out / 'accuracy_by_level_heldout_clean.png').stat().st_size > 0
   assert (out / 'pass_at_k_heldout_clean.png').stat().st_size > 0
+
+
+def test_newcombe_difference_interval_matches_the_worked_example():
+  # Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 - 48/80.
+  d, lo, hi = _tool().newcombe_diff(56, 70, 48, 80)
+  assert (round(d, 4), round(lo, 4), round(hi, 4)) == (0.2, 0.0524, 0.3339)
+  # one problem of 256 apart (seed 1's rl_L2 17 vs rft_L2 16): far from clear
+  d, lo, hi = _tool().newcombe_diff(17, 256, 16, 256)
+  assert lo < 0 < hi
 
 
 def test_report_without_artifacts_says_so(tmp_path, capsys):

@@ -112,6 +112,22 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
   return (max(0.0, c - h), min(1.0, c + h))
 
 
+def newcombe_diff(k1: int, n1: int, k2: int, n2: int, z: float = 1.96) -> tuple:
+  """95% interval of p1 - p2 for two independent proportions from the two Wilson intervals
+  (Newcombe 1998, method 10). The arms are scored on the same problems, so the paired
+  interval would be narrower: this one is conservative. Example: 56/70 vs 48/80 gives
+  0.2 [0.0524, 0.3339], Newcombe's own worked example."""
+  p1, p2 = (k1 / n1 if n1 else 0.0), (k2 / n2 if n2 else 0.0)
+  l1, u1 = wilson(k1, n1, z)
+  l2, u2 = wilson(k2, n2, z)
+  d = p1 - p2
+  return (
+      d,
+      d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+      d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+  )
+
+
 def load(out: str) -> dict:
   """{arm: {seed: results.json}} of the collected artifacts."""
   runs: dict = {}
@@ -197,16 +213,30 @@ def markdown(summary: dict, group: str) -> str:
 
 def comparison(summary: dict, level: str = '3') -> dict:
   """Per seed: does RL on L2 beat RL on L1 and RFT on L2 at ``level``? Only the same seed's
-  controls count; a missing control makes the answer False (never another seed's number)."""
+  controls count; a missing control makes the answer False (never another seed's number).
+
+  ``beats_rl_L1_and_rft_L2`` is the plain comparison (higher accuracy, however small the gap:
+  one problem of 256 decides it). ``diff_vs[arm]`` is rl_L2 minus that arm with its 95%
+  interval (``newcombe_diff``), and ``clearly_beats_rl_L1_and_rft_L2`` asks for both intervals
+  to lie above 0."""
   out = {}
   for seed, r in sorted(summary.get('rl_L2', {}).items()):
     a = r['accuracy_by_level'].get(level)
-    row = {'rl_L2': a}
+    n = r['counts_by_level'].get(level, 0)
+    row = {'rl_L2': a, 'diff_vs': {}}
     for other in ('rl_L1', 'rft_L2', 'sft', 'base'):
       o = summary.get(other, {}).get(seed)
       row[other] = None if o is None else o['accuracy_by_level'].get(level)
+      if a is not None and row[other] is not None:
+        no = o['counts_by_level'].get(level, 0)
+        d, lo, hi = newcombe_diff(round(a * n), n, round(row[other] * no), no)
+        row['diff_vs'][other] = {'diff': d, 'ci95': [lo, hi], 'above_zero': lo > 0}
+    controls = ('rl_L1', 'rft_L2')
     row['beats_rl_L1_and_rft_L2'] = all(
-        a is not None and row[o] is not None and a > row[o] for o in ('rl_L1', 'rft_L2')
+        a is not None and row[o] is not None and a > row[o] for o in controls
+    )
+    row['clearly_beats_rl_L1_and_rft_L2'] = all(
+        o in row['diff_vs'] and row['diff_vs'][o]['above_zero'] for o in controls
     )
     out[seed] = row
   return out
@@ -297,15 +327,31 @@ def cmd_report(args) -> int:
         '',
     ]
     md += [
-        '| seed | rl_L2 | rl_L1 | rft_L2 | sft | base | RL-L2 beats RL-L1 and RFT |',
-        '|---|---|---|---|---|---|---|',
+        '| seed | rl_L2 | rl_L1 | rft_L2 | sft | base | rl_L2 - rl_L1 [95%] | rl_L2 - rft_L2 [95%] '
+        '| higher than both | interval above 0 for both |',
+        '|---|---|---|---|---|---|---|---|---|---|',
     ]
     for seed, row in cmp_.items():
       f = lambda k: '' if row.get(k) is None else f'{row[k]:.3f}'  # noqa: E731
+
+      def dv(k, row=row):
+        if k not in row['diff_vs']:
+          return ''
+        d = row['diff_vs'][k]
+        return f'{d["diff"]:+.3f} [{d["ci95"][0]:+.3f}, {d["ci95"][1]:+.3f}]'
+
       md.append(
-          f'| {seed} | {f("rl_L2")} | {f("rl_L1")} | {f("rft_L2")} | {f("sft")} | {f("base")} | {row["beats_rl_L1_and_rft_L2"]} |'
+          f'| {seed} | {f("rl_L2")} | {f("rl_L1")} | {f("rft_L2")} | {f("sft")} | {f("base")} '
+          f'| {dv("rl_L1")} | {dv("rft_L2")} | {row["beats_rl_L1_and_rft_L2"]} '
+          f'| {row["clearly_beats_rl_L1_and_rft_L2"]} |'
       )
-    md.append('')
+    md += [
+        '',
+        '"higher than both": rl_L2 has the higher L3 accuracy than each control, by any margin. '
+        '"interval above 0": the 95% interval of the difference (Newcombe\'s, from the two Wilson '
+        'intervals; conservative for arms scored on the same problems) excludes 0 for both.',
+        '',
+    ]
     for p in plots(s, args.out, group):
       md.append(f'![{os.path.basename(p)}]({os.path.basename(p)})')
     md.append('')
