@@ -347,7 +347,7 @@ def cmd_report(args) -> int:
       )
     md += [
         '',
-        '"higher than both": rl_L2 has the higher L3 accuracy than each control, by any margin. '
+        '"higher than both": rl_L2\'s L3 accuracy is above each control\'s, by any margin. '
         '"interval above 0": the 95% interval of the difference (Newcombe\'s, from the two Wilson '
         'intervals; conservative for arms scored on the same problems) excludes 0 for both.',
         '',

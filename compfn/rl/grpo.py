@@ -592,14 +592,21 @@ def _flat_rows(buf: Buffer, cfg: GRPOConfig) -> Rows:
   )
 
 
+def _response_extent(mask: Array, axis) -> Array:
+  """The number of leading response columns that hold every masked token of ``mask[..., N]``
+  (last masked column + 1, 0 when nothing is masked), reduced over ``axis``."""
+  n = mask.shape[-1]
+  return jnp.max(jnp.where(mask, jnp.arange(1, n + 1, dtype=jnp.int32), 0), axis=axis)
+
+
 def _longest_groups_first(buf: Buffer) -> Buffer:
   """``buf`` with its filled groups reordered by their longest response, longest first (then the
   unfilled ones), so consecutive micro-batches hold groups of similar length
   (``GRPOConfig.train_widths``). The loss is a sum over groups with global normalisers, so the
   order does not change it. E.g. filled 3 of 4, longest responses [5, 9, 2, 0] -> order
   [1, 0, 2, 3]."""
-  p, _, n = buf.tokens.shape
-  longest = jnp.max(jnp.where(buf.mask, jnp.arange(1, n + 1, dtype=jnp.int32), 0), axis=(1, 2))
+  p = buf.tokens.shape[0]
+  longest = _response_extent(buf.mask, axis=(1, 2))
   key = jnp.where(jnp.arange(p) < buf.filled, longest, -1)
   order = jnp.argsort(-key, stable=True)
   take = lambda x: jnp.take(x, order, axis=0)  # noqa: E731
@@ -615,8 +622,7 @@ def width_index(mask: Array, widths: tuple) -> Array:
   """int32[]: the index of the smallest of ``widths`` (increasing, the last = ``mask``'s width)
   that holds every masked column of ``mask[rows, N]``. E.g. widths (4, 8, 16), the last real
   token in column 5 -> 1."""
-  n = mask.shape[-1]
-  longest = jnp.max(jnp.where(mask, jnp.arange(1, n + 1, dtype=jnp.int32), 0))
+  longest = _response_extent(mask, axis=None)
   return jnp.sum(jnp.asarray(widths[:-1], jnp.int32) < longest).astype(jnp.int32)
 
 
