@@ -637,25 +637,47 @@ def test_decode_step_equals_cached_apply(kind, overrides):
   """The sampler's unrolled one-token step (per-layer weights, decode cache layout) equals
   ``apply`` with a cache: logits, and the cache after converting back, over ragged rows and
   past the sliding window."""
+  _check_decode_step(kind, overrides, rows=2, fuse=False)
+
+
+@pytest.mark.parametrize(
+    "kind,overrides,rows,fuse",
+    [
+        ("llama", {}, 2, True),
+        ("llama", {"out_bias": True, "qkv_bias": True}, 2, True),
+        ("gemma2", {}, 1, False),
+        ("llama", {"qkv_bias": True}, 1, True),
+    ],
+)
+def test_decode_step_fused_projections_and_one_row(kind, overrides, rows, fuse):
+  """The same equality with ``unstack_layers(fuse_projections=True)`` (one q|k|v and one
+  gate|up matmul per layer) and for one row (its decode cache has no batch axis)."""
+  _check_decode_step(kind, overrides, rows=rows, fuse=fuse)
+
+
+def _check_decode_step(kind, overrides, rows, fuse):
   from compfn.model import transformer
 
   config = model_lib.tiny(kind, **overrides)
   params = model_lib.init_params(config, jax.random.key(1))
   params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 1 else x + 0.1, params)
-  tokens = jnp.array([[5, 6, 7, 8, 9, 10], [9, 4, 0, 0, 0, 0]], jnp.int32)
-  seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)
-  pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+  tokens = jnp.array([[5, 6, 7, 8, 9, 10], [9, 4, 0, 0, 0, 0]], jnp.int32)[-rows:]
+  seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)[-rows:]
+  pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (rows, 6))
   _, cache = model_lib.apply(
       config,
       params,
       tokens,
       pos,
       segment_ids=seg,
-      cache=model_lib.init_cache(config, batch=2, max_len=12),
+      cache=model_lib.init_cache(config, batch=rows, max_len=12),
   )
-  layers = transformer.unstack_layers(config, params)
+  layers = transformer.unstack_layers(config, params, fuse_projections=fuse)
+  assert ("wqkv" in layers[0]["attn"]) == fuse and ("wq" in layers[0]["attn"]) != fuse
   dc = transformer.to_decode_cache(cache)
-  nxt, positions = jnp.array([3, 11], jnp.int32), jnp.array([6, 2], jnp.int32)
+  assert dc.one_row == (rows == 1)
+  nxt = jnp.array([3, 11], jnp.int32)[-rows:]
+  positions = jnp.array([6, 2], jnp.int32)[-rows:]
   for _ in range(4):
     ref, cache = model_lib.apply(config, params, nxt[:, None], positions[:, None], cache=cache)
     got, dc = jax.jit(transformer.decode_step, static_argnums=0)(
