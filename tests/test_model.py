@@ -708,3 +708,39 @@ def test_attention_softmax_matches_jax_softmax_values_and_gradients():
   g_ref = jax.grad(lambda a: (jax.nn.softmax(a, axis=-1) * w).sum())(x)
   np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-6)
   assert not np.isnan(np.asarray(g_ours)).any()
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_grouped_attention_equals_the_einsum_form(softcap):
+  """``transformer._grouped_attention`` (batched dots over (B, K) with G*T query rows) equals
+  the grouped einsum attention, values and gradients, with more keys than queries (a cache),
+  a ragged mask and an optional logit softcap."""
+  import dataclasses
+
+  from compfn.model import transformer
+
+  c = dataclasses.replace(model_lib.tiny("llama"), attn_logit_softcap=softcap)
+  b, t, s, h, kh, hd = 2, 5, 7, 6, 2, 8
+  ks = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(ks[0], (b, t, h, hd)) * 2.0
+  k = jax.random.normal(ks[1], (b, s, kh, hd)) * 2.0
+  v = jax.random.normal(ks[2], (b, s, kh, hd))
+  mask = jax.random.uniform(ks[3], (b, t, s)) < 0.7
+  mask = mask.at[:, :, 0].set(True)
+
+  def ref(q, k, v):
+    qg = q.reshape(b, t, kh, h // kh, hd)
+    sc = jnp.einsum("btkgd,bskd->bkgts", qg, k) * c.attn_scale
+    if softcap:
+      sc = jnp.tanh(sc / softcap) * softcap
+    sc = jnp.where(mask[:, None, None], sc, transformer._NEG)
+    p = jax.nn.softmax(sc, axis=-1)
+    return jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h, hd)
+
+  ours = lambda q, k, v: transformer._grouped_attention(c, q, k, v, mask, jnp.float32)  # noqa: E731
+  np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.key(9), (b, t, h, hd))
+  g_ours = jax.grad(lambda *a: (ours(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+  g_ref = jax.grad(lambda *a: (ref(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+  for a, r in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5)
