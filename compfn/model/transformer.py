@@ -822,8 +822,9 @@ def unstack_layers(config: ModelConfig, params: Any, fuse_projections: bool = Fa
 
   ``fuse_projections``: each layer's ``wq | wk | wv`` as one ``attn['wqkv']`` ``[D, (H + 2K)
   * Dh]`` and ``wi_gate | wi_up`` as one ``mlp['wi']`` ``[D, 2F]`` (the separate ones are
-  left out), so a decode step runs 4 matmuls per layer instead of 7. The concatenation is the
-  same one copy as the slicing. For unsharded decoding: on a mesh that shards heads or the
+  left out), so a decode step runs 4 matmuls per layer instead of 7. The concatenation costs
+  ~20 ms per decode call at SmolLM2's size (measured: 95 against 75 ms for a one-step call at
+  B=1), against ~4 ms saved per step. For unsharded decoding: on a mesh that shards heads or the
   MLP, the concatenated weight mixes shards. SmolLM2-135M shapes on 2 CPU cores, 30 layers:
   one row 24.6 -> 21.2 ms per step (matrix-vector products); 4 and 16 rows the same within
   noise; 64 rows 73 -> 79 ms. ``compfn.sampling`` fuses for one unsharded row."""
