@@ -788,22 +788,18 @@ _K_INV, _V_INV = (0, 3, 1, 2), (0, 2, 1, 3)  # decode layout -> [B, S, K, Dh]
 def to_decode_cache(cache: KVCache) -> DecodeCache:
   """``KVCache`` ``[L, B, S, K, Dh]`` -> the per-layer decode layout (one copy, outside the
   decode loop)."""
-  if cache.k.shape[1] == 1:  # one row: no batch axis (see DecodeCache)
-    one = lambda buf, perm: tuple(  # noqa: E731
-        jnp.transpose(buf[i, 0], [d - 1 for d in perm[1:]]) for i in range(buf.shape[0])
-    )
-    return DecodeCache(
-        k=one(cache.k, _K_PERM), v=one(cache.v, _V_PERM), pos=cache.pos, index=cache.index
-    )
   split = lambda buf, perm, axes: tuple(  # noqa: E731
       nn.with_logical_constraint(jnp.transpose(buf[i], perm), axes) for i in range(buf.shape[0])
   )
-  return DecodeCache(
+  dc = DecodeCache(
       k=split(cache.k, _K_PERM, DECODE_K_AXES),
       v=split(cache.v, _V_PERM, DECODE_V_AXES),
       pos=cache.pos,
       index=cache.index,
   )
+  if cache.k.shape[1] == 1:  # one row: no batch axis (see DecodeCache)
+    dc = dc.replace(k=tuple(b[0] for b in dc.k), v=tuple(b[0] for b in dc.v))
+  return dc
 
 
 def from_decode_cache(dc: DecodeCache) -> KVCache:
