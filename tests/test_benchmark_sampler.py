@@ -82,6 +82,10 @@ def test_quick_schema_and_greedy_equality(bench, cache_dir, tmp_path):
   assert 'error' not in v, v
   assert v['batch'] == 4 and v['sample_s'] > 0 and v['fused_s'] > 0
   assert 0 <= v['verifier_share_separate'] <= 1
+  # The verifier's ops were found inside the traced fused program, and cost something.
+  assert v['profiled_verifier_events'] > 0 and v['profiled_verifier_op_s'] > 0
+  assert 0 < v['verifier_share_profiled'] < 1
+  assert v['profiled_matched_op_s'] >= 0.5 * v['profiled_call_s']
   assert set(v['scores']) <= {-1, 0, 1}
   table = j['markdown'].splitlines()
   assert table[0].startswith('| model | B | system |') and len(table) == 2 + 4

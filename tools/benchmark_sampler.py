@@ -423,6 +423,32 @@ def _byte_table(spec):
   return table, np.ones(V, np.int32), None
 
 
+def _profiled_verifier(fused, key, fused_hlo, scope) -> dict:
+  """The verifier's op time inside one traced fused call (``compfn.profiling``): every op whose
+  HLO instruction (or an instruction fused into it) comes from the verifier's named scope,
+  summed over threads, over the call's wall time. Empty when this compfn has no
+  ``compfn.profiling`` or no verifier scope (an older checkout)."""
+  try:
+    from compfn import profiling
+  except ImportError:
+    return {}
+  if scope is None:
+    return {}
+  p = profiling.profile_scopes(fused, (key,), (scope,), hlo_text=fused_hlo(key))
+  if p.matched_op_s < 0.5 * p.wall_s:
+    raise RuntimeError(
+        f"the profile matched {p.matched_op_s:.3f} s of op time to the fused program's HLO in a "
+        f'{p.wall_s:.3f} s call: its instruction names do not match this compilation'
+    )
+  return dict(
+      verifier_share_profiled=p.share(scope),
+      profiled_call_s=p.wall_s,
+      profiled_verifier_op_s=p.scope_op_s[scope],
+      profiled_verifier_events=p.scope_events[scope],
+      profiled_matched_op_s=p.matched_op_s,
+  )
+
+
 def _verifier_worker(spec: dict) -> dict:
   """The verifier's share of a rollout: ``sampling.sample`` alone vs ``compfn.rl.rollout``
   (sample -> on-device detokenise -> ``score_json`` -> advantages, one jitted program) on the
@@ -430,7 +456,10 @@ def _verifier_worker(spec: dict) -> dict:
   stop id = EOS (rows end at EOS, truncated rows score -1 without the fallback scan). The
   verifier is also timed alone (``rollout.score_samples`` jitted, on the sampled tokens), and
   in the worst case where no row counts as truncated (every row goes through the full
-  scorer). Without compfn.rl.rollout the fused program is built here from the same parts
+  scorer). Inside the fused program, one traced call attributes op time to the verifier's
+  ``jax.named_scope`` (``verifier_share_profiled``): the fused-minus-alone difference of two
+  ~15 s calls is mostly the calls' own spread (reported with it), while the verifier costs
+  milliseconds. Without compfn.rl.rollout the fused program is built here from the same parts
   (``sampling.sample_fn`` + ``tokenizers.jax_detokenize`` + ``device_scoring.score_json``)."""
   import jax
   import jax.numpy as jnp
@@ -480,6 +509,17 @@ def _verifier_worker(spec: dict) -> dict:
     verify = jax.jit(
         lambda s: rollout.score_samples(s, batch, detok, cfg, 'strings_json', max_bytes).score
     )
+    scope = getattr(rollout, 'VERIFIER_SCOPE', None)
+
+    def fused_hlo(k):
+      return (
+          rollout.lower(
+              mcfg, params, batch, k, cfg, 'strings_json', detok=detok, max_bytes=max_bytes
+          )
+          .compile()
+          .as_text()
+      )
+
   else:
     method = (
         'fused sample_fn + jax_detokenize + score_json built in the benchmark '
@@ -487,14 +527,20 @@ def _verifier_worker(spec: dict) -> dict:
     )
     tb, bl, sk = jnp.asarray(table), jnp.asarray(blen), jnp.asarray(skip)
 
+    scope = 'verifier'
+
     def _verify(s):
-      resp, n = toks.jax_detokenize(tb, bl, s.tokens, s.mask, sk, max_bytes=max_bytes)
-      return device_scoring.score_json(
-          resp, jnp.minimum(n, max_bytes), refs, ref_lens, s.truncated | (n > max_bytes)
-      )[0]
+      with jax.named_scope(scope):
+        resp, n = toks.jax_detokenize(tb, bl, s.tokens, s.mask, sk, max_bytes=max_bytes)
+        return device_scoring.score_json(
+            resp, jnp.minimum(n, max_bytes), refs, ref_lens, s.truncated | (n > max_bytes)
+        )[0]
 
     verify = jax.jit(_verify)
     fused = jax.jit(lambda k: _verify(sampling.sample_fn(mcfg, params, prompts, lens, k, cfg)))
+
+    def fused_hlo(k):
+      return fused.lower(k).compile().as_text()
 
   def sample_only(k):
     return sampling.sample(mcfg, params, prompts, lens, k, cfg)
@@ -523,6 +569,7 @@ def _verifier_worker(spec: dict) -> dict:
     length.append(float(np.asarray(smp.lengths).mean()))
     scores += np.asarray(sc).tolist()
   ms, mf, mv, mvf = (statistics.median(x) for x in (t_s, t_f, t_v, t_vf))
+  profiled = _profiled_verifier(fused, keys[1], fused_hlo, scope)
   return dict(
       system='compfn',
       batch=B,
@@ -536,6 +583,9 @@ def _verifier_worker(spec: dict) -> dict:
       verify_alone_s=mv,
       verify_alone_all_scored_s=mvf,
       verifier_share_fused=(mf - ms) / mf,
+      sample_spread_s=max(t_s) - min(t_s),
+      fused_spread_s=max(t_f) - min(t_f),
+      **profiled,
       verifier_share_separate=mv / (ms + mv),
       verifier_share_all_scored=mvf / (ms + mvf),
       truncated_rows=trunc,
@@ -636,7 +686,10 @@ def summary_lines(out: dict) -> list[str]:
     lines.append(
         f"verifier share ({v['model']}, B={v['batch']}, {v['new_tokens']} new tokens, stop at "
         f"EOS): sampling alone {v['sample_s']:.3f} s, fused rollout {v['fused_s']:.3f} s -> "
-        f"verifier {100 * v['verifier_share_fused']:.1f} % of the fused rollout; verifier "
+        f"difference {100 * v['verifier_share_fused']:.1f} % of the fused rollout (spread of "
+        f"the sample-alone calls {v.get('sample_spread_s', float('nan')):.3f} s); verifier ops "
+        f"inside one traced fused call {1e3 * v.get('profiled_verifier_op_s', float('nan')):.2f} "
+        f"ms ({100 * v.get('verifier_share_profiled', float('nan')):.3f} % of it); verifier "
         f"jitted alone {v['verify_alone_s'] * 1e3:.2f} ms "
         f"({100 * v['verifier_share_separate']:.2f} % of sample + verify); every row fully "
         f"scored {v['verify_alone_all_scored_s'] * 1e3:.2f} ms "

@@ -200,6 +200,10 @@ def _default_max_bytes(detok: DetokTables, cfg: sampling.SamplerConfig) -> int:
   return cfg.max_new_tokens * min(int(detok.table.shape[1]), 8)
 
 
+# The named scope of every op that detokenises and scores (what "the verifier" is in a profile).
+VERIFIER_SCOPE = "verifier"
+
+
 def score_samples(
     samples: sampling.Samples,
     batch: RolloutBatch,
@@ -208,9 +212,17 @@ def score_samples(
     task: str = "strings_json",
     max_bytes: Optional[int] = None,
 ) -> Rollout:
-  """Detokenise ``samples`` on device and score them against ``batch.ref`` (pure, jittable)."""
+  """Detokenise ``samples`` on device and score them against ``batch.ref`` (pure, jittable).
+
+  Its ops carry the ``jax.named_scope`` :data:`VERIFIER_SCOPE`, so a profile of the fused
+  rollout can say what the verifier costs inside it (``compfn.profiling``)."""
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; supported: {sorted(TASKS)}")
+  with jax.named_scope(VERIFIER_SCOPE):
+    return _score_samples(samples, batch, detok, cfg, task, max_bytes)
+
+
+def _score_samples(samples, batch, detok, cfg, task, max_bytes) -> Rollout:
   m = _default_max_bytes(detok, cfg) if max_bytes is None else int(max_bytes)
   g = cfg.num_samples
   resp, n = tokenizers.jax_detokenize(
