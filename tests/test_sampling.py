@@ -279,6 +279,38 @@ def test_fixed_key_reproducible_and_split_api_equal(tiny):
   np.testing.assert_array_equal(np.asarray(sampling.samples_from_state(st, cfg).tokens), a.tokens)
 
 
+def test_cpu_prefill_program_uses_onednn_dots_and_matches_the_one_program_sample(
+    tiny, monkeypatch
+):
+  """On x86 CPU, sample() runs the prefill as its own program compiled for oneDNN dots and the
+  decode as another: the same samples as the one-program form up to float rounding."""
+  import platform
+
+  config, params = tiny
+  cfg = sampling.SamplerConfig(10, temperature=0.0, num_samples=2)
+  if platform.machine().lower() not in ("x86_64", "amd64"):
+    assert sampling._prefill_program(None) is sampling._prefill_jit
+    return
+  assert sampling._prefill_program(None) is sampling._prefill_jit_cpu
+  hlo = (
+      sampling._prefill_jit_cpu.lower(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+      .compile()
+      .as_text()
+  )
+  assert "onednn" in hlo and "ynn_fusion" not in hlo
+  two = _np(sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
+  one = _np(sampling._sample_jit(config, params, PROMPTS, LENS, jax.random.key(0), cfg))
+  np.testing.assert_array_equal(two.tokens, one.tokens)
+  np.testing.assert_array_equal(two.lengths, one.lengths)
+  np.testing.assert_allclose(two.logprobs, one.logprobs, atol=2e-5)
+  # The opt-out compiles the prefill like the rest; a bad value names the variable.
+  monkeypatch.setenv("COMPFN_CPU_PREFILL_DOTS", "default")
+  assert sampling._prefill_program(None) is sampling._prefill_jit
+  monkeypatch.setenv("COMPFN_CPU_PREFILL_DOTS", "mkl")
+  with pytest.raises(ValueError, match="COMPFN_CPU_PREFILL_DOTS"):
+    sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
+
+
 def test_top_k1_and_tiny_top_p_equal_greedy(tiny):
   config, params = tiny
   greedy = _np(
