@@ -279,9 +279,7 @@ def test_fixed_key_reproducible_and_split_api_equal(tiny):
   np.testing.assert_array_equal(np.asarray(sampling.samples_from_state(st, cfg).tokens), a.tokens)
 
 
-def test_cpu_prefill_program_uses_onednn_dots_and_matches_the_one_program_sample(
-    tiny, monkeypatch
-):
+def test_cpu_prefill_program_uses_onednn_dots_and_matches_the_one_program_sample(tiny, monkeypatch):
   """On x86 CPU, sample() runs the prefill as its own program compiled for oneDNN dots and the
   decode as another: the same samples as the one-program form up to float rounding."""
   import platform
