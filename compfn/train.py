@@ -392,15 +392,34 @@ class Trainer:
 
     Raises :class:`compfn.errors.CheckpointMismatch` when the checkpoint's tree structure or
     array shapes differ from ``state``'s (the model or optimizer configuration changed since it
-    was saved), naming the folder and the leaves that differ."""
+    was saved), naming the folder and the leaves that differ.
+
+    A newest checkpoint *past* ``num_steps`` (saved by a run configured for more steps) is not
+    taken as this run's result: the checkpoint at exactly ``num_steps`` is restored if the folder
+    keeps one, and otherwise this raises CheckpointMismatch naming both steps."""
     latest = self.checkpointer.latest_step()
+    if latest is not None and latest > self.num_steps:
+      kept = sorted(self.checkpointer.all_steps())
+      if self.num_steps not in kept:
+        raise errors.CheckpointMismatch(
+            f'the newest checkpoint in {self.checkpointer.directory} is step {latest}, past '
+            f'num_steps={self.num_steps} (a run configured for more steps saved it), and no '
+            f'checkpoint at step {self.num_steps} is kept (kept: {kept}). Set num_steps to '
+            f'{latest} or more to continue it, or delete {self.directory} to retrain'
+        )
+      print(
+          f'[{self.name}] checkpoint {latest} in {self.checkpointer.directory} is past '
+          f'num_steps={self.num_steps}: restoring the one at step {self.num_steps}',
+          flush=True,
+      )
+      latest = self.num_steps
     if latest is not None:
       # Shapes are checked before orbax reads anything (its shape error names no leaf).
       diff = _checkpoint_diff(self._step_dir(latest), state, shapes_only=True)
       if diff:
         raise self._mismatch(latest, diff)
     try:
-      got = self.checkpointer.restore_latest(state)
+      got = None if latest is None else (latest, *self.checkpointer.restore(latest, state))
     except ValueError as e:
       msg = str(e)
       if not any(p in msg for p in _ORBAX_MISMATCH):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from compfn import parallel, tokenizers, train
+from compfn import errors, parallel, tokenizers, train
 from compfn.checkpoint import NonFiniteError
 from compfn.data import sources
 from compfn.model import transformer
@@ -301,6 +301,36 @@ def test_resume_is_bitwise_and_continues_data(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   rows = train.read_metrics(str(tmp_path / 'b'))
   assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_past_num_steps_is_not_taken_as_the_result(tmp_path):
+  """A folder whose newest checkpoint is past num_steps (saved by a run configured for more
+  steps): the checkpoint at num_steps is restored when kept, otherwise a clear error."""
+  cfg = _config()
+  tx = train.OptimizerConfig(learning_rate=1e-2).make(6)
+  params = transformer.init_params(cfg, jax.random.PRNGKey(0))
+  batches = [_sft_batch(8, seed=s) for s in range(6)]
+  fn = jax.jit(_sft_step_fn(cfg, tx))
+  d = str(tmp_path / 'run')
+  for n in (3, 6):  # checkpoints at steps 3 and 6
+    t = train.Trainer(d, n, progress=False, async_save=False)
+    st, data = t.restore(train.TrainState.create(params, tx))
+    it = _ListIter(batches)
+    if data:
+      it.set_state(data)
+    t.run(st, fn, it)
+    t.close()
+  at3 = train.Trainer(d, 3, progress=False, async_save=False)
+  state, data = at3.restore(train.TrainState.create(params, tx))
+  at3.close()
+  assert int(state.step) == 3 and data == {'i': 3}
+  at4 = train.Trainer(d, 4, progress=False, async_save=False)
+  with pytest.raises(errors.CheckpointMismatch, match=r'step 6, past num_steps=4.*kept: \[3, 6\]'):
+    at4.restore(train.TrainState.create(params, tx))
+  at4.close()
+  at6 = train.Trainer(d, 6, progress=False, async_save=False)
+  assert int(at6.restore(train.TrainState.create(params, tx))[0].step) == 6
+  at6.close()
 
 
 def test_rl_reward_rises():
