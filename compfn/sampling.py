@@ -464,8 +464,9 @@ def sample_fn(
 # (1,744 for SmolLM2 at B=16): oneDNN runs them at ~270 GFLOP/s on the 2-core x86 machine, the
 # default (YNNPACK) at ~230 (prefill at B=64: 6.6-6.9 s against 8.5-9.1 s, alternating in one
 # process). The decode step's matmuls have B*G rows (1-64), where YNNPACK is the fastest of the
-# three (9-12 GB/s of weights at 16 rows against 7-9 for oneDNN and Eigen). So on CPU the
-# prefill is its own program compiled with these options, and the decode keeps the defaults.
+# three (12.4 GB/s of weights at 16 rows against 9.3-9.5 for oneDNN and Eigen; 198 GFLOP/s
+# at 64 rows against 140-159). So on CPU the prefill is its own program compiled with these
+# options, and the decode keeps the defaults.
 CPU_PREFILL_COMPILER_OPTIONS = {
     "xla_cpu_use_onednn": True,
     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
