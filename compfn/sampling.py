@@ -17,6 +17,8 @@ Public API (stable; ``tools/benchmark_sampler.py`` and ``compfn.rl.rollout`` bui
     state = decode(model_config, state, params, cfg, *, mesh=None, rules=None)
         -> DecodeState   (jit, ``state`` donated; runs the while_loop to the end)
     DecodeState(step, tokens, logprobs, cache, last, positions, done, lengths, rng)
+    prefill_program(mesh=None) -> the jitted prefill ``prefill`` runs on this backend (x86 CPU:
+        compiled for oneDNN dots, see the cost notes), for ahead-of-time lowering
     samples = samples_from_state(state, cfg)
     sample_fn(model_config, params, prompts, prompt_lens, rng, cfg) -> Samples
         the same computation, not jitted: call it inside a larger jitted function (rollout).
@@ -118,6 +120,7 @@ __all__ = [
     "sample_fn",
     "prefill",
     "prefill_fn",
+    "prefill_program",
     "decode_fn",
     "decode",
     "samples_from_state",
@@ -502,7 +505,10 @@ def _cpu_prefill_dots(mesh) -> bool:
   return jax.default_backend() == "cpu"
 
 
-def _prefill_program(mesh):
+def prefill_program(mesh=None):
+  """The jitted prefill that ``prefill``/``sample`` run on this backend (for ahead-of-time
+  ``.lower(...).compile()``, e.g. the sampler benchmark's compile time): on an x86 CPU the one
+  compiled with CPU_PREFILL_COMPILER_OPTIONS, elsewhere the default."""
   return _prefill_jit_cpu if _cpu_prefill_dots(mesh) else _prefill_jit
 
 
@@ -541,7 +547,7 @@ def prefill(
   """Jitted prefill: the DecodeState after the first sampled token."""
   rules = parallel.normalize_rules(rules)
   with parallel.use_mesh(mesh, rules):
-    return _prefill_program(mesh)(
+    return prefill_program(mesh)(
         model_config, params, prompts, prompt_lens, rng, cfg, mesh=mesh, rules=rules
     )
 

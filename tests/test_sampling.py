@@ -287,9 +287,9 @@ def test_cpu_prefill_program_uses_onednn_dots_and_matches_the_one_program_sample
   config, params = tiny
   cfg = sampling.SamplerConfig(10, temperature=0.0, num_samples=2)
   if platform.machine().lower() not in ("x86_64", "amd64"):
-    assert sampling._prefill_program(None) is sampling._prefill_jit
+    assert sampling.prefill_program(None) is sampling._prefill_jit
     return
-  assert sampling._prefill_program(None) is sampling._prefill_jit_cpu
+  assert sampling.prefill_program(None) is sampling._prefill_jit_cpu
   hlo = (
       sampling._prefill_jit_cpu.lower(config, params, PROMPTS, LENS, jax.random.key(0), cfg)
       .compile()
@@ -303,7 +303,7 @@ def test_cpu_prefill_program_uses_onednn_dots_and_matches_the_one_program_sample
   np.testing.assert_allclose(two.logprobs, one.logprobs, atol=2e-5)
   # The opt-out compiles the prefill like the rest; a bad value names the variable.
   monkeypatch.setenv("COMPFN_CPU_PREFILL_DOTS", "default")
-  assert sampling._prefill_program(None) is sampling._prefill_jit
+  assert sampling.prefill_program(None) is sampling._prefill_jit
   monkeypatch.setenv("COMPFN_CPU_PREFILL_DOTS", "mkl")
   with pytest.raises(ValueError, match="COMPFN_CPU_PREFILL_DOTS"):
     sampling.sample(config, params, PROMPTS, LENS, jax.random.key(0), cfg)

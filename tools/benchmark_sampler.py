@@ -292,8 +292,8 @@ def _aot_compile_s(sampling, mcfg, params, prompts, lens, cfg):
   import jax
 
   pj, dj = getattr(sampling, '_prefill_jit', None), getattr(sampling, '_decode_jit', None)
-  if hasattr(sampling, '_prefill_program'):  # the program prefill() runs on this backend
-    pj = sampling._prefill_program(None)
+  if hasattr(sampling, 'prefill_program'):  # the program prefill() runs on this backend
+    pj = sampling.prefill_program()
   if pj is None or dj is None:
     return None
   rng = jax.random.key(0)
